@@ -1,0 +1,90 @@
+"""The ``reconciler`` command line: argument parsing and dispatch to :mod:`reconciler.commands`.
+
+Every command returns an exit code; nothing a user feeds in may end in a traceback, so unexpected exceptions are
+caught here and printed as one line (with ``RECONCILER_DEBUG=1`` showing the traceback for developers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from reconciler.core.loader import Limits
+
+
+def _size(text: str) -> int:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 1048576, 512k, 1m)") from None
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-file-size",
+        type=_size,
+        default=Limits.max_file_size,
+        metavar="SIZE",
+        help="largest manifest file accepted (default 1m)",
+    )
+    p.add_argument(
+        "--max-repo-size",
+        type=_size,
+        default=Limits.max_repo_size,
+        metavar="SIZE",
+        help="largest total size of manifests accepted (default 256m)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reconciler", description="GitOps release controller for Kubernetes and legacy hosts."
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check a releases repo; exit 1 with every problem as path:line: message")
+    p.add_argument("path", nargs="?", default=".", help="the releases repo (default: current directory)")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    _add_limits(p)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("reconciler")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            from reconciler.commands.validate import run_validate
+
+            return run_validate(args)
+        raise AssertionError(args.command)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence against tracebacks
+        if os.environ.get("RECONCILER_DEBUG"):
+            raise
+        print(
+            f"reconciler: internal error: {type(exc).__name__}: {exc} (set RECONCILER_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

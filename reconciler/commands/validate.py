@@ -1,0 +1,54 @@
+"""``reconciler validate [PATH]``: load a releases repo from a directory and report every problem.
+
+Exit 0 with a one-line summary when valid; exit 1 with one ``path:line: message`` line per problem otherwise
+(``--format json`` prints one JSON object instead). Called by :mod:`reconciler.cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from reconciler.core.loader import Limits, load_repo
+from reconciler.source.fstree import DirectoryTree
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    root = Path(args.path)
+    if not root.is_dir():
+        print(f"{args.path}: not a directory", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    tree = DirectoryTree.scan(root)
+    result = load_repo(tree, Limits(max_file_size=args.max_file_size, max_repo_size=args.max_repo_size))
+    elapsed = time.perf_counter() - started
+    problems = result.all_problems()
+    counts = result.repo.counts() if result.repo else {}
+    if args.format == "json":
+        print(
+            json.dumps(
+                {
+                    "valid": not problems,
+                    "counts": counts,
+                    "files": result.files,
+                    "seconds": round(elapsed, 3),
+                    "problems": [p.as_dict() for p in problems],
+                },
+                indent=2,
+            )
+        )
+        return 0 if not problems else 1
+    if problems:
+        for problem in problems:
+            print(problem)
+        print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {args.path}", file=sys.stderr)
+        return 1
+    print(
+        f"valid: {counts['applications']} applications, {counts['releases']} releases, "
+        f"{counts['environments']} environments, {counts['stages']} stages, {counts['freezeWindows']} freeze windows "
+        f"({result.files} files, {elapsed:.2f}s)"
+    )
+    return 0

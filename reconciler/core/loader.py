@@ -1,0 +1,398 @@
+"""Load one revision of the releases repo into a :class:`ReleasesRepo`, collecting every problem.
+
+Phases: list manifest files -> enforce size limits -> hardened YAML parse -> per-kind schema check -> build typed
+values -> expand EnvironmentSets -> cross-reference checks (:mod:`reconciler.core.validate`). A problem never
+stops the others from being found. Problems that concern only some environments (their own file, their stage's
+missing target role, an unmet ``requires`` there) are kept per environment, so the engine can hold just those
+environments at their last good state while the rest move on; any other problem makes the revision invalid.
+
+Called by ``reconciler validate``, ``reconciler plan`` and the engine, with a :class:`SourceTree`. Pure.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from reconciler.core import schemas
+from reconciler.core.durations import DurationError, parse_duration
+from reconciler.core.expand import ExpansionError, expand
+from reconciler.core.model import (
+    API_VERSION,
+    AbsoluteWindow,
+    Application,
+    Artifact,
+    Component,
+    Environment,
+    FreezeWindow,
+    Kind,
+    Origin,
+    RecurringWindow,
+    Release,
+    ReleaseComponent,
+    ReleasesRepo,
+    Requirement,
+    Stage,
+    Wave,
+)
+from reconciler.core.problems import Problem, sort_problems
+from reconciler.core.tree import PathEscapes, SourceTree, is_manifest_path, join_inside
+from reconciler.core.yamlsafe import DEFAULT_MAX_FILE_SIZE, Document, parse_file, scalar_text
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    max_repo_size: int = 256 * 1024 * 1024
+    max_environments: int = 100_000
+
+
+@dataclass
+class LoadResult:
+    """The model (``None`` when the revision as a whole is unusable) and every problem found."""
+
+    repo: ReleasesRepo | None
+    problems: list[Problem]
+    environment_problems: dict[str, list[Problem]] = field(default_factory=dict)
+    files: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.environment_problems
+
+    def all_problems(self) -> list[Problem]:
+        """Every problem once; a per-environment problem shared by many environments names them together."""
+        by_problem: dict[Problem, list[str]] = defaultdict(list)
+        for env, problems in self.environment_problems.items():
+            for p in problems:
+                by_problem[p].append(env)
+        grouped = [
+            Problem(p.path, p.line, f"{p.message} ({_environments(envs)})", p.severity)
+            for p, envs in by_problem.items()
+        ]
+        return sort_problems(list(dict.fromkeys(self.problems)) + grouped)
+
+
+def _environments(names: list[str], shown: int = 3) -> str:
+    if len(names) == 1:
+        return f"environment {names[0]}"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"in {len(names)} environments: {', '.join(names[:shown])}{more}"
+
+
+def _origin(doc: Document, where: tuple[str | int, ...] = ()) -> Origin:
+    return Origin(doc.path, doc.line(where))
+
+
+def _selector(data: dict[str, Any] | None) -> dict[str, tuple[str, ...]]:
+    return {k: (v,) if isinstance(v, str) else tuple(v) for k, v in (data or {}).items()}
+
+
+class _Builder:
+    """Holds the state of one load; one method per kind."""
+
+    def __init__(self, tree: SourceTree, limits: Limits) -> None:
+        self.tree = tree
+        self.limits = limits
+        self.problems: list[Problem] = list(tree.problems)
+        self.env_problems: dict[str, list[Problem]] = defaultdict(list)
+        self.applications: dict[str, Application] = {}
+        self.releases: dict[tuple[str, str], Release] = {}
+        self.release_names: dict[str, Origin] = {}
+        self.stages: dict[str, Stage] = {}
+        self.environments: dict[str, Environment] = {}
+        self.freezes: dict[str, FreezeWindow] = {}
+        self.sets: dict[str, Origin] = {}
+        self.broken: set[str] = set()  # names of documents that failed their schema: no cascade of "unknown" errors
+
+    def error(self, doc: Document, where: tuple[str | int, ...], message: str) -> None:
+        self.problems.append(Problem(doc.path, doc.line(where), message))
+
+    def duplicate(self, doc: Document, kind: str, name: str, first: Origin) -> None:
+        self.error(doc, ("metadata", "name"), f"duplicate {kind} {name!r} (first declared at {first})")
+
+    # --- reading -----------------------------------------------------------------------------------------
+    def read_documents(self) -> tuple[list[Document], int]:
+        paths = sorted(p for p in self.tree.paths() if is_manifest_path(p))
+        total = 0
+        docs: list[Document] = []
+        for path in paths:
+            size = self.tree.size(path)
+            if size > self.limits.max_file_size:
+                self.problems.append(
+                    Problem(path, None, f"file is {size} bytes, over the limit of {self.limits.max_file_size} bytes")
+                )
+                continue
+            total += size
+            if total > self.limits.max_repo_size:
+                self.problems.append(
+                    Problem(path, None, f"repository manifests exceed the limit of {self.limits.max_repo_size} bytes")
+                )
+                break
+            found, problems = parse_file(path, self.tree.read(path), self.limits.max_file_size)
+            self.problems.extend(problems)
+            docs.extend(d for d in found if d.data is not None)
+        return docs, len(paths)
+
+    def dispatch(self, doc: Document) -> None:
+        data = doc.data
+        if not isinstance(data, dict):
+            self.error(doc, (), "a manifest must be a mapping with apiVersion, kind, metadata and spec")
+            return
+        kind = data.get("kind")
+        if kind not in schemas.KIND_FILES:
+            known = ", ".join(schemas.KIND_FILES)
+            what = f"unknown kind {kind!r}" if kind is not None else "missing field 'kind'"
+            self.error(doc, ("kind",), f"{what} (known kinds: {known})")
+            return
+        if data.get("apiVersion") != API_VERSION:
+            self.error(doc, ("apiVersion",), f"apiVersion must be {API_VERSION!r}, got {data.get('apiVersion')!r}")
+            return
+        problems = schemas.check(schemas.KIND_FILES[kind], data, doc)
+        if problems:
+            self.problems.extend(problems)
+            self._remember_broken(kind, data)
+            return
+        getattr(self, "build_" + schemas.KIND_FILES[kind])(doc, data["metadata"], data["spec"])
+
+    def _remember_broken(self, kind: str, data: dict[str, Any]) -> None:
+        meta, spec = data.get("metadata"), data.get("spec")
+        name = meta.get("name") if isinstance(meta, dict) else None
+        if kind == "Release" and isinstance(spec, dict):
+            self.broken.add(f"{spec.get('application')}:{scalar_text(spec.get('version'))}")
+        elif isinstance(name, str):
+            self.broken.add(name)
+
+    # --- kinds -------------------------------------------------------------------------------------------
+    def build_application(self, doc: Document, meta: dict[str, Any], spec: dict[str, Any]) -> None:
+        name = meta["name"]
+        base = posixpath.dirname(doc.path)
+        components = []
+        for i, comp in enumerate(spec["components"]):
+            templates = []
+            for j, ref in enumerate(comp.get("templates", [])):
+                where = ("spec", "components", i, "templates", j)
+                try:
+                    path = join_inside(base, ref)
+                except PathEscapes as exc:
+                    self.error(doc, where, str(exc))
+                    continue
+                if path not in self.tree:
+                    self.error(doc, where, f"template {ref!r} not found (looked for {path})")
+                    continue
+                templates.append(path)
+            art = comp.get("artifact")
+            components.append(
+                Component(
+                    name=comp["name"],
+                    role=comp["target"],
+                    templates=tuple(templates),
+                    artifact=Artifact(art["name"], art.get("type", "")) if art else None,
+                )
+            )
+        names = [c.name for c in components]
+        for i, c in enumerate(names):
+            if c in names[:i]:
+                self.error(doc, ("spec", "components", i, "name"), f"duplicate component {c!r}")
+        app = Application(
+            name=name,
+            owner=spec["owner"],
+            components=tuple(components),
+            depends_on=tuple(spec.get("dependsOn", ())),
+            description=spec.get("description", ""),
+            labels=dict(meta.get("labels", {})),
+            origin=_origin(doc),
+        )
+        if name in self.applications:
+            self.duplicate(doc, "Application", name, self.applications[name].origin)
+        else:
+            self.applications[name] = app
+
+    def build_release(self, doc: Document, meta: dict[str, Any], spec: dict[str, Any]) -> None:
+        version = scalar_text(spec["version"])
+        rel = Release(
+            name=meta["name"],
+            application=spec["application"],
+            version=version,
+            components={k: ReleaseComponent(**v) for k, v in spec["components"].items()},
+            requires=tuple(Requirement(r["application"], r["version"]) for r in spec.get("requires", ())),
+            notes=spec.get("notes", ""),
+            origin=_origin(doc),
+        )
+        key = (rel.application, version)
+        if rel.name in self.release_names:
+            self.duplicate(doc, "Release", rel.name, self.release_names[rel.name])
+        elif key in self.releases:
+            first = self.releases[key].origin
+            self.error(doc, ("spec", "version"), f"{rel.application} {version} is already released at {first}")
+        else:
+            self.release_names[rel.name] = rel.origin
+            self.releases[key] = rel
+
+    def build_stage(self, doc: Document, meta: dict[str, Any], spec: dict[str, Any]) -> None:
+        soak = 0
+        if "soak" in spec:
+            try:
+                soak = parse_duration(spec["soak"])
+            except DurationError as exc:
+                self.error(doc, ("spec", "soak"), str(exc))
+        waves = tuple(
+            Wave(w["name"], _selector(w.get("selector")), w.get("maxParallel")) for w in spec.get("waves", ())
+        )
+        wave_names = [w.name for w in waves]
+        for i, w in enumerate(wave_names):
+            if w in wave_names[:i]:
+                self.error(doc, ("spec", "waves", i, "name"), f"duplicate wave {w!r}")
+        stage = Stage(
+            name=meta["name"],
+            releases={k: scalar_text(v) for k, v in spec.get("releases", {}).items()},
+            promotes_from=spec.get("promotesFrom"),
+            soak_seconds=soak,
+            protected=spec.get("protected", False),
+            self_heal=spec.get("selfHeal", True),
+            waves=waves,
+            origin=_origin(doc),
+            release_origins={k: _origin(doc, ("spec", "releases", k)) for k in spec.get("releases", {})},
+        )
+        if stage.name in self.stages:
+            self.duplicate(doc, "Stage", stage.name, self.stages[stage.name].origin)
+        else:
+            self.stages[stage.name] = stage
+
+    def _environment(
+        self,
+        meta: dict[str, Any],
+        spec: dict[str, Any],
+        origin: Origin,
+        generated_by: str | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Environment:
+        apps = spec.get("applications")
+        return Environment(
+            name=meta["name"],
+            stage=spec["stage"],
+            targets=dict(spec["targets"]),
+            labels=dict(meta.get("labels", {})),
+            parameters=dict(spec.get("parameters", {})),
+            pins={k: scalar_text(v) for k, v in spec.get("pins", {}).items()},
+            applications=tuple(apps) if apps is not None else None,
+            wave=spec.get("wave"),
+            allow_empty=spec.get("allowEmpty", False),
+            origin=origin,
+            generated_by=generated_by,
+            generator_params=params or {},
+        )
+
+    def add_environment(self, doc: Document, env: Environment, where: tuple[str | int, ...]) -> None:
+        if env.name in self.environments:
+            first = self.environments[env.name].describe_origin()
+            if env.generated_by:
+                params = ", ".join(f"{k}={v}" for k, v in env.generator_params.items())
+                message = (
+                    f"environment {env.name!r} generated by EnvironmentSet {env.generated_by!r} ({params}) "
+                    f"clashes with the one at {first}"
+                )
+            else:
+                message = f"duplicate Environment {env.name!r} (first declared at {first})"
+            self.error(doc, where, message)
+            return
+        self.environments[env.name] = env
+
+    def build_environment(self, doc: Document, meta: dict[str, Any], spec: dict[str, Any]) -> None:
+        self.add_environment(doc, self._environment(meta, spec, _origin(doc)), ("metadata", "name"))
+
+    def build_environmentset(self, doc: Document, meta: dict[str, Any], spec: dict[str, Any]) -> None:
+        name = meta["name"]
+        if name in self.sets:
+            self.duplicate(doc, "EnvironmentSet", name, self.sets[name])
+            return
+        self.sets[name] = _origin(doc)
+        origin = Origin(doc.path, doc.line(("spec", "template", "metadata", "name")))
+        try:
+            for gen in expand(spec, self.limits.max_environments):
+                body = {"apiVersion": API_VERSION, "kind": "Environment", "metadata": gen.metadata, "spec": gen.spec}
+                problems = schemas.check("environment", body, doc, ("spec", "template"))
+                if problems:
+                    params = ", ".join(f"{k}={v}" for k, v in gen.params.items())
+                    self.problems.extend(
+                        Problem(p.path, p.line, f"{p.message} (in the environment generated for {params})")
+                        for p in problems
+                    )
+                    continue
+                env = self._environment(gen.metadata, gen.spec, origin, name, dict(gen.params))
+                self.add_environment(doc, env, ("spec", "template", "metadata", "name"))
+        except ExpansionError as exc:
+            self.error(doc, ("spec", *exc.where), str(exc))
+
+    def build_freezewindow(self, doc: Document, meta: dict[str, Any], spec: dict[str, Any]) -> None:
+        absolute = []
+        for i, win in enumerate(spec.get("absolute", ())):
+            try:
+                start, end = (datetime.fromisoformat(win[k]) for k in ("start", "end"))
+            except ValueError as exc:
+                self.error(doc, ("spec", "absolute", i), f"invalid date-time: {exc}")
+                continue
+            if start.tzinfo is None or end.tzinfo is None:
+                self.error(doc, ("spec", "absolute", i), "start and end need a UTC offset (e.g. +01:00 or Z)")
+                continue
+            if end <= start:
+                self.error(doc, ("spec", "absolute", i, "end"), "end must be after start")
+                continue
+            absolute.append(AbsoluteWindow(start, end))
+        recurring = []
+        for i, win in enumerate(spec.get("recurring", ())):
+            try:
+                duration = parse_duration(win["duration"])
+            except DurationError as exc:
+                self.error(doc, ("spec", "recurring", i, "duration"), str(exc))
+                continue
+            recurring.append(RecurringWindow(win["cron"], duration, win.get("timezone", "UTC")))
+        scope = spec.get("scope", {})
+        freeze = FreezeWindow(
+            name=meta["name"],
+            reason=spec.get("reason", ""),
+            stages=tuple(scope.get("stages", ())),
+            applications=tuple(scope.get("applications", ())),
+            environments=tuple(scope.get("environments", ())),
+            selector=_selector(scope.get("selector")),
+            absolute=tuple(absolute),
+            recurring=tuple(recurring),
+            drift_repair=spec.get("driftRepair", True),
+            origin=_origin(doc),
+        )
+        if freeze.name in self.freezes:
+            self.duplicate(doc, "FreezeWindow", freeze.name, self.freezes[freeze.name].origin)
+        else:
+            self.freezes[freeze.name] = freeze
+
+
+def load_repo(tree: SourceTree, limits: Limits | None = None) -> LoadResult:
+    """Load and validate ``tree``. Never raises for bad input: every finding is a :class:`Problem`."""
+    from reconciler.core.validate import validate_repo
+
+    builder = _Builder(tree, limits or Limits())
+    docs, files = builder.read_documents()
+    for doc in docs:
+        builder.dispatch(doc)
+    repo = ReleasesRepo(
+        applications=dict(sorted(builder.applications.items())),
+        releases=dict(sorted(builder.releases.items())),
+        stages=dict(sorted(builder.stages.items())),
+        environments=dict(sorted(builder.environments.items())),
+        freezes=dict(sorted(builder.freezes.items())),
+        environment_sets=dict(sorted(builder.sets.items())),
+    )
+    global_problems, env_problems = validate_repo(repo, frozenset(builder.broken))
+    problems = sort_problems(builder.problems + global_problems)
+    return LoadResult(
+        repo=None if problems else repo,
+        problems=problems,
+        environment_problems={k: sort_problems(v) for k, v in sorted(env_problems.items())},
+        files=files,
+    )
+
+
+__all__ = ["Kind", "Limits", "LoadResult", "load_repo"]

@@ -1,0 +1,209 @@
+"""The releases-repo model: immutable typed values for every kind of DESIGN.md.
+
+Built by :mod:`reconciler.core.loader` after schema and semantic checks; read by validation, rendering,
+planning, the engine and the dashboard. Values are frozen dataclasses; mappings inside them are never mutated
+after loading. ``Origin`` records where a value was written so later errors can name the file and line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+API_VERSION = "reconciler.io/v1"
+
+
+class Kind(StrEnum):
+    APPLICATION = "Application"
+    RELEASE = "Release"
+    STAGE = "Stage"
+    ENVIRONMENT = "Environment"
+    ENVIRONMENT_SET = "EnvironmentSet"
+    FREEZE_WINDOW = "FreezeWindow"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a value was declared (repo-relative path, 1-based line)."""
+
+    path: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else self.path
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    type: str = ""
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    role: str
+    templates: tuple[str, ...] = ()  # repo-relative paths, already checked to stay inside the repo
+    artifact: Artifact | None = None
+
+
+@dataclass(frozen=True)
+class Application:
+    name: str
+    owner: str
+    components: tuple[Component, ...]
+    depends_on: tuple[str, ...] = ()
+    description: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    origin: Origin = Origin("")
+
+    @property
+    def roles(self) -> frozenset[str]:
+        return frozenset(c.role for c in self.components)
+
+
+@dataclass(frozen=True)
+class ReleaseComponent:
+    image: str = ""
+    digest: str = ""
+    artifact: str = ""
+    checksum: str = ""
+
+
+@dataclass(frozen=True)
+class Requirement:
+    application: str
+    specifier: str
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    application: str
+    version: str
+    components: Mapping[str, ReleaseComponent]
+    requires: tuple[Requirement, ...] = ()
+    notes: str = ""
+    origin: Origin = Origin("")
+
+
+@dataclass(frozen=True)
+class Wave:
+    name: str
+    selector: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    max_parallel: int | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    releases: Mapping[str, str] = field(default_factory=dict)
+    promotes_from: str | None = None
+    soak_seconds: int = 0
+    protected: bool = False
+    self_heal: bool = True
+    waves: tuple[Wave, ...] = ()
+    origin: Origin = Origin("")
+    release_origins: Mapping[str, Origin] = field(default_factory=dict)  # where each application's version is set
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    stage: str
+    targets: Mapping[str, str]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    pins: Mapping[str, str] = field(default_factory=dict)
+    applications: tuple[str, ...] | None = None
+    wave: str | None = None
+    allow_empty: bool = False
+    origin: Origin = Origin("")
+    generated_by: str | None = None  # the EnvironmentSet it came from
+    generator_params: Mapping[str, Any] = field(default_factory=dict)  # the parameter set that made it
+
+    def describe_origin(self) -> str:
+        if not self.generated_by:
+            return str(self.origin)
+        params = ", ".join(f"{k}={v}" for k, v in self.generator_params.items())
+        return f"{self.origin} (EnvironmentSet {self.generated_by}, {params})"
+
+
+@dataclass(frozen=True)
+class AbsoluteWindow:
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class RecurringWindow:
+    cron: str
+    duration_seconds: int
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class FreezeWindow:
+    name: str
+    reason: str = ""
+    stages: tuple[str, ...] = ()
+    applications: tuple[str, ...] = ()
+    environments: tuple[str, ...] = ()
+    selector: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    absolute: tuple[AbsoluteWindow, ...] = ()
+    recurring: tuple[RecurringWindow, ...] = ()
+    drift_repair: bool = True
+    origin: Origin = Origin("")
+
+
+def selector_matches(selector: Mapping[str, tuple[str, ...]], labels: Mapping[str, str]) -> bool:
+    """True when every selector key is a label whose value is one of the selector's values."""
+    return all(labels.get(key) in values for key, values in selector.items())
+
+
+@dataclass(frozen=True)
+class ReleasesRepo:
+    """Everything one revision of the releases repo declares, expanded and cross-checked."""
+
+    applications: Mapping[str, Application]
+    releases: Mapping[tuple[str, str], Release]  # (application, version) -> release
+    stages: Mapping[str, Stage]
+    environments: Mapping[str, Environment]  # explicit and generated, by name (sorted)
+    freezes: Mapping[str, FreezeWindow]
+    environment_sets: Mapping[str, Origin] = field(default_factory=dict)
+
+    def desired_versions(self, env: Environment) -> dict[str, str]:
+        """Application -> version for ``env``: its pin, else its stage's version; restricted by its allow-list."""
+        stage = self.stages.get(env.stage)
+        versions = dict(stage.releases) if stage else {}
+        versions.update(env.pins)
+        if env.applications is not None:
+            allowed = set(env.applications)
+            versions = {app: v for app, v in versions.items() if app in allowed}
+        return versions
+
+    def release(self, application: str, version: str) -> Release | None:
+        return self.releases.get((application, version))
+
+    def wave_of(self, env: Environment) -> str | None:
+        stage = self.stages.get(env.stage)
+        if stage is None or not stage.waves:
+            return None
+        if env.wave:
+            return env.wave
+        for wave in stage.waves:
+            if wave.selector and selector_matches(wave.selector, env.labels):
+                return wave.name
+        return stage.waves[-1].name
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "applications": len(self.applications),
+            "releases": len(self.releases),
+            "environments": len(self.environments),
+            "stages": len(self.stages),
+            "freezeWindows": len(self.freezes),
+        }

@@ -1,0 +1,352 @@
+"""`reconciler validate` on bad inputs: every case exits 1 with `path:line: message` and no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+from tests.minirepo import minimal_repo, write_repo
+
+Files = dict[str, bytes]
+
+
+def replace(path: str, old: str, new: str) -> Callable[[Files], None]:
+    def edit(files: Files) -> None:
+        text = files[path].decode()
+        assert old in text, f"test setup: {old!r} not in {path}"
+        files[path] = text.replace(old, new, 1).encode()
+
+    return edit
+
+
+def add(path: str, text: str | bytes) -> Callable[[Files], None]:
+    def edit(files: Files) -> None:
+        files[path] = text if isinstance(text, bytes) else textwrap.dedent(text).lstrip("\n").encode()
+
+    return edit
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+)
+
+APP = "applications/ref/application.yaml"
+FAM = "applications/famille/application.yaml"
+DEV = "stages/dev.yaml"
+SET = "environments/branches.yaml"
+
+# (case id, edit, expected "path:line" prefix (line may be None), expected message fragment)
+CASES: list[tuple[str, Callable[[Files], None], str, str]] = [
+    ("malformed-yaml", replace(DEV, "famille: 2.4.0", "famille: [2.4.0"), f"{DEV}:9", "invalid YAML"),
+    ("wrong-type", replace(APP, "owner: team-ref", "owner: [team-ref]"), f"{APP}:6", "expected a string"),
+    (
+        "unknown-field",
+        replace(APP, "owner:", "ownr:"),
+        f"{APP}:6",
+        "unknown field 'ownr' in spec; did you mean 'owner'?",
+    ),
+    ("missing-field", replace(APP, "owner: team-ref\n", ""), f"{APP}:5", "missing required field 'owner'"),
+    ("unknown-kind", replace(APP, "kind: Application", "kind: Widget"), f"{APP}:2", "unknown kind 'Widget'"),
+    ("wrong-api-version", replace(APP, "reconciler.io/v1", "reconciler.io/v2"), f"{APP}:1", "apiVersion must be"),
+    (
+        "duplicate-key",
+        replace(DEV, "famille: 2.4.0", "famille: 2.4.0\n    ref: 3.0"),
+        f"{DEV}:9",
+        "duplicate key 'ref' (first at line 7)",
+    ),
+    ("alias-bomb", add("stages/bomb.yaml", ALIAS_BOMB), "stages/bomb.yaml:1", "anchor '&a' is not allowed"),
+    ("alias-only", add("stages/alias.yaml", "a: *b\n"), "stages/alias.yaml:1", "not allowed"),
+    ("merge-key", add("stages/merge.yaml", "a: {x: 1}\nb:\n  <<: {y: 2}\n"), "stages/merge.yaml:3", "merge keys"),
+    (
+        "python-tag",
+        add("stages/evil.yaml", "a: !!python/object/apply:os.system [echo pwned]\n"),
+        "stages/evil.yaml:1",
+        "tag '!!python/object/apply:os.system' is not allowed",
+    ),
+    ("custom-tag", add("stages/tag.yaml", "a: !vault secret\n"), "stages/tag.yaml:1", "'!vault' is not allowed"),
+    (
+        "non-utf8",
+        add("stages/latin1.yaml", "a: 1\nname: caf\xe9\n".encode("latin-1")),
+        "stages/latin1.yaml:2",
+        "not valid UTF-8",
+    ),
+    ("not-a-mapping", add("stages/list.yaml", "- a\n- b\n"), "stages/list.yaml:1", "must be a mapping"),
+    (
+        "dotdot-reference",
+        replace(APP, "templates/deployment.yaml", "../../../etc/passwd.yaml"),
+        f"{APP}:10",
+        "leaves the repository",
+    ),
+    ("absolute-reference", replace(APP, "templates/deployment.yaml", "/etc/passwd"), f"{APP}:10", "absolute path"),
+    (
+        "missing-template",
+        replace(APP, "templates/deployment.yaml", "templates/nope.yaml"),
+        f"{APP}:10",
+        "template 'templates/nope.yaml' not found",
+    ),
+    ("unknown-stage-app", replace(DEV, "ref: 3.10", "refx: 3.10"), f"{DEV}:7", "unknown application 'refx'"),
+    ("unknown-release", replace(DEV, "ref: 3.10", "ref: 3.1"), f"{DEV}:7", "no release 3.1 of ref (known: 3.0, 3.10)"),
+    (
+        "unknown-dependency",
+        replace(FAM, "dependsOn: [ref]", "dependsOn: [nope]"),
+        f"{FAM}:1",
+        "dependsOn: unknown application 'nope'",
+    ),
+    (
+        "dependency-cycle",
+        replace(APP, "owner: team-ref", "owner: team-ref\n  dependsOn: [famille]"),
+        f"{FAM}:1",
+        "dependsOn cycle: famille -> ref -> famille",
+    ),
+    (
+        "unknown-env-stage",
+        replace("environments/shared.yaml", "stage: production", "stage: prod"),
+        "environments/shared.yaml:1",
+        "unknown stage 'prod' (environment shared-production)",
+    ),
+    (
+        "unsatisfied-requires",
+        replace(DEV, "ref: 3.10", "ref: 3.0"),
+        f"{DEV}:8",
+        "famille 2.4.0 requires ref >=3.2, but ref 3.0 is desired here (in 2 environments: lille-dev, rennes-dev)",
+    ),
+    (
+        "envset-name-clash",
+        replace(SET, 'name: "${branch}-${stage}"', 'name: "${branch}"'),
+        f"{SET}:14",
+        "environment 'lille' generated by EnvironmentSet 'branches' (branch=lille, region=nord, stage=production) clashes with the one at environments/branches.yaml:14 (EnvironmentSet branches, branch=lille, region=nord, stage=dev)",
+    ),
+    (
+        "envset-clash-explicit",
+        add(
+            "environments/x.yaml",
+            "apiVersion: reconciler.io/v1\nkind: Environment\nmetadata: {name: lille-dev}\nspec: {stage: dev, targets: {}}\n",
+        ),
+        "environments/x.yaml:3",
+        "duplicate Environment 'lille-dev'",
+    ),
+    (
+        "unknown-placeholder",
+        replace(SET, 'namespace: "${branch}-${stage}"', 'namespace: "${brnch}"'),
+        f"{SET}:19",
+        "unknown placeholder ${brnch}",
+    ),
+    (
+        "missing-role",
+        replace(SET, 'aix: "aix-${branch}"', 'linux: "aix-${branch}"'),
+        f"{SET}:14",
+        "no target for role 'aix', needed by famille",
+    ),
+    (
+        "promotion-cycle",
+        replace(DEV, "spec:\n", "spec:\n  promotesFrom: production\n"),
+        "stages/dev.yaml:1",
+        "promotion cycle",
+    ),
+    (
+        "release-missing-component",
+        replace("releases/ref/3.0.yaml", "api: {image", "web: {image"),
+        "releases/ref/3.0.yaml:1",
+        "component 'api' of ref has no entry",
+    ),
+    (
+        "bad-specifier",
+        replace("releases/famille/2.4.0.yaml", '">=3.2"', '"at least 3"'),
+        "releases/famille/2.4.0.yaml:1",
+        "invalid version specifier",
+    ),
+    (
+        "bad-cron",
+        replace("freezes/year-end.yaml", "0 20 28 * *", "every friday"),
+        "freezes/year-end.yaml:1",
+        "invalid cron expression",
+    ),
+    (
+        "bad-timezone",
+        replace("freezes/year-end.yaml", "Europe/Paris", "Mars/Olympus"),
+        "freezes/year-end.yaml:1",
+        "unknown time zone",
+    ),
+    (
+        "bad-duration",
+        replace("stages/production.yaml", "soak: 24h", "soak: 1 day"),
+        "stages/production.yaml:7",
+        "is not valid: A duration",
+    ),
+    ("bad-name", replace(APP, "name: ref", "name: Ref_App"), f"{APP}:4", "is not valid: A DNS label"),
+    (
+        "duplicate-application",
+        add("applications/copy.yaml", minimal_repo()[APP].decode().replace("templates/", "ref/templates/")),
+        f"{APP}:4",
+        "duplicate Application 'ref' (first declared at applications/copy.yaml:1)",
+    ),
+    (
+        "freeze-end-before-start",
+        replace("freezes/year-end.yaml", "2026-01-05T08", "2024-01-05T08"),
+        "freezes/year-end.yaml:8",
+        "end must be after start",
+    ),
+]
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_minimal_repo_is_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_repo(tmp_path, minimal_repo())
+    code, out, err = run_cli(["validate", str(tmp_path)], capsys)
+    assert (code, err) == (0, "")
+    assert out.startswith("valid: 2 applications, 3 releases, 5 environments, 2 stages, 1 freeze windows")
+
+
+@pytest.mark.parametrize(("case", "edit", "where", "fragment"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_reported(
+    case: str,
+    edit: Callable[[Files], None],
+    where: str,
+    fragment: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = minimal_repo()
+    edit(files)
+    write_repo(tmp_path, files)
+    code, out, err = run_cli(["validate", str(tmp_path)], capsys)
+    assert code == 1
+    assert "Traceback" not in out + err
+    lines = out.splitlines()
+    matching = [line for line in lines if line.startswith(where + ":") and fragment in line]
+    assert matching, f"expected {where}: ...{fragment}... in:\n{out}"
+
+
+def test_every_problem_is_reported_not_just_the_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = minimal_repo()
+    replace(APP, "owner:", "ownr:")(files)
+    replace(DEV, "famille: 2.4.0", "famille: 9.9")(files)
+    add("stages/bad.yaml", "a: [\n")(files)
+    write_repo(tmp_path, files)
+    code, out, _ = run_cli(["validate", str(tmp_path)], capsys)
+    assert code == 1
+    assert len(out.splitlines()) == 4, out  # missing owner + unknown ownr + YAML + release
+
+
+def test_file_over_size_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = minimal_repo()
+    files["stages/big.yaml"] = b"# " + b"x" * 5000 + b"\n"
+    write_repo(tmp_path, files)
+    code, out, _ = run_cli(["validate", str(tmp_path), "--max-file-size", "4k"], capsys)
+    assert code == 1
+    assert "stages/big.yaml: file is 5003 bytes, over the limit of 4096 bytes" in out
+
+
+def test_repo_over_size_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_repo(tmp_path, minimal_repo())
+    code, out, _ = run_cli(["validate", str(tmp_path), "--max-repo-size", "2k"], capsys)
+    assert code == 1
+    assert "repository manifests exceed the limit of 2048 bytes" in out
+
+
+def test_symlink_outside_repo_is_refused_and_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = tmp_path / "secret.yaml"
+    secret.write_text("password: hunter2\n")
+    repo = write_repo(tmp_path / "repo", minimal_repo())
+    (repo / "stages" / "leak.yaml").symlink_to(secret)
+    code, out, _ = run_cli(["validate", str(repo)], capsys)
+    assert code == 1
+    assert "stages/leak.yaml: symlink points outside the repository" in out
+    assert "hunter2" not in out
+
+
+def test_symlink_loop_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = write_repo(tmp_path, minimal_repo())
+    (repo / "stages" / "a.yaml").symlink_to(repo / "stages" / "b.yaml")
+    (repo / "stages" / "b.yaml").symlink_to(repo / "stages" / "a.yaml")
+    code, out, _ = run_cli(["validate", str(repo)], capsys)
+    assert code == 1
+    assert "stages/a.yaml: symlink loop" in out
+
+
+def test_symlink_inside_repo_works(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = minimal_repo()
+    files["shared/templates/deployment.yaml"] = files.pop("applications/ref/templates/deployment.yaml")
+    repo = write_repo(tmp_path, files)
+    (repo / "applications/ref/templates").mkdir()
+    (repo / "applications/ref/templates/deployment.yaml").symlink_to("../../../shared/templates/deployment.yaml")
+    code, out, _ = run_cli(["validate", str(repo)], capsys)
+    assert code == 0, out
+
+
+def test_alias_bomb_is_refused_with_bounded_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = minimal_repo()
+    files["stages/bomb.yaml"] = ALIAS_BOMB.encode()
+    write_repo(tmp_path, files)
+    tracemalloc.start()
+    code, out, _ = run_cli(["validate", str(tmp_path)], capsys)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert code == 1 and "stages/bomb.yaml:1: anchor '&a' is not allowed" in out
+    assert peak < 20 * 1024 * 1024  # 9**9 expanded strings would need gigabytes
+
+
+def test_versions_keep_their_text(tmp_path: Path) -> None:
+    from reconciler.core.loader import load_repo
+    from reconciler.source.fstree import DirectoryTree
+
+    result = load_repo(DirectoryTree.scan(write_repo(tmp_path, minimal_repo())))
+    assert result.repo is not None
+    assert result.repo.stages["dev"].releases["ref"] == "3.10"
+    assert ("ref", "3.10") in result.repo.releases and ("ref", "3.0") in result.repo.releases
+
+
+def test_bom_and_crlf_are_fine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = minimal_repo()
+    files[DEV] = b"\xef\xbb\xbf" + files[DEV].replace(b"\n", b"\r\n")
+    write_repo(tmp_path, files)
+    code, out, _ = run_cli(["validate", str(tmp_path)], capsys)
+    assert code == 0, out
+
+
+def test_json_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = minimal_repo()
+    replace(APP, "owner:", "ownr:")(files)
+    write_repo(tmp_path, files)
+    code, out, _ = run_cli(["validate", str(tmp_path), "--format", "json"], capsys)
+    data = json.loads(out)
+    assert code == 1 and data["valid"] is False
+    assert data["problems"][0]["path"] == APP and data["problems"][0]["line"] == 5
+
+
+def test_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["validate", str(tmp_path / "nope")], capsys)
+    assert code == 1 and "not a directory" in err
+
+
+@pytest.mark.parametrize(
+    "payload", [b"\x00\x01\x02", b"{" * 10000, b"[" * 100000, b"a: b: c: d", b"\t- x", b"%YAML 9.9\n---\na: 1"]
+)
+def test_garbage_never_tracebacks_in_a_subprocess(tmp_path: Path, payload: bytes) -> None:
+    files = minimal_repo()
+    files["stages/garbage.yaml"] = payload
+    write_repo(tmp_path, files)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reconciler", "validate", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "RECONCILER_DEBUG": ""},
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stdout.startswith("stages/garbage.yaml"), proc.stdout
