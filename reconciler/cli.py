@@ -53,7 +53,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", default=".", help="the releases repo (default: current directory)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     _add_limits(p)
+
+    p = sub.add_parser("run", help="run the controller")
+    p.add_argument("--config", required=True, help="the controller config file")
+    p.add_argument("--once", action="store_true", help="one full cycle; exit 0 if every environment is Synced")
+    p.add_argument("--dry-run", action="store_true", help="plan and print; apply nothing, write no status")
+    _add_logging(p)
+
+    p = sub.add_parser("status", help="show the status branch")
+    p.add_argument("--config", required=True)
+    p.add_argument("--env", help="one environment, with its applications")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+    p = sub.add_parser("history", help="show or export the audit trail")
+    p.add_argument("--config", required=True)
+    p.add_argument("--env", help="only this environment")
+    p.add_argument("--app", help="only this application")
+    p.add_argument("--stage", help="only this stage")
+    p.add_argument("--since", help="from this time (ISO 8601, e.g. 2026-11-01)")
+    p.add_argument("--until", help="before this time (ISO 8601)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+    p = sub.add_parser("demo", help="run the controller on the embedded example fleet")
+    p.add_argument("--state-dir", default=".reconciler-demo", help="where the demo keeps everything")
+    p.add_argument("--listen", default="127.0.0.1:8080", help="address of the dashboard and metrics")
+    p.add_argument("--once", action="store_true", help="one cycle, exit code as run --once")
+    _add_logging(p)
     return parser
+
+
+def _add_logging(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
 def _version() -> str:
@@ -72,6 +102,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             from reconciler.commands.validate import run_validate
 
             return run_validate(args)
+        if args.command == "run":
+            from reconciler.commands.run import run_run
+
+            return run_run(args)
+        if args.command == "status":
+            from reconciler.commands.status import run_status
+
+            return run_status(args)
+        if args.command == "history":
+            from reconciler.commands.status import run_history
+
+            return run_history(args)
+        if args.command == "demo":
+            from reconciler.commands.demo import run_demo
+
+            return run_demo(args)
         raise AssertionError(args.command)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -3,7 +3,9 @@
 The schema files live in ``reconciler/schemas/`` (the repo's top-level ``schemas/`` points there) so editors and
 the loader use the same files. :func:`check` validates one document and turns every jsonschema error into a
 :class:`Problem` with the line of the offending key: unknown fields are named one by one with a suggestion.
-Called by the manifest loader and the config loader. Pure apart from reading the packaged schema files once.
+Called by the manifest loader and the config loader. Valid documents are checked by a compiled
+validator (fastjsonschema); jsonschema explains the invalid ones.
+Pure apart from reading the packaged schema files once.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
@@ -41,6 +44,12 @@ def schema(name: str) -> dict[str, Any]:
 @cache
 def validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+@cache
+def fast_validator(name: str) -> Any:
+    """A compiled validator (fastjsonschema): ~50x faster for the common case of a valid document."""
+    return fastjsonschema.compile(schema(name))
 
 
 def dotted(path: Iterable[str | int]) -> str:
@@ -107,8 +116,13 @@ def _messages(error: ValidationError, where: tuple[str | int, ...]) -> list[tupl
 
 def check(name: str, data: Any, doc: Document, prefix: Path = (), path: str | None = None) -> list[Problem]:
     """Validate ``data`` against schema ``name``; lines come from ``doc`` at ``prefix`` + the error path."""
+    try:
+        fast_validator(name)(data)
+        return []
+    except fastjsonschema.JsonSchemaException as fast_error:
+        first = str(fast_error)
     problems = []
     for error in validator(name).iter_errors(data):
         for where, message in _messages(error, tuple(error.absolute_path)):
             problems.append(Problem(path or doc.path, doc.line((*prefix, *where)), message))
-    return problems
+    return problems or [Problem(path or doc.path, doc.line(prefix), first)]

@@ -8,6 +8,7 @@ leave the repo as problems; :func:`join_inside` keeps references written in mani
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ class SourceTree(Protocol):
 
     def read(self, path: str) -> bytes: ...
 
+    def digest(self, path: str) -> str:
+        """A content digest (Git's blob id where the source is Git); equal digests mean equal bytes."""
+        ...
+
     def __contains__(self, path: object) -> bool: ...
 
 
@@ -52,8 +57,16 @@ class MemoryTree:
     def read(self, path: str) -> bytes:
         return self.files[path]
 
+    def digest(self, path: str) -> str:
+        return blob_id(self.files[path])
+
     def __contains__(self, path: object) -> bool:
         return path in self.files
+
+
+def blob_id(data: bytes) -> str:
+    """Git's blob id of ``data`` (so every source digests content the same way)."""
+    return hashlib.sha1(b"blob %d\x00" % len(data) + data, usedforsecurity=False).hexdigest()
 
 
 def is_manifest_path(path: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
@@ -53,6 +54,7 @@ def find_cycle(graph: Mapping[str, tuple[str, ...] | list[str]]) -> list[str] | 
     return None
 
 
+@cache
 def parse_version(text: str) -> Version | None:
     try:
         return Version(text)

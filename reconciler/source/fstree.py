@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.core.problems import Problem
+from reconciler.core.tree import blob_id
 
 
 @dataclass
@@ -77,6 +78,9 @@ class DirectoryTree:
 
     def read(self, path: str) -> bytes:
         return self._files[path].read_bytes()
+
+    def digest(self, path: str) -> str:
+        return blob_id(self.read(path))
 
     def __contains__(self, path: object) -> bool:
         return path in self._files

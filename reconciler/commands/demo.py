@@ -1,0 +1,125 @@
+"""``reconciler demo``: the embedded default, with no other setup.
+
+Seeds ``DIR/releases.git`` (a bare repo) from ``examples/releases-repo`` if it does not exist yet, writes
+``DIR/controller.yaml`` mapping every target to a ``local`` directory under ``DIR/targets`` except the AIX
+targets of the lille branch, which go through the example legacy agent (``examples/targets/aix-agent``, a
+``script`` target), then runs the controller on it. Push to ``DIR/releases.git`` and watch the change roll out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from reconciler.commands.common import ConfigError, fail, load_config
+from reconciler.observability import logging as logs
+
+PROJECT = Path(__file__).resolve().parents[2]
+EXAMPLE_REPO = PROJECT / "examples" / "releases-repo"
+AGENT = PROJECT / "examples" / "targets" / "aix-agent"
+DEMO_AUTHOR = {
+    "GIT_AUTHOR_NAME": "Demo Developer",
+    "GIT_AUTHOR_EMAIL": "dev@example.org",
+    "GIT_COMMITTER_NAME": "Demo Developer",
+    "GIT_COMMITTER_EMAIL": "dev@example.org",
+}
+
+
+def _git(*args: str, cwd: Path | None = None) -> None:
+    env = {**os.environ, **DEMO_AUTHOR, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0"}
+    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, timeout=120)
+
+
+def seed_repository(bare: Path) -> bool:
+    """Create ``bare`` from the example repo; False when it already exists (it is never overwritten)."""
+    if bare.exists():
+        return False
+    if not EXAMPLE_REPO.is_dir():
+        raise FileNotFoundError(f"{EXAMPLE_REPO} not found: run the demo from a clone of the project")
+    bare.parent.mkdir(parents=True, exist_ok=True)
+    _git("init", "-q", "--bare", "-b", "main", str(bare))
+    with tempfile.TemporaryDirectory(prefix="reconciler-seed-") as tmp:
+        work = Path(tmp) / "work"
+        shutil.copytree(EXAMPLE_REPO, work)
+        _git("init", "-q", "-b", "main", cwd=work)
+        _git("add", "-A", cwd=work)
+        _git(
+            "-c",
+            "commit.gpgsign=false",
+            "commit",
+            "-q",
+            "-m",
+            "Example fleet: 60 applications, 235 environments",
+            cwd=work,
+        )
+        _git("push", "-q", str(bare), "main", cwd=work)
+    return True
+
+
+def write_config(state: Path, listen: str) -> Path:
+    config = {
+        "apiVersion": "reconciler.io/v1",
+        "kind": "ControllerConfig",
+        "source": {"url": str(state / "releases.git"), "branch": "main", "interval": "5s", "timeout": "60s"},
+        "status": {
+            "branch": "reconciler-status",
+            "authorName": "reconciler demo",
+            "authorEmail": "reconciler@localhost",
+        },
+        "stateDir": str(state / "controller"),
+        "concurrency": 4,
+        "applyTimeout": "300s",
+        "driftCheckInterval": "60s",
+        "backoff": {"initial": "5s", "max": "2m"},
+        "listen": listen,
+        "targets": {},
+        "targetPatterns": [
+            {
+                "match": "aix-lille-*",
+                "driver": "script",
+                "timeout": "30s",
+                "command": [sys.executable, str(AGENT), "--root", str(state / "targets" / "${target}")],
+            },
+            {"match": "*", "driver": "local", "path": str(state / "targets" / "${target}")},
+        ],
+    }
+    path = state / "controller.yaml"
+    path.write_text(
+        "# Written by `reconciler demo`; edit freely, it is rewritten at each start.\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
+    return path
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from reconciler.commands.run import build_controller, run_controller
+
+    state = Path(args.state_dir).resolve()
+    try:
+        seeded = seed_repository(state / "releases.git")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return fail(f"cannot seed the demo repository: {exc}")
+    try:
+        config = load_config(str(write_config(state, args.listen)))
+    except ConfigError as exc:
+        return fail(str(exc))
+    logs.configure(level=args.log_level)
+    print(
+        f"reconciler demo\n"
+        f"  releases repo : {state / 'releases.git'}{' (seeded from examples/releases-repo)' if seeded else ''}\n"
+        f"  config        : {config.path}\n"
+        f"  targets       : {state / 'targets'}\n"
+        f"  status        : branch {config.status_branch} of the releases repo "
+        f"(reconciler status --config {config.path})\n"
+        f"  try           : git clone {state / 'releases.git'} work && edit work/stages/dev.yaml, commit, push",
+        flush=True,
+    )
+    controller = build_controller(config, progress=True)
+    return run_controller(controller, args.once)

@@ -1,0 +1,143 @@
+"""``reconciler run --config FILE [--once] [--dry-run]``: the controller.
+
+``--once`` runs one full cycle and exits 0 when every environment ended Synced (or Blocked by a policy), 1
+otherwise. Without it the controller loops until SIGTERM/SIGINT, which stop it cleanly: no new environment starts,
+in-flight ones finish (each is bounded by ``applyTimeout``) and status is written. ``--dry-run`` plans and prints
+what would change, applies nothing and writes no status. Also used by ``reconciler demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from reconciler.commands.common import ConfigError, fail, load_config, status_store
+from reconciler.core.config import ControllerConfig
+from reconciler.core.plan import Action
+from reconciler.core.problems import ReconcilerError
+from reconciler.engine.controller import Controller, CycleReport
+from reconciler.engine.targets import DriverPool
+from reconciler.observability import logging as logs
+
+
+def build_controller(config: ControllerConfig, dry_run: bool = False, progress: bool = False) -> Controller:
+    from reconciler.source.gitrepo import GitSource
+
+    logs.register_secret(_url_password(config.source_url))
+    for secret in config.webhooks.values():
+        if isinstance(secret, str):
+            logs.register_secret(secret)
+    source = GitSource(
+        config.source_url, config.branch, Path(config.state_dir) / "source", timeout=config.source_timeout
+    )
+    store = None if dry_run else status_store(config)
+    return Controller(
+        config, source, store, DriverPool(config), dry_run=dry_run, progress=_progress_printer() if progress else None
+    )
+
+
+def _url_password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return parts.password or (parts.username if parts.username and parts.scheme in ("http", "https") else None)
+
+
+def _progress_printer() -> Callable[[int, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done == total else ""
+        print(f"\r  reconciling: {done}/{total} environments", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def summarize(controller: Controller, report: CycleReport) -> str:
+    phases = controller.phases()
+    counts: dict[str, int] = {}
+    for phase in phases.values():
+        counts[str(phase)] = counts.get(str(phase), 0) + 1
+    parts = ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
+    head = (report.revision or "none")[:12]
+    extra = ""
+    if report.source_error:
+        extra += f"\nsource error: {report.source_error}"
+    if report.invalid:
+        extra += f"\nrevision {head} is invalid:\n" + "\n".join(f"  {p}" for p in report.invalid[:20])
+    commit = f", status commit {report.status_commit[:12]}" if report.status_commit else ", no status change"
+    return (
+        f"revision {head}: {len(phases)} environments ({parts}); {len(report.outcomes)} reconciled, "
+        f"{report.skipped} unchanged{commit} in {report.duration:.2f}s{extra}"
+    )
+
+
+def print_plan(report: CycleReport) -> None:
+    for name, outcome in sorted(report.outcomes.items()):
+        changes = [p for p in outcome.plans if p.action is not Action.UNCHANGED]
+        if not changes:
+            continue
+        print(f"{name}:")
+        for plan in changes:
+            print(
+                f"  {plan.action:<7} {plan.application} on {plan.target}: {plan.from_version or '-'} -> "
+                f"{plan.to_version or '-'} ({plan.reason})"
+            )
+
+
+def install_signal_handlers(stop: threading.Event, wake: threading.Event) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        logs.get_logger().info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+        wake.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_controller(
+    controller: Controller, once: bool, serve: Callable[[Controller, threading.Event], Any] | None = None
+) -> int:
+    log = logs.get_logger()
+    try:
+        controller.restore()
+    except ReconcilerError as exc:
+        log.warning("could not read the status branch; starting fresh", error=str(exc))
+    try:
+        if once:
+            report = controller.cycle("manual")
+            if controller.dry_run:
+                print_plan(report)
+            print(summarize(controller, report))
+            return 0 if report.all_good(controller.phases()) else 1
+        stop, wake = threading.Event(), threading.Event()
+        install_signal_handlers(stop, wake)
+        server = serve(controller, wake) if serve else None
+        log.info("controller started", source=controller.config.source_url, interval=controller.config.interval)
+        controller.run_forever(stop, wake)
+        if server is not None:
+            server.shutdown()
+        log.info("controller stopped")
+        return 0
+    finally:
+        controller.close()
+
+
+def run_run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return fail(str(exc))
+    logs.configure(level=args.log_level)
+    controller = build_controller(config, dry_run=args.dry_run, progress=True)
+    return run_controller(controller, args.once)

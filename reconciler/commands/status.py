@@ -1,0 +1,158 @@
+"""``reconciler status`` and ``reconciler history``: read the status branch and the audit trail.
+
+Both read the status branch of the configured source through :class:`reconciler.status.store.StatusStore`, so
+they show what the controller committed, from any machine that can fetch the repo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from typing import Any
+
+from reconciler.commands.common import ConfigError, fail, load_config, status_store
+from reconciler.core.problems import ReconcilerError
+from reconciler.engine import statusdoc
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    widths[-1] = len(headers[-1])  # last column is free text
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _short(rev: Any) -> str:
+    return str(rev)[:12] if rev else "-"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        snapshot = status_store(config).read()
+    except ConfigError as exc:
+        return fail(str(exc))
+    except ReconcilerError as exc:
+        return fail(f"cannot read status: {exc}")
+    docs = {}
+    for path, data in sorted(snapshot.files.items()):
+        if path.startswith("environments/") and path.endswith(".yaml"):
+            doc = statusdoc.parse(data)
+            if doc is not None:
+                docs[str(doc.get("environment", path))] = doc
+    if args.env:
+        if args.env not in docs:
+            return fail(f"no status for environment {args.env!r} on branch {config.status_branch}")
+        docs = {args.env: docs[args.env]}
+    if args.format == "json":
+        print(json.dumps(list(docs.values()) if not args.env else docs[args.env], indent=2, default=str))
+        return 0
+    if not docs:
+        print(f"no status yet on branch {config.status_branch}")
+        return 0
+    if args.env:
+        doc = docs[args.env]
+        print(
+            f"environment: {args.env}\nstage: {doc.get('stage')}\nphase: {doc.get('phase')}\n"
+            f"message: {doc.get('message')}\nlastAppliedRevision: {doc.get('lastAppliedRevision')}\n"
+            f"lastAttemptedRevision: {doc.get('lastAttemptedRevision')}\nupdated: {doc.get('updated')}\n"
+        )
+        rows = [
+            [
+                a,
+                str(s.get("desired") or "-"),
+                str(s.get("live") or "-"),
+                str(s.get("phase")),
+                str(s.get("message") or ""),
+            ]
+            for a, s in sorted((doc.get("applications") or {}).items())
+        ]
+        print(_table(rows, ["APPLICATION", "DESIRED", "LIVE", "PHASE", "MESSAGE"]))
+        return 0
+    rows = [
+        [
+            n,
+            str(d.get("stage") or "-"),
+            str(d.get("phase")),
+            _short(d.get("lastAppliedRevision")),
+            str(d.get("message") or ""),
+        ]
+        for n, d in sorted(docs.items())
+    ]
+    print(_table(rows, ["ENVIRONMENT", "STAGE", "PHASE", "APPLIED", "MESSAGE"]))
+    return 0
+
+
+AUDIT_FIELDS = [
+    "time",
+    "environment",
+    "stage",
+    "application",
+    "action",
+    "from",
+    "to",
+    "result",
+    "revision",
+    "author",
+    "committer",
+    "signer",
+    "trigger",
+    "target",
+    "start",
+    "end",
+    "message",
+]
+
+
+def run_history(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        store = status_store(config)
+        store.read()
+        entries = list(store.audit_lines())
+    except ConfigError as exc:
+        return fail(str(exc))
+    except ReconcilerError as exc:
+        return fail(f"cannot read the audit trail: {exc}")
+    selected = [e for e in entries if _matches(e, args)]
+    if args.format == "json":
+        print(json.dumps(selected, indent=2, default=str))
+    elif args.format == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=AUDIT_FIELDS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for entry in selected:
+            writer.writerow({k: "" if entry.get(k) is None else entry.get(k) for k in AUDIT_FIELDS})
+        sys.stdout.write(out.getvalue())
+    else:
+        rows = [
+            [
+                str(e.get("time", "")),
+                str(e.get("environment", "")),
+                str(e.get("application", "")),
+                f"{e.get('from') or '-'} -> {e.get('to') or '-'}",
+                str(e.get("result", "")),
+                _short(e.get("revision")),
+                str(e.get("author", "")),
+            ]
+            for e in selected
+        ]
+        print(_table(rows, ["TIME", "ENVIRONMENT", "APPLICATION", "CHANGE", "RESULT", "REVISION", "AUTHOR"]))
+    return 0
+
+
+def _matches(entry: dict[str, Any], args: argparse.Namespace) -> bool:
+    if args.env and entry.get("environment") != args.env:
+        return False
+    if args.app and entry.get("application") != args.app:
+        return False
+    if getattr(args, "stage", None) and entry.get("stage") != args.stage:
+        return False
+    when = str(entry.get("time", ""))
+    if getattr(args, "since", None) and when < args.since:
+        return False
+    return not (getattr(args, "until", None) and when >= args.until)

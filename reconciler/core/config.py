@@ -1,0 +1,148 @@
+"""The operator's controller configuration (YAML, validated by ``schemas/config.schema.json``).
+
+Holds what a pull request on the releases repo must never control: where the source is, which driver and which
+connection each target name uses (exact ``targets`` entries, then ``targetPatterns`` globs with ``${target}``),
+intervals, timeouts, concurrency and secrets' locations. Relative paths are resolved against the config file's
+directory. Parsed by :func:`parse_config`; errors are :class:`~reconciler.core.problems.Problem` lists naming the
+file and line. Called by ``reconciler run/status/history/demo``. Pure (the caller reads the file).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from reconciler.core import schemas
+from reconciler.core.durations import parse_duration
+from reconciler.core.problems import InvalidInput, Problem
+from reconciler.core.yamlsafe import parse_file
+
+PATH_FIELDS = ("path", "identityFile", "knownHosts", "kubeconfig")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str
+    driver: str
+    settings: Mapping[str, Any] = field(default_factory=dict)  # driver-specific fields, paths absolute
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.settings.get(key, default)
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    path: str  # the config file, absolute
+    source_url: str
+    branch: str = "main"
+    interval: float = 30.0
+    source_timeout: float = 60.0
+    max_file_size: int = 1024 * 1024
+    max_repo_size: int = 256 * 1024 * 1024
+    status_branch: str = "reconciler-status"
+    author_name: str = "reconciler"
+    author_email: str = "reconciler@localhost"
+    state_dir: str = ""
+    concurrency: int = 8
+    apply_timeout: float = 300.0
+    drift_interval: float = 300.0
+    backoff_initial: float = 10.0
+    backoff_max: float = 600.0
+    listen: str = "127.0.0.1:8080"
+    targets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    patterns: tuple[Mapping[str, Any], ...] = ()
+    allowed_signers: str | None = None
+    webhooks: Mapping[str, Any] = field(default_factory=dict)
+
+    def target(self, name: str) -> TargetConfig | None:
+        """The configuration of target ``name``: an exact entry, else the first matching pattern."""
+        entry = self.targets.get(name)
+        if entry is None:
+            for pattern in self.patterns:
+                if fnmatch.fnmatchcase(name, pattern["match"]):
+                    entry = {k: _fill(v, name) for k, v in pattern.items() if k != "match"}
+                    break
+        if entry is None:
+            return None
+        settings = {k: v for k, v in entry.items() if k != "driver"}
+        base = posixpath.dirname(self.path)
+        for key in PATH_FIELDS:
+            if isinstance(settings.get(key), str):
+                settings[key] = posixpath.normpath(posixpath.join(base, settings[key]))
+        if settings.get("driver") == "script" or entry["driver"] == "script":
+            command = list(settings.get("command", []))
+            if command and "/" in command[0] and not command[0].startswith("/"):
+                command[0] = posixpath.normpath(posixpath.join(base, command[0]))
+            settings["command"] = command
+        return TargetConfig(name, entry["driver"], settings)
+
+    def with_overrides(self, **changes: Any) -> ControllerConfig:
+        return replace(self, **changes)
+
+
+def _fill(value: Any, target: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("${target}", target)
+    if isinstance(value, list):
+        return [_fill(v, target) for v in value]
+    return value
+
+
+def parse_config(path: str, data: bytes) -> ControllerConfig:
+    """Parse and validate a config file. Raises :class:`InvalidInput` with every problem."""
+    docs, problems = parse_file(path, data)
+    if problems:
+        raise InvalidInput(problems)
+    if len(docs) != 1 or not isinstance(docs[0].data, dict):
+        raise InvalidInput([Problem(path, 1, "the config must be one YAML mapping")])
+    doc = docs[0]
+    raw: dict[str, Any] = doc.data
+    problems = schemas.check("config", raw, doc)
+    if problems:
+        raise InvalidInput(problems)
+    durations: dict[str, float] = {}
+    for key, where in (
+        ("interval", ("source", "interval")),
+        ("source_timeout", ("source", "timeout")),
+        ("apply_timeout", ("applyTimeout",)),
+        ("drift_interval", ("driftCheckInterval",)),
+        ("backoff_initial", ("backoff", "initial")),
+        ("backoff_max", ("backoff", "max")),
+    ):
+        node: Any = raw
+        for part in where:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, str):
+            durations[key] = float(parse_duration(node))
+    base = posixpath.dirname(path)
+    source, status = raw["source"], raw.get("status", {})
+    url = source["url"]
+    if "://" not in url and ":" not in url.split("/")[0]:
+        url = posixpath.normpath(posixpath.join(base, url))  # a relative local path
+    state_dir = posixpath.normpath(posixpath.join(base, raw.get("stateDir", ".reconciler-state")))
+    signers = raw.get("allowedSigners")
+    config = ControllerConfig(
+        path=path,
+        source_url=url,
+        branch=source.get("branch", "main"),
+        max_file_size=source.get("maxFileSize", 1024 * 1024),
+        max_repo_size=source.get("maxRepoSize", 256 * 1024 * 1024),
+        status_branch=status.get("branch", "reconciler-status"),
+        author_name=status.get("authorName", "reconciler"),
+        author_email=status.get("authorEmail", "reconciler@localhost"),
+        state_dir=state_dir,
+        concurrency=raw.get("concurrency", 8),
+        listen=raw.get("listen", "127.0.0.1:8080"),
+        targets=raw.get("targets", {}),
+        patterns=tuple(raw.get("targetPatterns", ())),
+        allowed_signers=posixpath.normpath(posixpath.join(base, signers)) if signers else None,
+        webhooks=raw.get("webhooks", {}),
+        **durations,
+    )
+    if config.status_branch == config.branch:
+        line = doc.line(("status", "branch"))
+        raise InvalidInput([Problem(path, line, "status.branch must differ from source.branch (the tracked branch)")])
+    return config

@@ -1,0 +1,56 @@
+"""The in-memory twin of a driver, for unit tests of the engine and planner (never the only test of a driver)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reconciler.core.desired import DesiredUnit
+from reconciler.drivers.base import ApplyResult, Health, HealthReport, LiveUnit
+
+
+@dataclass
+class MemoryDriver:
+    target: str
+    kind: str = "memory"
+    units: dict[tuple[str, str], DesiredUnit] = field(default_factory=dict)
+    drifted: set[tuple[str, str]] = field(default_factory=set)
+    health_of: dict[tuple[str, str], HealthReport] = field(default_factory=dict)
+    fail_with: dict[tuple[str, str], Exception] = field(default_factory=dict)
+    calls: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def observe(self, environment: str, application: str, check_drift: bool = True) -> LiveUnit | None:
+        unit = self.units.get((environment, application))
+        if unit is None:
+            return None
+        drift = ("*",) if check_drift and (environment, application) in self.drifted else ()
+        return LiveUnit(environment, application, self.target, unit.version, unit.fingerprint, drift)
+
+    def owned_applications(self, environment: str) -> list[str]:
+        return sorted(app for env, app in self.units if env == environment)
+
+    def apply(self, unit: DesiredUnit, dry_run: bool = False) -> ApplyResult:
+        key = (unit.environment, unit.application)
+        self.calls.append(("apply", *key))
+        if key in self.fail_with:
+            raise self.fail_with[key]
+        current = self.units.get(key)
+        changed = current is None or current.fingerprint != unit.fingerprint or key in self.drifted
+        if not dry_run:
+            self.units[key] = unit
+            self.drifted.discard(key)
+        return ApplyResult(changed, "applied" if changed else "unchanged")
+
+    def remove(self, environment: str, application: str, dry_run: bool = False) -> ApplyResult:
+        self.calls.append(("remove", environment, application))
+        present = (environment, application) in self.units
+        if present and not dry_run:
+            del self.units[(environment, application)]
+        return ApplyResult(present, "removed" if present else "absent")
+
+    def health(self, environment: str, application: str) -> HealthReport:
+        if (environment, application) not in self.units:
+            return HealthReport(Health.MISSING, "not deployed")
+        return self.health_of.get((environment, application), HealthReport(Health.HEALTHY))
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,512 @@
+"""The controller: one reconcile cycle over every environment, and the loop that repeats it.
+
+A cycle has clear phases: fetch the source -> load the head revision (kept as *last good* only when valid) ->
+decide which environments need work -> reconcile those concurrently under a bound -> write status and audit in
+one commit. Design for scale: with an unchanged head and no drift check due, an environment costs a dictionary
+lookup; after a new commit, only environments whose inputs (blob digests of what they render, their parameters)
+changed are re-planned. Failures back off per environment (exponential, reset by a new revision or a manual
+trigger); an environment that hangs past ``applyTimeout`` is reported and skipped until its worker returns, so it
+never holds the others. Invalid input never changes what runs: the last good revision keeps being served.
+
+Used by ``reconciler run`` and ``reconciler demo``; the HTTP server reads :attr:`Controller.snapshot`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from reconciler.core.config import ControllerConfig
+from reconciler.core.loader import Limits, load_repo
+from reconciler.core.model import Environment, ReleasesRepo
+from reconciler.core.plan import Phase
+from reconciler.core.problems import Problem, ReconcilerError
+from reconciler.core.tree import SourceTree
+from reconciler.core.yamlsafe import scalar_text
+from reconciler.engine import statusdoc
+from reconciler.engine.reconcile import AppStatus, EnvOutcome, Job, reconcile_environment
+from reconciler.engine.targets import DriverPool
+from reconciler.observability.logging import get_logger
+
+
+class Source(Protocol):
+    def fetch(self) -> str: ...
+    def tree(self, revision: str) -> SourceTree: ...
+    def commit(self, revision: str) -> Any: ...
+    def close(self) -> None: ...
+
+
+class Store(Protocol):
+    def read(self) -> Any: ...
+    def write(self, replace: Mapping[str, bytes], append: Mapping[str, bytes], message: str) -> str | None: ...
+
+
+@dataclass
+class EnvState:
+    input_key: str | None = None  # inputs of the last reconcile that ended Synced
+    attempted_key: str | None = None  # inputs of the last attempt
+    phase: Phase | None = None
+    applied_revision: str | None = None
+    attempted_revision: str | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    doc: dict[str, Any] | None = None
+    doc_identity: str | None = None
+    busy_since: float | None = None
+
+
+@dataclass(frozen=True)
+class Loaded:
+    revision: str
+    repo: ReleasesRepo
+    tree: SourceTree
+    author: str
+    committer: str
+    committed_at: float | None
+    env_problems: Mapping[str, list[Problem]]
+
+
+@dataclass
+class CycleReport:
+    revision: str | None
+    outcomes: dict[str, EnvOutcome] = field(default_factory=dict)
+    skipped: int = 0
+    status_commit: str | None = None
+    source_error: str | None = None
+    invalid: list[Problem] = field(default_factory=list)
+    duration: float = 0.0
+    recovered: bool = False  # the head is valid again after an invalid one
+
+    def all_good(self, phases: Mapping[str, Phase | None]) -> bool:
+        if self.source_error or self.invalid or not phases:
+            return False
+        return all(p in (Phase.SYNCED, Phase.BLOCKED) for p in phases.values())
+
+
+def _clear_busy(state: EnvState) -> Callable[[Future[EnvOutcome]], None]:
+    def clear(_: Future[EnvOutcome]) -> None:
+        state.busy_since = None
+
+    return clear
+
+
+def _person(name: str, email: str) -> str:
+    return f"{name} <{email}>" if email else name
+
+
+class Controller:
+    def __init__(
+        self,
+        config: ControllerConfig,
+        source: Source,
+        store: Store | None,
+        pool: DriverPool,
+        *,
+        dry_run: bool = False,
+        clock: Callable[[], float] = time.time,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.store = store
+        self.pool = pool
+        self.dry_run = dry_run
+        self.clock = clock
+        self.progress = progress
+        self.log = get_logger(component="controller")
+        self.states: dict[str, EnvState] = {}
+        self.good: Loaded | None = None
+        self.head: str | None = None
+        self.invalid: tuple[str, list[Problem]] | None = None
+        self.source_error: str | None = None
+        self.last_drift_check: float | None = None
+        self.fetched_once = threading.Event()
+        self.pending_audit: list[dict[str, Any]] = []
+        self.controller_doc_identity: str | None = None
+        self.last_good_hint: str | None = None  # from the status branch: what to serve if the head is invalid
+        self.restored_invalid = False  # the status branch shows an invalid head
+        self.cycles = 0
+        self.listeners: list[Callable[[CycleReport], None]] = []
+        self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="env")
+        self._app_digests: dict[tuple[str, str, str], str] = {}
+        self._lock = threading.Lock()
+
+    # --- start-up ------------------------------------------------------------------------------------------
+    def restore(self) -> None:
+        """Seed per-environment memory from the status branch, so a restart does not rewrite unchanged status."""
+        if self.store is None:
+            return
+        snapshot = self.store.read()
+        for path, data in snapshot.files.items():
+            if not (path.startswith("environments/") and path.endswith(".yaml")):
+                continue
+            doc = statusdoc.parse(data)
+            if doc is None or not isinstance(doc.get("environment"), str):
+                continue
+            state = self.states.setdefault(doc["environment"], EnvState())
+            state.doc = doc
+            state.doc_identity = statusdoc.identity(doc)
+            state.applied_revision = doc.get("lastAppliedRevision")
+            digest = doc.get("desiredDigest")
+            state.input_key = state.attempted_key = digest if isinstance(digest, str) else None
+            state.attempted_revision = doc.get("lastAttemptedRevision")
+            phase = doc.get("phase")
+            state.phase = Phase(phase) if isinstance(phase, str) and phase in set(Phase) else None
+        controller = snapshot.files.get("controller.yaml")
+        if controller is not None:
+            doc = statusdoc.parse(controller)
+            self.controller_doc_identity = statusdoc.identity(doc) if doc else None
+            good = doc.get("lastGoodRevision") if doc else None
+            self.last_good_hint = good if isinstance(good, str) else None
+            self.restored_invalid = bool(doc and doc.get("invalidRevision"))
+
+    # --- load --------------------------------------------------------------------------------------------------
+    def _load(self, head: str) -> None:
+        tree = self.source.tree(head)
+        limits = Limits(max_file_size=self.config.max_file_size, max_repo_size=self.config.max_repo_size)
+        result = load_repo(tree, limits)
+        if result.repo is None:
+            self.invalid = (head, result.problems)
+            self.log.error(
+                "revision invalid; serving the last good one",
+                revision=head[:12],
+                problems=len(result.problems),
+                first=str(result.problems[0]),
+                serving=self.good.revision[:12] if self.good else None,
+            )
+            return
+        info = self.source.commit(head)
+        self.good = Loaded(
+            revision=head,
+            repo=result.repo,
+            tree=tree,
+            author=_person(info.author_name, info.author_email),
+            committer=_person(info.committer_name, info.committer_email),
+            committed_at=info.committed_at.timestamp() if info.committed_at else None,
+            env_problems=result.environment_problems,
+        )
+        self.invalid = None
+        self.log.info(
+            "revision loaded",
+            revision=head[:12],
+            environments=len(result.repo.environments),
+            invalid_environments=len(result.environment_problems),
+        )
+
+    def _load_last_good(self, revision: str) -> None:
+        """After a restart on an invalid head: serve the last good revision recorded on the status branch."""
+        invalid = self.invalid
+        try:
+            self._load(revision)
+        except ReconcilerError as exc:
+            self.log.error("cannot load the last good revision", revision=revision[:12], error=str(exc))
+        if self.invalid is not None:  # not good after all: serve nothing
+            self.good = None
+        self.invalid = invalid
+
+    # --- planning which environments need work ------------------------------------------------------------------
+    def _app_digest(self, loaded: Loaded, app: str, version: str) -> str:
+        key = (loaded.revision, app, version)
+        found = self._app_digests.get(key)
+        if found is None:
+            application = loaded.repo.applications[app]
+            release = loaded.repo.releases[(app, version)]
+            h = hashlib.sha256()
+            for path in (
+                application.origin.path,
+                release.origin.path,
+                *(t for c in application.components for t in c.templates),
+            ):
+                h.update(path.encode() + b"\0" + loaded.tree.digest(path).encode() + b"\0")
+            h.update(repr(application).encode())
+            found = self._app_digests[key] = h.hexdigest()
+        return found
+
+    def input_key(self, loaded: Loaded, env: Environment) -> str:
+        """A digest of everything the environment's reconcile reads; equal keys mean equal desired state."""
+        versions = loaded.repo.desired_versions(env)
+        stage = loaded.repo.stages.get(env.stage)
+        payload = [
+            env.name,
+            env.stage,
+            sorted(env.labels.items()),
+            sorted(env.targets.items()),
+            sorted((k, scalar_text(v)) for k, v in env.parameters.items()),
+            env.allow_empty,
+            stage.self_heal if stage else True,
+            sorted((a, v, self._app_digest(loaded, a, v)) for a, v in versions.items()),
+        ]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
+
+    # --- the cycle -----------------------------------------------------------------------------------------------
+    def cycle(self, trigger: str = "poll", stop: threading.Event | None = None) -> CycleReport:
+        started = self.clock()
+        self.cycles += 1
+        report = CycleReport(revision=None)
+        try:
+            head = self.source.fetch()
+            self.source_error = None
+            self.fetched_once.set()
+        except ReconcilerError as exc:
+            head = None
+            self.source_error = str(exc)
+            report.source_error = self.source_error
+            self.log.error("source fetch failed; serving the last good revision", error=str(exc))
+        new_revision = head is not None and head != self.head
+        recovered = False
+        if head is not None and new_revision:
+            self.head = head
+            was_invalid = self.invalid is not None or self.restored_invalid
+            self.restored_invalid = False
+            self._load(head)
+            recovered = was_invalid and self.invalid is None
+            hint = self.last_good_hint
+            if self.invalid and self.good is None and hint and hint != head:
+                self._load_last_good(hint)
+        report.revision = self.head
+        if self.invalid:
+            report.invalid = self.invalid[1]
+        loaded = self.good
+        if loaded is None:
+            self._write_status({}, report)
+            report.duration = self.clock() - started
+            return report
+
+        now = self.clock()
+        drift_due = self.last_drift_check is None or now - self.last_drift_check >= self.config.drift_interval
+        if drift_due:
+            self.last_drift_check = now
+        manual = trigger == "manual"
+        jobs: list[tuple[Job, str]] = []
+        invalid_outcomes: dict[str, EnvOutcome] = {}
+        for name, env in loaded.repo.environments.items():
+            state = self.states.setdefault(name, EnvState())
+            if name in loaded.env_problems:
+                problems = loaded.env_problems[name]
+                apps = {a: AppStatus(v, None, Phase.INVALID, "") for a, v in loaded.repo.desired_versions(env).items()}
+                invalid_outcomes[name] = EnvOutcome(name, Phase.INVALID, "; ".join(str(p) for p in problems[:3]), apps)
+                continue
+            if state.busy_since is not None:
+                report.skipped += 1
+                continue
+            key = self.input_key(loaded, env)
+            changed = key != state.attempted_key  # new desired state: act now, whatever the backoff
+            settled = not changed and state.phase is Phase.SYNCED
+            if changed or state.phase is None:
+                due = True
+            elif settled:
+                due = drift_due
+            else:  # failed, blocked, progressing...: again when the backoff allows, or when asked to
+                due = manual or now >= state.retry_at
+            if not due:
+                report.skipped += 1
+                continue
+            job = Job(
+                env=env,
+                repo=loaded.repo,
+                tree=loaded.tree,
+                revision=loaded.revision,
+                author=loaded.author,
+                committer=loaded.committer,
+                check_drift=drift_due or changed or state.phase is None,
+                dry_run=self.dry_run,
+                trigger="drift-check" if settled else trigger,
+            )
+            jobs.append((job, key))
+        if recovered:  # every environment was shown Invalid: show it again as it is, at the new head
+            for name in loaded.repo.environments:
+                self.states.setdefault(name, EnvState()).attempted_revision = loaded.revision
+            report.recovered = True
+        outcomes = self._run_jobs(jobs, stop)
+        outcomes.update(invalid_outcomes)
+        report.outcomes = outcomes
+        self._record(loaded, report, {job.env.name: key for job, key in jobs})
+        self._write_status(loaded.repo.environments, report)
+        report.duration = self.clock() - started
+        for listener in self.listeners:
+            listener(report)
+        return report
+
+    def _run_jobs(self, jobs: list[tuple[Job, str]], stop: threading.Event | None) -> dict[str, EnvOutcome]:
+        outcomes: dict[str, EnvOutcome] = {}
+        if not jobs:
+            return outcomes
+        started: dict[str, float] = {}
+
+        def work(job: Job) -> EnvOutcome:
+            started[job.env.name] = self.clock()
+            return reconcile_environment(job, self.pool)
+
+        futures: dict[Future[EnvOutcome], Job] = {self._executor.submit(work, job): job for job, _ in jobs}
+        pending = set(futures)
+        done_count = 0
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = futures[future]
+                done_count += 1
+                try:
+                    outcomes[job.env.name] = future.result()
+                except Exception as exc:
+                    self.log.exception("environment reconcile crashed", environment=job.env.name)
+                    outcomes[job.env.name] = EnvOutcome(
+                        job.env.name, Phase.FAILED, f"internal error: {type(exc).__name__}: {exc}", {}, transient=True
+                    )
+            if self.progress:
+                self.progress(done_count, len(futures))
+            now = self.clock()
+            for future in list(pending):
+                job = futures[future]
+                began = started.get(job.env.name)
+                cancelled = stop is not None and stop.is_set() and future.cancel()
+                if cancelled:
+                    pending.discard(future)
+                    continue
+                if began is not None and now - began > self.config.apply_timeout:
+                    pending.discard(future)
+                    name = job.env.name
+                    state = self.states[name]
+                    state.busy_since = began
+                    future.add_done_callback(_clear_busy(state))
+                    outcomes[name] = EnvOutcome(
+                        name,
+                        Phase.FAILED,
+                        f"timed out after {self.config.apply_timeout:.0f}s; still running, skipped until it returns",
+                        {},
+                        transient=True,
+                    )
+                    self.log.error("environment timed out", environment=name)
+        return outcomes
+
+    def _record(self, loaded: Loaded, report: CycleReport, keys: Mapping[str, str]) -> None:
+        now = self.clock()
+        for name, outcome in report.outcomes.items():
+            state = self.states.setdefault(name, EnvState())
+            state.phase = outcome.phase
+            key = keys.get(name)
+            new_inputs = key is not None and key != state.attempted_key
+            if new_inputs or state.attempted_revision is None:
+                state.attempted_revision = loaded.revision
+            applied = outcome.phase in (Phase.SYNCED, Phase.PROGRESSING, Phase.DEGRADED) and not self.dry_run
+            if applied and (outcome.changed or new_inputs or state.applied_revision is None):
+                state.applied_revision = loaded.revision
+            if key is not None and not self.dry_run:
+                state.attempted_key = key
+            if outcome.phase is Phase.SYNCED and key is not None and not self.dry_run:
+                state.input_key = key
+                state.failures = 0
+                state.retry_at = 0.0
+            elif outcome.phase is Phase.FAILED or outcome.transient:
+                state.failures += 1
+                delay = min(self.config.backoff_initial * 2 ** (state.failures - 1), self.config.backoff_max)
+                state.retry_at = now + delay * random.uniform(0.9, 1.1)
+            else:  # Progressing/Degraded/Blocked/OutOfSync: look again when the backoff allows
+                state.retry_at = now + self.config.backoff_initial
+            if not self.dry_run:
+                self.pending_audit.extend(outcome.audit)
+
+    # --- status --------------------------------------------------------------------------------------------------
+    def _env_doc(self, name: str, env: Environment | None, outcome: EnvOutcome | None) -> dict[str, Any]:
+        state = self.states[name]
+        previous = state.doc or {}
+        phase = outcome.phase if outcome else (state.phase or Phase.OUT_OF_SYNC)
+        message = outcome.message if outcome else previous.get("message", "")
+        apps: dict[str, Any] = (
+            {
+                a: {"desired": s.desired, "live": s.live, "phase": str(s.phase), "message": s.message}
+                for a, s in outcome.applications.items()
+            }
+            if outcome is not None and outcome.applications
+            else previous.get("applications", {})
+        )
+        if self.invalid is not None and self.good is not None:
+            bad, problems = self.invalid
+            phase = Phase.INVALID
+            message = (
+                f"revision {bad[:12]} is invalid ({len(problems)} problem{'s' if len(problems) != 1 else ''};"
+                f" first: {problems[0]}); still serving {self.good.revision[:12]}"
+            )
+        return {
+            "environment": name,
+            "stage": env.stage if env else previous.get("stage"),
+            "phase": str(phase),
+            "message": message,
+            "lastAppliedRevision": state.applied_revision,
+            "lastAttemptedRevision": self.invalid[0] if self.invalid else state.attempted_revision,
+            "updated": statusdoc.now_iso(),
+            "desiredDigest": state.input_key,
+            "applications": apps,
+        }
+
+    def _write_status(self, environments: Mapping[str, Environment], report: CycleReport) -> None:
+        replace: dict[str, bytes] = {}
+        touched = set(report.outcomes)
+        if self.invalid is not None or report.recovered:
+            touched |= set(environments)
+        for name in sorted(touched):
+            state = self.states.setdefault(name, EnvState())
+            doc = self._env_doc(name, environments.get(name), report.outcomes.get(name))
+            ident = statusdoc.identity(doc)
+            if ident != state.doc_identity:
+                replace[statusdoc.environment_path(name)] = statusdoc.dump(doc)
+                state.doc, state.doc_identity = doc, ident
+        controller = {
+            "observedRevision": self.head,
+            "lastGoodRevision": self.good.revision if self.good else None,
+            "invalidRevision": self.invalid[0] if self.invalid else None,
+            "problems": [str(p) for p in self.invalid[1][:50]] if self.invalid else [],
+            "sourceError": self.source_error,
+            "environments": len(environments),
+            "updated": statusdoc.now_iso(),
+        }
+        ident = statusdoc.identity(controller)
+        if ident != self.controller_doc_identity:
+            replace["controller.yaml"] = statusdoc.dump(controller)
+        if self.dry_run or self.store is None or (not replace and not self.pending_audit):
+            return
+        lines: dict[str, list[str]] = {}
+        for entry in self.pending_audit:
+            lines.setdefault(statusdoc.audit_path(entry["time"]), []).append(json.dumps(entry, sort_keys=True))
+        append = {path: ("\n".join(chunk) + "\n").encode() for path, chunk in lines.items()}
+        changed_envs = sum(1 for p in replace if p.startswith("environments/"))
+        message = (
+            f"reconciler: {(self.head or 'unknown')[:12]}: {changed_envs} environment(s), "
+            f"{len(self.pending_audit)} audit entr{'y' if len(self.pending_audit) == 1 else 'ies'}"
+        )
+        try:
+            report.status_commit = self.store.write(replace, append, message)
+            self.pending_audit.clear()
+            self.controller_doc_identity = ident
+        except ReconcilerError as exc:  # kept in memory and retried next cycle: nothing is lost
+            for name in report.outcomes:
+                self.states[name].doc_identity = None
+            self.log.error("status push failed; will retry", error=str(exc))
+
+    # --- loop ------------------------------------------------------------------------------------------------------
+    def phases(self) -> dict[str, Phase | None]:
+        names = self.good.repo.environments if self.good else {}
+        return {n: self.states[n].phase if n in self.states else None for n in names}
+
+    def run_forever(self, stop: threading.Event, wake: threading.Event) -> None:
+        while not stop.is_set():
+            trigger = "webhook" if wake.is_set() else "poll"
+            wake.clear()
+            try:
+                self.cycle(trigger, stop)
+            except Exception:
+                self.log.exception("cycle failed")
+            if stop.is_set():
+                break
+            wake.wait(self.config.interval * random.uniform(0.9, 1.1))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.pool.close()
+        self.source.close()

@@ -1,0 +1,282 @@
+"""One environment's reconcile: render -> observe -> pair -> apply in dependency order -> prune -> health.
+
+Called by the controller in a worker thread for every environment that needs work; it touches targets only
+through drivers and returns an :class:`EnvOutcome` (phases, messages, audit entries) that the controller turns
+into status. Any exception from a driver is caught per application, so one application's failure is reported
+and its dependents wait, while independent applications go on. Invalid input (a template that does not render)
+stops the whole environment before anything is applied: no partial apply of bad input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of
+from reconciler.core.model import Environment, ReleasesRepo
+from reconciler.core.plan import Action, Phase, UnitPlan, apply_order, guard_empty, pair, worst_phase
+from reconciler.core.problems import PermanentError, ReconcilerError, TemporaryError
+from reconciler.core.state import Health, LiveUnit, worst
+from reconciler.core.tree import SourceTree
+from reconciler.engine.targets import DriverPool
+
+HEALTH_PHASE = {
+    Health.HEALTHY: Phase.SYNCED,
+    Health.PROGRESSING: Phase.PROGRESSING,
+    Health.UNKNOWN: Phase.PROGRESSING,
+    Health.MISSING: Phase.DEGRADED,
+    Health.DEGRADED: Phase.DEGRADED,
+}
+
+
+@dataclass(frozen=True)
+class AppStatus:
+    desired: str | None
+    live: str | None
+    phase: Phase
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything one environment's reconcile needs; built by the controller."""
+
+    env: Environment
+    repo: ReleasesRepo
+    tree: SourceTree
+    revision: str
+    author: str = ""
+    committer: str = ""
+    check_drift: bool = True
+    dry_run: bool = False
+    trigger: str = "revision"
+    blocked: Mapping[str, str] = field(default_factory=dict)  # application -> reason (policies)
+
+
+@dataclass(frozen=True)
+class EnvOutcome:
+    environment: str
+    phase: Phase
+    message: str
+    applications: Mapping[str, AppStatus]
+    audit: tuple[dict[str, Any], ...] = ()
+    changed: bool = False  # something was written to a target
+    transient: bool = False  # the failure may pass: retry with backoff
+    plans: tuple[UnitPlan, ...] = ()
+    duration: float = 0.0
+    drifted: int = 0  # applications found drifted
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _safe(exc: BaseException) -> str:
+    if isinstance(exc, ReconcilerError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def render_desired(job: Job) -> tuple[dict[tuple[str, str], DesiredUnit], dict[str, str]]:
+    """Desired units by (application, target), and render errors by application."""
+    units: dict[tuple[str, str], DesiredUnit] = {}
+    errors: dict[str, str] = {}
+    for app_name, version in job.repo.desired_versions(job.env).items():
+        app = job.repo.applications[app_name]
+        release = job.repo.releases[(app_name, version)]
+        for target in targets_of(job.env, app):
+            try:
+                units[(app_name, target)] = render_unit(job.repo, job.env, app, release, target, job.tree.read)
+            except RenderError as exc:
+                errors[app_name] = str(exc.problem)
+    return units, errors
+
+
+def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float] = time.monotonic) -> EnvOutcome:
+    started = clock()
+    env = job.env
+    desired_versions = job.repo.desired_versions(env)
+    units, render_errors = render_desired(job)
+    if render_errors:
+        apps = {a: AppStatus(desired_versions.get(a), None, Phase.INVALID, m) for a, m in render_errors.items()}
+        first = next(iter(render_errors.values()))
+        return EnvOutcome(env.name, Phase.INVALID, f"nothing applied: {first}", apps, duration=clock() - started)
+
+    # observe: every target the environment maps, plus targets of desired units
+    live: dict[tuple[str, str], LiveUnit | None] = {}
+    targets = sorted(set(env.targets.values()) | {t for _, t in units})
+    try:
+        for target in targets:
+            driver = pool.get(target)
+            owned = set(driver.owned_applications(env.name))
+            wanted = {a for a, t in units if t == target}
+            for app in sorted(owned | wanted):
+                live[(app, target)] = driver.observe(env.name, app, check_drift=job.check_drift)
+    except Exception as exc:  # noqa: BLE001 - a target we cannot even observe: nothing is applied in this environment
+        transient = not isinstance(exc, PermanentError)
+        apps = {a: AppStatus(v, None, Phase.FAILED, _safe(exc)) for a, v in desired_versions.items()}
+        return EnvOutcome(
+            env.name,
+            Phase.FAILED,
+            f"observe failed: {_safe(exc)}",
+            apps,
+            transient=transient,
+            duration=clock() - started,
+        )
+
+    plans = guard_empty(pair(units, live), env.allow_empty)
+    stage = job.repo.stages.get(env.stage)
+    self_heal = stage.self_heal if stage else True
+    by_app: dict[str, list[UnitPlan]] = {}
+    for plan in plans:
+        by_app.setdefault(plan.application, []).append(plan)
+
+    depends = {a: job.repo.applications[a].depends_on for a in by_app if a in job.repo.applications}
+    order = apply_order(by_app, depends)
+    statuses: dict[str, AppStatus] = {}
+    audit: list[dict[str, Any]] = []
+    changed = transient = False
+    drifted = 0
+    not_ready: set[str] = set()
+
+    def record(plan: UnitPlan, result: str, message: str, t0: str) -> None:
+        audit.append(
+            {
+                "time": _now(),
+                "start": t0,
+                "end": _now(),
+                "revision": job.revision,
+                "author": job.author,
+                "committer": job.committer,
+                "environment": env.name,
+                "stage": env.stage,
+                "application": plan.application,
+                "target": plan.target,
+                "action": str(plan.action),
+                "from": plan.from_version,
+                "to": plan.to_version,
+                "result": result,
+                "trigger": "drift" if plan.reason.startswith("drift") else job.trigger,
+                "message": message,
+            }
+        )
+
+    removals: list[UnitPlan] = []
+    for app in order:
+        app_plans = by_app[app]
+        desired = desired_versions.get(app)
+        live_version = next((p.live.version for p in app_plans if p.live and p.live.version), None)
+        if any(p.action is Action.REMOVE or p.action is Action.HOLD for p in app_plans) and desired is None:
+            removals.extend(p for p in app_plans if p.action is Action.REMOVE)
+            held = [p for p in app_plans if p.action is Action.HOLD]
+            if held:
+                statuses[app] = AppStatus(None, live_version, Phase.OUT_OF_SYNC, held[0].reason)
+            continue
+        if app in job.blocked:
+            statuses[app] = AppStatus(desired, live_version, Phase.BLOCKED, job.blocked[app])
+            not_ready.add(app)
+            continue
+        waiting = [d for d in depends.get(app, ()) if d in not_ready]
+        if waiting and any(p.action is not Action.UNCHANGED for p in app_plans):
+            statuses[app] = AppStatus(desired, live_version, Phase.PROGRESSING, f"waiting for {', '.join(waiting)}")
+            not_ready.add(app)
+            continue
+        drift_only = [
+            p
+            for p in app_plans
+            if p.reason.startswith("drift") and p.live and p.desired and p.live.fingerprint == p.desired.fingerprint
+        ]
+        if drift_only:
+            drifted += 1
+        failure: str | None = None
+        health = Health.HEALTHY
+        for plan in app_plans:
+            if plan.action is Action.UNCHANGED:
+                continue
+            if plan.action is Action.REMOVE:  # a component moved off this target
+                removals.append(plan)
+                continue
+            assert plan.desired is not None
+            if plan in drift_only and not self_heal:
+                failure = failure or f"drift on {plan.target} ({plan.reason}); selfHeal is off for {env.stage}"
+                continue
+            t0 = _now()
+            try:
+                result = pool.get(plan.target).apply(plan.desired, dry_run=job.dry_run)
+            except Exception as exc:  # noqa: BLE001 - per application: report, let independent applications go on
+                transient = transient or not isinstance(exc, PermanentError)
+                failure = f"{plan.target}: {_safe(exc)}"
+                if not job.dry_run:
+                    record(plan, "failed", _safe(exc), t0)
+                break
+            changed = changed or (result.changed and not job.dry_run)
+            if not job.dry_run:
+                record(plan, "succeeded", result.message or plan.reason, t0)
+        if failure is not None and "selfHeal is off" in failure:
+            statuses[app] = AppStatus(desired, live_version, Phase.OUT_OF_SYNC, failure)
+            continue
+        if failure is not None:
+            statuses[app] = AppStatus(desired, live_version, Phase.FAILED, failure)
+            not_ready.add(app)
+            continue
+        pending = [p for p in app_plans if p.action is not Action.UNCHANGED]
+        if job.dry_run and pending:
+            statuses[app] = AppStatus(
+                desired,
+                live_version,
+                Phase.OUT_OF_SYNC,
+                "; ".join(f"{p.action} {p.target}: {p.reason}" for p in pending),
+            )
+            continue
+        messages = []
+        try:
+            for plan in app_plans:
+                if plan.desired is not None:
+                    report = pool.get(plan.target).health(env.name, app)
+                    health = worst(health, report.status)
+                    if report.message and report.status is not Health.HEALTHY:
+                        messages.append(f"{plan.target}: {report.message}")
+        except Exception as exc:  # noqa: BLE001 - isolate this failure
+            transient = transient or isinstance(exc, TemporaryError)
+            health, messages = Health.UNKNOWN, [f"health: {_safe(exc)}"]
+        phase = HEALTH_PHASE[health]
+        if phase is not Phase.SYNCED:
+            not_ready.add(app)
+        statuses[app] = AppStatus(desired, desired, phase, "; ".join(messages))
+
+    for plan in reversed(removals):
+        t0 = _now()
+        try:
+            result = pool.get(plan.target).remove(env.name, plan.application, dry_run=job.dry_run)
+            changed = changed or (result.changed and not job.dry_run)
+            if job.dry_run:
+                statuses[plan.application] = AppStatus(None, plan.from_version, Phase.OUT_OF_SYNC, "would be removed")
+            else:
+                record(plan, "succeeded", result.message or "pruned", t0)
+        except Exception as exc:  # noqa: BLE001 - isolate this failure
+            transient = transient or not isinstance(exc, PermanentError)
+            statuses[plan.application] = AppStatus(None, plan.from_version, Phase.FAILED, f"prune: {_safe(exc)}")
+            if not job.dry_run:
+                record(plan, "failed", _safe(exc), t0)
+
+    phase = worst_phase(s.phase for s in statuses.values())
+    problems = [f"{a}: {s.message}" for a, s in statuses.items() if s.phase is not Phase.SYNCED and s.message]
+    if problems:
+        message = problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+    else:  # a state, not an event: what this cycle changed is in the audit trail
+        message = f"{len(statuses)} application{'s' if len(statuses) != 1 else ''} in sync"
+    return EnvOutcome(
+        env.name,
+        phase,
+        message,
+        dict(sorted(statuses.items())),
+        tuple(audit),
+        changed,
+        transient and phase is Phase.FAILED,
+        tuple(plans),
+        clock() - started,
+        drifted,
+    )

@@ -1,0 +1,224 @@
+"""The status branch: environment status files and the audit trail, committed back to the releases repo's remote.
+
+The engine writes one commit per cycle with :meth:`StatusStore.write` (``environments/<env>.yaml`` replaced,
+``audit/*.jsonl`` lines appended); ``reconciler status`` and ``reconciler history`` read it with :meth:`read` and
+:meth:`audit_lines`. The branch lives in the same remote as the tracked branch but is never the tracked branch, and
+it is only ever fast-forwarded (invariant 4): when someone else pushed in between, we fetch, rebuild our change on
+their head (appends land after their lines, their files survive) and push again. No working tree: commits are made
+with plumbing (``read-tree`` into a temporary index, ``hash-object``, ``update-index``, ``write-tree``,
+``commit-tree``) in the bare repo ``cache_dir/status.git``. This module moves bytes; callers produce the YAML/JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.core.problems import PermanentError, TemporaryError
+from reconciler.core.tree import blob_id
+from reconciler.source.gitrepo import BareRepo, BlobReader, check_branch_name, load_tree
+
+DEFAULT_BRANCH = "reconciler-status"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    """The status branch at ``head`` (None: the branch does not exist yet): ``environments/*.yaml`` -> bytes."""
+
+    head: str | None
+    files: dict[str, bytes]
+
+
+def _short(ref: str) -> str:
+    return ref.removeprefix("refs/heads/")
+
+
+class StatusStore:
+    """Reads and fast-forwards the status branch of ``url``. Thread-safe (one operation at a time)."""
+
+    def __init__(
+        self,
+        url: str,
+        branch: str,
+        cache_dir: Path,
+        author_name: str,
+        author_email: str,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        *,
+        tracked_branch: str | None = None,
+    ) -> None:
+        self.branch = _short(branch)
+        check_branch_name(self.branch)
+        if tracked_branch is not None and self.branch == _short(tracked_branch):
+            raise PermanentError(f"the status branch must not be the tracked branch ({self.branch!r})")
+        self.author_name, self.author_email = author_name, author_email
+        self.max_retries = max_retries
+        self.repo = BareRepo(Path(cache_dir) / "status.git", url, timeout)
+        self._blobs = BlobReader(self.repo)
+        self._lock = threading.RLock()
+        self._head: str | None = None
+        self._fetched = False
+        self.skipped_audit_lines = 0
+        self.before_push: Callable[[], None] | None = None  # test hook: runs just before every push attempt
+
+    # reading
+
+    def _fetch(self) -> str | None:
+        self._head = self.repo.fetch(self.branch)
+        self._fetched = True
+        return self._head
+
+    def read(self) -> StatusSnapshot:
+        """Fetch the branch; ``controller.yaml`` and every ``environments/*.yaml`` at its head."""
+        with self._lock:
+            head = self._fetch()
+            if head is None:
+                return StatusSnapshot(None, {})
+            tree = load_tree(self.repo, self._blobs, head)
+            wanted = [p for p in tree.paths() if p.startswith("environments/") and p.count("/") == 1]
+            wanted += [p for p in ("controller.yaml",) if p in tree]
+            return StatusSnapshot(head, {p: tree.read(p) for p in sorted(wanted) if p.endswith(".yaml")})
+
+    def _last_head(self) -> str | None:
+        if not self._fetched:
+            self._fetch()
+        return self._head
+
+    def read_file(self, path: str) -> bytes | None:
+        """``path`` at the last fetched head (fetching once if nothing was fetched yet); None if absent."""
+        with self._lock:
+            head = self._last_head()
+            return None if head is None else self._blobs.read(f"{head}:{path}")
+
+    def audit_lines(self, prefix: str = "audit/") -> Iterator[dict[str, Any]]:
+        """Every JSON object of every ``<prefix>*.jsonl`` at the last fetched head, files in name order.
+
+        Lines that are not a JSON object are skipped and counted in :attr:`skipped_audit_lines`.
+        """
+        with self._lock:
+            head = self._last_head()
+            names = [] if head is None else self._list(head, prefix)
+        self.skipped_audit_lines = 0
+        for name in names:
+            data = self._blobs.read(f"{head}:{name}") or b""
+            for number, line in enumerate(data.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    entry = None
+                if isinstance(entry, dict):
+                    yield entry
+                else:
+                    self.skipped_audit_lines += 1
+                    log.warning("skipping malformed audit line %s:%d", name, number)
+
+    def _list(self, head: str, prefix: str) -> list[str]:
+        done = self.repo.run("ls-tree", "-z", "--name-only", "--full-tree", head, "--", prefix)
+        if done.returncode:
+            raise TemporaryError(f"cannot list {prefix} of the status branch: {self.repo.tail(done)}")
+        names = (n.decode("utf-8", "replace") for n in done.stdout.split(b"\x00") if n)
+        return sorted(n for n in names if n.endswith(".jsonl") and "/" not in n[len(prefix) :])
+
+    # writing
+
+    def write(self, replace: Mapping[str, bytes], append: Mapping[str, bytes], message: str) -> str | None:
+        """One commit on the branch's latest head: ``replace`` files set, ``append`` bytes added as lines.
+
+        A path in both is replaced, then appended to. Returns the pushed sha, or None when nothing would change.
+        Retries on a concurrent push up to ``max_retries`` times, then raises :class:`TemporaryError`.
+        Never force-pushes.
+        """
+        for path in [*replace, *append]:
+            _check_path(path)
+        with self._lock:
+            for attempt in range(self.max_retries + 1):
+                head = self._fetch()
+                commit = self._build(head, replace, append, message)
+                if commit is None:
+                    return None
+                if self.before_push is not None:
+                    self.before_push()
+                if self._push(commit):
+                    self.repo.run("update-ref", f"refs/remotes/origin/{self.branch}", commit)
+                    self._head = commit
+                    return commit
+                log.info("status branch %s moved during our write; rebuilding (attempt %d)", self.branch, attempt + 1)
+                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))  # jitter
+        raise TemporaryError(
+            f"status branch {self.branch!r} kept moving; gave up after {self.max_retries + 1} attempts", delay=1.0
+        )
+
+    def _build(
+        self, head: str | None, replace: Mapping[str, bytes], append: Mapping[str, bytes], message: str
+    ) -> str | None:
+        current = load_tree(self.repo, self._blobs, head) if head is not None else None
+        contents: dict[str, bytes] = {}
+        for path, data in replace.items():
+            if current is None or path not in current or current.digest(path) != blob_id(data):
+                contents[path] = data
+        for path, data in append.items():
+            base = contents.get(path, replace.get(path))
+            if base is None:
+                base = (self._blobs.read(f"{head}:{path}") or b"") if head is not None else b""
+            if base and not base.endswith(b"\n"):
+                base += b"\n"
+            contents[path] = base + data + (b"" if data.endswith(b"\n") else b"\n")
+        if not contents:  # otherwise some path gets new bytes, so the tree differs from the head's
+            return None
+        with tempfile.TemporaryDirectory(dir=self.repo.path, prefix="tmp-write-") as tmp:
+            index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self._git(("read-tree", head) if head else ("read-tree", "--empty"), env=index)
+            names = list(contents)
+            for i, path in enumerate(names):
+                (Path(tmp) / str(i)).write_bytes(contents[path])
+            paths = "".join(f"{Path(tmp) / str(i)}\n" for i in range(len(names))).encode()
+            oids = self._git(("hash-object", "-w", "--no-filters", "--stdin-paths"), stdin=paths).split()
+            info = b"".join(b"100644 %s\t%s\x00" % (oid, p.encode()) for oid, p in zip(oids, names, strict=True))
+            self._git(("update-index", "-z", "--index-info"), stdin=info, env=index)
+            tree = self._git(("write-tree",), env=index).strip().decode()
+        now = f"{int(time.time())} +0000"
+        who = {"GIT_AUTHOR_NAME": self.author_name, "GIT_AUTHOR_EMAIL": self.author_email, "GIT_AUTHOR_DATE": now,
+               "GIT_COMMITTER_NAME": self.author_name, "GIT_COMMITTER_EMAIL": self.author_email,
+               "GIT_COMMITTER_DATE": now}  # fmt: skip
+        parents = ("-p", head) if head else ()
+        body = message if message.endswith("\n") else message + "\n"
+        sha = self._git(("commit-tree", "--no-gpg-sign", tree, *parents), stdin=body.encode(), env=who)
+        return sha.strip().decode()
+
+    def _git(self, args: tuple[str, ...], stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> bytes:
+        done = self.repo.run(*args, stdin=stdin, env=env)
+        if done.returncode:
+            raise TemporaryError(f"git {args[0]} failed in the status cache: {self.repo.tail(done)}")
+        return done.stdout
+
+    def _push(self, commit: str) -> bool:
+        """Push ``commit`` as the branch (fast-forward only); False when the remote moved (rejected)."""
+        done = self.repo.run("push", "--porcelain", "--no-verify", "origin", f"{commit}:refs/heads/{self.branch}")
+        if done.returncode == 0:
+            return True
+        report = done.stdout + done.stderr
+        if b"[rejected]" in report or b"non-fast-forward" in report or b"fetch first" in report:
+            return False
+        raise TemporaryError(f"cannot push the status branch to {self.repo.display_url}: {self.repo.tail(done)}",
+                             delay=30.0)  # fmt: skip
+
+    def close(self) -> None:
+        self._blobs.close()
+
+
+def _check_path(path: str) -> None:
+    bad_part = any(p in ("", ".", "..", ".git") for p in path.split("/"))
+    if bad_part or "\x00" in path or "\n" in path:
+        raise ValueError(f"invalid status file path {path!r}")

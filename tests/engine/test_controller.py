@@ -1,0 +1,306 @@
+"""The controller end to end on real Git repositories, local targets and the example legacy agent (subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+from tests.engine import ENVIRONMENTS, Fleet
+from tests.minirepo import minimal_repo
+from tests.source import git
+
+NEW_REF_RELEASE = b"""apiVersion: reconciler.io/v1
+kind: Release
+metadata:
+  name: ref-3.11
+spec:
+  application: ref
+  version: 3.11
+  components:
+    api: {image: "registry.example.org/ref/api:3.11"}
+"""
+
+
+def deployed(fleet: Fleet, target: str, env: str, app: str = "ref", component: str = "api") -> Path:
+    return fleet.targets / target / env / app / component / "deployment.yaml"
+
+
+def test_once_reconciles_every_environment_then_makes_no_status_commit(fleet: Fleet) -> None:
+    head = fleet.upstream.head()
+    assert fleet.once() == 0
+    for env in ENVIRONMENTS:
+        status = fleet.env_status(env)
+        assert status["phase"] == "Synced", status
+        assert status["lastAppliedRevision"] == head and status["lastAttemptedRevision"] == head
+    assert "namespace: lille-dev" in deployed(fleet, "k8s-nord", "lille-dev").read_text()
+    assert (fleet.targets / "aix-lille" / "lille-dev" / "famille" / "installed.json").is_file()
+    first = fleet.status_head()
+    assert fleet.once() == 0
+    assert fleet.status_head() == first  # nothing changed: no status commit
+
+
+def test_a_release_bump_in_one_stage_changes_exactly_that_stage(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert fleet.once() == 0
+    before = {e: fleet.env_status(e) for e in ENVIRONMENTS}
+    fleet.commit({"releases/ref/3.11.yaml": NEW_REF_RELEASE}, "add ref 3.11")
+    head = fleet.edit("stages/dev.yaml", "ref: 3.10", "ref: 3.11", "promote ref 3.11 to dev",
+                      GIT_AUTHOR_NAME="Carol Dev", GIT_AUTHOR_EMAIL="carol@example.org")  # fmt: skip
+    audit_before = len(fleet.audit())
+    assert fleet.once() == 0
+    new = [e for e in fleet.audit()[audit_before:]]
+    assert sorted({e["environment"] for e in new}) == ["lille-dev", "rennes-dev"]
+    assert {(e["application"], e["from"], e["to"], e["result"]) for e in new} == {("ref", "3.10", "3.11", "succeeded")}
+    assert all(e["revision"] == head and e["author"] == "Carol Dev <carol@example.org>" for e in new)
+    for env in ENVIRONMENTS:
+        status = fleet.env_status(env)
+        if env.endswith("-dev"):
+            assert status["applications"]["ref"]["live"] == "3.11" and status["lastAppliedRevision"] == head
+        else:
+            assert status == before[env]  # untouched: not even rewritten
+    capsys.readouterr()
+    assert main(["history", "--config", str(fleet.config), "--app", "ref", "--format", "json"]) == 0
+    history = json.loads(capsys.readouterr().out)
+    assert [e["to"] for e in history if e["environment"] == "lille-dev"][-1] == "3.11"
+    assert main(["status", "--config", str(fleet.config), "--env", "lille-dev"]) == 0
+    out = capsys.readouterr().out
+    assert "phase: Synced" in out and "3.11" in out
+
+
+def test_drift_is_detected_repaired_and_audited(fleet: Fleet) -> None:
+    assert fleet.once() == 0
+    path = deployed(fleet, "k8s-ouest", "rennes-production")
+    original = path.read_text()
+    path.write_text(original.replace("version:", "version: hacked"))
+    assert fleet.once() == 0
+    assert path.read_text() == original
+    repairs = [e for e in fleet.audit() if e["trigger"] == "drift"]
+    assert [(e["environment"], e["application"], e["result"]) for e in repairs] == [
+        ("rennes-production", "ref", "succeeded")
+    ]
+
+
+def test_self_heal_off_reports_drift_without_repairing(fleet: Fleet) -> None:
+    fleet.commit({"stages/production.yaml": (fleet.upstream.work / "stages/production.yaml").read_bytes()
+                  .replace(b"protected: true", b"protected: true\n  selfHeal: false")})  # fmt: skip
+    assert fleet.once() == 0
+    path = deployed(fleet, "k8s-ouest", "rennes-production")
+    path.write_text("hand edit\n")
+    assert fleet.once() == 1
+    assert path.read_text() == "hand edit\n"
+    status = fleet.env_status("rennes-production")
+    assert status["phase"] == "OutOfSync" and "selfHeal is off" in status["message"]
+
+
+def test_invalid_head_keeps_the_last_good_revision(fleet: Fleet) -> None:
+    assert fleet.once() == 0
+    good = fleet.upstream.head()
+    files_before = {p: p.read_bytes() for p in fleet.targets.rglob("*") if p.is_file()}
+    bad = fleet.edit("stages/dev.yaml", "ref: 3.10", "ref: [3.10", "broken yaml")
+    assert fleet.once() == 1
+    assert {p: p.read_bytes() for p in fleet.targets.rglob("*") if p.is_file()} == files_before
+    status = fleet.env_status("lille-dev")
+    assert status["phase"] == "Invalid"
+    assert status["lastAppliedRevision"] == good and status["lastAttemptedRevision"] == bad
+    assert "stages/dev.yaml:8: invalid YAML" in status["message"] and f"still serving {good[:12]}" in status["message"]
+    assert "stages/dev.yaml:8" in fleet.status_file("controller.yaml")
+    fixed = fleet.edit("stages/dev.yaml", "ref: [3.10", "ref: 3.10", "fix")
+    assert fleet.once() == 0
+    assert fleet.env_status("lille-dev")["lastAttemptedRevision"] == fixed
+
+
+def test_an_invalid_environment_does_not_stop_the_others(fleet: Fleet) -> None:
+    assert fleet.once() == 0
+    fleet.edit("environments/shared.yaml", "stage: production", "stage: nope")
+    fleet.commit({"releases/ref/3.11.yaml": NEW_REF_RELEASE})
+    fleet.edit("stages/dev.yaml", "ref: 3.10", "ref: 3.11")
+    assert fleet.once() == 1
+    assert fleet.env_status("shared-production")["phase"] == "Invalid"
+    assert "unknown stage 'nope'" in fleet.env_status("shared-production")["message"]
+    assert fleet.env_status("lille-dev")["applications"]["ref"]["live"] == "3.11"
+
+
+def test_remote_unreachable_is_reported_and_nothing_changes(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    assert fleet.once() == 0
+    files_before = {p: p.read_bytes() for p in fleet.targets.rglob("*") if p.is_file()}
+    moved = fleet.upstream.bare.with_name("moved.git")
+    fleet.upstream.bare.rename(moved)
+    capsys.readouterr()
+    assert fleet.once() == 1
+    out = capsys.readouterr()
+    assert "source error" in out.out and "Traceback" not in out.out + out.err
+    assert {p: p.read_bytes() for p in fleet.targets.rglob("*") if p.is_file()} == files_before
+
+
+def test_force_push_is_followed(fleet: Fleet) -> None:
+    assert fleet.once() == 0
+    first = fleet.upstream.head()
+    fleet.commit({"releases/ref/3.11.yaml": NEW_REF_RELEASE})
+    fleet.edit("stages/dev.yaml", "ref: 3.10", "ref: 3.11")
+    assert fleet.once() == 0
+    git("reset", "--hard", first, cwd=fleet.upstream.work)
+    rewritten = fleet.upstream.commit({"README.md": b"rewritten history\n"}, "rewrite")
+    fleet.upstream.push(force=True)
+    assert fleet.once() == 0
+    status = fleet.env_status("lille-dev")
+    assert status["lastAttemptedRevision"] == rewritten and status["applications"]["ref"]["live"] == "3.10"
+
+
+def _agent_script(fleet: Fleet, body: str) -> Path:
+    script = fleet.root / "bad-agent"
+    script.write_text(f"#!{sys.executable}\nimport sys, json, time, os\n{body}\n")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("sys.stderr.write('agent exploded'); sys.exit(1)", "agent exploded"),
+        ("time.sleep(120)", "timed out"),
+        ("print('<html>not json</html>')", "invalid JSON"),
+    ],
+    ids=["fails", "hangs", "garbage"],
+)
+def test_a_broken_script_target_fails_only_its_environment(fleet: Fleet, body: str, fragment: str) -> None:
+    script = _agent_script(fleet, body)
+    patterns = [
+        {"match": "aix-lille", "driver": "script", "timeout": "2s", "command": [str(script)]},
+        {"match": "*", "driver": "local", "path": str(fleet.targets / "${target}")},
+    ]
+    fleet.write_config(targetPatterns=patterns)
+    assert fleet.once() == 1
+    for env in ("lille-dev", "lille-production"):  # both map the broken host (production to prune from it)
+        assert fleet.env_status(env)["phase"] == "Failed"
+        assert fragment in fleet.env_status(env)["message"]
+    for env in ("rennes-dev", "rennes-production", "shared-production"):
+        assert fleet.env_status(env)["phase"] == "Synced", env
+
+
+def test_failed_environment_backs_off_then_retries(fleet: Fleet) -> None:
+    from reconciler.commands.common import load_config
+    from reconciler.commands.run import build_controller
+
+    script = _agent_script(fleet, "sys.exit(1)")
+    fleet.write_config(targetPatterns=[
+        {"match": "aix-lille", "driver": "script", "command": [str(script)]},
+        {"match": "*", "driver": "local", "path": str(fleet.targets / "${target}")},
+    ], backoff={"initial": "1h", "max": "2h"})  # fmt: skip
+    controller = build_controller(load_config(str(fleet.config)))
+    try:
+        first = controller.cycle()
+        assert first.outcomes["lille-dev"].phase == "Failed"
+        second = controller.cycle()
+        assert "lille-dev" not in second.outcomes  # backing off: not retried every cycle
+        assert "lille-dev" in controller.cycle("manual").outcomes  # a manual trigger retries at once
+    finally:
+        controller.close()
+
+
+def test_manifest_values_reach_scripts_as_inert_data(fleet: Fleet) -> None:
+    evil = "$(touch /tmp/reconciler-pwned); `id`; -rf --help"
+    fleet.edit("environments/branches.yaml", "replicas: 2}", f"replicas: 2, note: {json.dumps(evil)}}}")
+    recorder = _agent_script(fleet, (
+        "req = json.load(sys.stdin)\n"
+        "open(os.environ['RECORD'], 'a').write(json.dumps([sys.argv[1:], req]) + '\\n')\n"
+        "replies = {'observe': {}, 'list': {'applications': []}}\n"
+        "print(json.dumps(replies.get(sys.argv[1], {'changed': True, 'message': 'ok', 'status': 'Healthy'})))"
+    ))  # fmt: skip
+    record = fleet.root / "record.jsonl"
+    fleet.write_config(targetPatterns=[
+        {"match": "aix-*", "driver": "script", "command": [str(recorder)], "env": {"RECORD": str(record)}},
+        {"match": "*", "driver": "local", "path": str(fleet.targets / "${target}")},
+    ])  # fmt: skip
+    fleet.once()
+    calls = [json.loads(line) for line in record.read_text().splitlines()]
+    applies = [req for argv, req in calls if argv == ["apply"]]
+    assert applies and all(req["parameters"]["note"] == evil for req in applies)
+    assert all(argv in (["list"], ["observe"], ["apply"], ["health"]) for argv, _ in calls)
+    assert not Path("/tmp/reconciler-pwned").exists()
+
+
+def test_a_secret_in_the_source_url_never_appears(fleet: Fleet, capfd: pytest.CaptureFixture[str]) -> None:
+    fleet.write_config(source={"url": "http://deploy:s3cr3t-t0ken@127.0.0.1:9/releases.git", "timeout": "5s"})
+    assert fleet.once() == 1
+    out = capfd.readouterr()
+    assert "s3cr3t-t0ken" not in out.out + out.err
+    assert "deploy:***@127.0.0.1" in out.out + out.err
+
+
+def test_a_concurrent_human_push_to_the_status_branch_survives(fleet: Fleet) -> None:
+    from reconciler.commands.common import load_config
+    from reconciler.commands.run import build_controller
+
+    assert fleet.once() == 0
+    human = fleet.root / "human"
+    git("clone", "-q", "-b", "reconciler-status", str(fleet.upstream.bare), str(human), cwd=fleet.root)
+    controller = build_controller(load_config(str(fleet.config)))
+    pushed = []
+
+    def human_push() -> None:
+        if not pushed:
+            (human / "notes.md").write_text("ops note\n")
+            git("add", "notes.md", cwd=human)
+            git("commit", "-q", "-m", "human note", cwd=human)
+            git("push", "-q", "origin", "reconciler-status", cwd=human)
+            pushed.append(git("rev-parse", "HEAD", cwd=human))
+
+    try:
+        controller.restore()
+        assert controller.store is not None
+        controller.store.before_push = human_push  # type: ignore[attr-defined]
+        fleet.commit({"releases/ref/3.11.yaml": NEW_REF_RELEASE})
+        fleet.edit("stages/dev.yaml", "ref: 3.10", "ref: 3.11")
+        report = controller.cycle()
+        assert report.status_commit
+    finally:
+        controller.close()
+    assert fleet.status_file("notes.md") == "ops note"
+    assert fleet.env_status("lille-dev")["applications"]["ref"]["live"] == "3.11"
+    git("merge-base", "--is-ancestor", pushed[0], "reconciler-status", cwd=fleet.upstream.bare)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_cycle_then_restart_converges(fleet: Fleet) -> None:
+    # many environments so the kill lands mid-cycle: a bigger fleet generated from the same shape
+    files = dict(minimal_repo())
+    branches = "\n".join(f"      - {{branch: b{i:02d}, region: r{i % 3}}}" for i in range(30))
+    files["environments/branches.yaml"] = files["environments/branches.yaml"].replace(
+        b"      - {branch: lille, region: nord}\n      - {branch: rennes, region: ouest}", branches.encode()
+    )
+    fleet.commit(files, "thirty branches")
+    fleet.write_config(concurrency=2)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--config", str(fleet.config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:  # poll until applies are under way
+            installed = list(fleet.targets.glob("aix-*/*/famille/installed.json"))
+            if len(installed) >= 5:
+                break
+            assert proc.poll() is None
+            time.sleep(0.05)
+        else:
+            pytest.fail("controller made no progress")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(list(fleet.targets.glob("aix-*/*/famille/installed.json"))) < 60  # it died mid-cycle
+    assert fleet.once() == 0
+    log_lines = [
+        json.loads(line) for log in fleet.targets.glob("aix-*/deploy.log") for line in log.read_text().splitlines()
+    ]
+    installs = [(e.get("environment"), e.get("application"), e.get("version")) for e in log_lines]
+    assert len(installs) == len(set(installs)), "an artifact was installed twice"
+    for env_name in ("b00-dev", "b29-dev", "b15-production"):
+        assert fleet.env_status(env_name)["phase"] == "Synced"
