@@ -100,7 +100,6 @@ def minimal_repo() -> dict[str, bytes]:
             spec:
               promotesFrom: dev
               soak: 24h
-              protected: true
               releases:
                 ref: 3.0
             """),
@@ -146,7 +145,7 @@ def minimal_repo() -> dict[str, bytes]:
               absolute:
                 - {start: "2025-12-19T18:00:00+01:00", end: "2026-01-05T08:00:00+01:00"}
               recurring:
-                - {cron: "0 20 28 * *", duration: 36h, timezone: Europe/Paris}
+                - {cron: "0 2 29 2 *", duration: 1m, timezone: Europe/Paris}  # leap days only: never in the way of tests
             """),
     }
 

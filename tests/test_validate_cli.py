@@ -166,7 +166,7 @@ CASES: list[tuple[str, Callable[[Files], None], str, str]] = [
     ),
     (
         "bad-cron",
-        replace("freezes/year-end.yaml", "0 20 28 * *", "every friday"),
+        replace("freezes/year-end.yaml", "0 2 29 2 *", "every friday"),
         "freezes/year-end.yaml:1",
         "invalid cron expression",
     ),

@@ -1,9 +1,11 @@
 """``reconciler demo``: the embedded default, with no other setup.
 
-Seeds ``DIR/releases.git`` (a bare repo) from ``examples/releases-repo`` if it does not exist yet, writes
+Seeds ``DIR/releases.git`` (a bare repo) from ``examples/releases-repo`` if it does not exist yet, with a commit
+signed by the demo's own "ops" SSH key (``DIR/keys``: protected stages apply only signed changes), writes
 ``DIR/controller.yaml`` mapping every target to a ``local`` directory under ``DIR/targets`` except the AIX
 targets of the lille branch, which go through the example legacy agent (``examples/targets/aix-agent``, a
-``script`` target), then runs the controller on it. Push to ``DIR/releases.git`` and watch the change roll out.
+``script`` target), then runs the controller on it with the HTTP server (dashboard, API, ``/metrics``) on
+``--listen``; the banner prints their URLs once bound. Push to ``DIR/releases.git`` and watch the change roll out.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -37,8 +40,23 @@ def _git(*args: str, cwd: Path | None = None) -> None:
     subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, timeout=120)
 
 
-def seed_repository(bare: Path) -> bool:
-    """Create ``bare`` from the example repo; False when it already exists (it is never overwritten)."""
+def signing_key(state: Path) -> tuple[Path, Path] | None:
+    """The demo's SSH signing key and allowed-signers file (created once), standing for the ops team's keys."""
+    keys = state / "keys"
+    key, allowed = keys / "ops-signing-key", keys / "allowed_signers"
+    if not key.exists():
+        if shutil.which("ssh-keygen") is None:
+            return None
+        keys.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops@example.org", "-f", str(key)],
+                       check=True, capture_output=True, timeout=60)  # fmt: skip
+        public = (keys / "ops-signing-key.pub").read_text().split()
+        allowed.write_text(f'ops@example.org namespaces="git" {public[0]} {public[1]}\n')
+    return key, allowed
+
+
+def seed_repository(bare: Path, key: Path | None) -> bool:
+    """Create ``bare`` from the example repo (a signed commit, when a key is given); False when it exists."""
     if bare.exists():
         return False
     if not EXAMPLE_REPO.is_dir():
@@ -50,20 +68,13 @@ def seed_repository(bare: Path) -> bool:
         shutil.copytree(EXAMPLE_REPO, work)
         _git("init", "-q", "-b", "main", cwd=work)
         _git("add", "-A", cwd=work)
-        _git(
-            "-c",
-            "commit.gpgsign=false",
-            "commit",
-            "-q",
-            "-m",
-            "Example fleet: 60 applications, 235 environments",
-            cwd=work,
-        )
+        sign = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "-c", "commit.gpgsign=true"] if key else []
+        _git(*sign, "commit", "-q", "-m", "Example fleet: 60 applications, 235 environments", cwd=work)
         _git("push", "-q", str(bare), "main", cwd=work)
     return True
 
 
-def write_config(state: Path, listen: str) -> Path:
+def write_config(state: Path, listen: str, allowed_signers: Path | None = None) -> Path:
     config = {
         "apiVersion": "reconciler.io/v1",
         "kind": "ControllerConfig",
@@ -79,6 +90,7 @@ def write_config(state: Path, listen: str) -> Path:
         "driftCheckInterval": "60s",
         "backoff": {"initial": "5s", "max": "2m"},
         "listen": listen,
+        **({"allowedSigners": str(allowed_signers)} if allowed_signers else {}),
         "targets": {},
         "targetPatterns": [
             {
@@ -99,15 +111,19 @@ def write_config(state: Path, listen: str) -> Path:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from reconciler.commands.run import build_controller, run_controller
+    from reconciler.commands.run import build_controller, http_server, run_controller
+    from reconciler.engine.controller import Controller
+    from reconciler.http.server import HttpServer
+    from reconciler.observability.metrics import PrometheusMetrics
 
     state = Path(args.state_dir).resolve()
     try:
-        seeded = seed_repository(state / "releases.git")
+        keys = signing_key(state)
+        seeded = seed_repository(state / "releases.git", keys[0] if keys else None)
     except (OSError, subprocess.SubprocessError) as exc:
         return fail(f"cannot seed the demo repository: {exc}")
     try:
-        config = load_config(str(write_config(state, args.listen)))
+        config = load_config(str(write_config(state, args.listen, keys[1] if keys else None)))
     except ConfigError as exc:
         return fail(str(exc))
     logs.configure(level=args.log_level)
@@ -118,8 +134,20 @@ def run_demo(args: argparse.Namespace) -> int:
         f"  targets       : {state / 'targets'}\n"
         f"  status        : branch {config.status_branch} of the releases repo "
         f"(reconciler status --config {config.path})\n"
-        f"  try           : git clone {state / 'releases.git'} work && edit work/stages/dev.yaml, commit, push",
+        f"  try           : git clone {state / 'releases.git'} work && edit work/stages/dev.yaml, commit, push\n"
+        f"  sign          : protected stages (preproduction, production) need commits signed by an allowed key:\n"
+        f"                  git -c gpg.format=ssh -c user.signingkey={state / 'keys' / 'ops-signing-key'} commit -S",
         flush=True,
     )
-    controller = build_controller(config, progress=True)
-    return run_controller(controller, args.once)
+    metrics = PrometheusMetrics()
+    controller = build_controller(config, progress=True, metrics=metrics)
+    if args.once:
+        return run_controller(controller, once=True)
+    start = http_server(config, metrics)
+
+    def serve(controller: Controller, wake: Any) -> HttpServer:
+        server = start(controller, wake)
+        print(f"  dashboard     : {server.url}/\n  metrics       : {server.url}/metrics", flush=True)
+        return server
+
+    return run_controller(controller, once=False, serve=serve)

@@ -3,7 +3,9 @@
 ``--once`` runs one full cycle and exits 0 when every environment ended Synced (or Blocked by a policy), 1
 otherwise. Without it the controller loops until SIGTERM/SIGINT, which stop it cleanly: no new environment starts,
 in-flight ones finish (each is bounded by ``applyTimeout``) and status is written. ``--dry-run`` plans and prints
-what would change, applies nothing and writes no status. Also used by ``reconciler demo``.
+what would change, applies nothing and writes no status. Without ``--once`` the HTTP server
+(:mod:`reconciler.http.server`: dashboard, API, ``/metrics``, probes, webhooks) serves on ``config.listen`` and the
+controller reports to :class:`~reconciler.observability.metrics.PrometheusMetrics`. Also used by ``reconciler demo``.
 """
 
 from __future__ import annotations
@@ -23,23 +25,47 @@ from reconciler.core.plan import Action
 from reconciler.core.problems import ReconcilerError
 from reconciler.engine.controller import Controller, CycleReport
 from reconciler.engine.targets import DriverPool
+from reconciler.http.server import HttpServer
+from reconciler.http.webhooks import WebhookSecrets
 from reconciler.observability import logging as logs
+from reconciler.observability.metrics import PrometheusMetrics
 
 
-def build_controller(config: ControllerConfig, dry_run: bool = False, progress: bool = False) -> Controller:
+def build_controller(
+    config: ControllerConfig,
+    dry_run: bool = False,
+    progress: bool = False,
+    metrics: PrometheusMetrics | None = None,
+) -> Controller:
     from reconciler.source.gitrepo import GitSource
 
     logs.register_secret(_url_password(config.source_url))
-    for secret in config.webhooks.values():
-        if isinstance(secret, str):
-            logs.register_secret(secret)
+    for secret in WebhookSecrets.from_config(config.webhooks).values():  # env:/file: references resolved
+        logs.register_secret(secret)
     source = GitSource(
         config.source_url, config.branch, Path(config.state_dir) / "source", timeout=config.source_timeout
     )
     store = None if dry_run else status_store(config)
     return Controller(
-        config, source, store, DriverPool(config), dry_run=dry_run, progress=_progress_printer() if progress else None
+        config,
+        source,
+        store,
+        DriverPool(config, metrics=metrics),
+        dry_run=dry_run,
+        progress=_progress_printer() if progress else None,
+        metrics=metrics,
     )
+
+
+def http_server(config: ControllerConfig, metrics: PrometheusMetrics | None) -> Callable[[Controller, Any], HttpServer]:
+    """The ``serve`` callback of :func:`run_controller`: starts the HTTP server on ``config.listen``."""
+
+    def serve(controller: Controller, _wake: Any) -> HttpServer:
+        server = HttpServer(controller, config.listen, webhooks=config.webhooks, metrics=metrics)
+        server.start()
+        return server
+
+    return serve
 
 
 def _url_password(url: str) -> str | None:
@@ -120,9 +146,13 @@ def run_controller(
                 print_plan(report)
             print(summarize(controller, report))
             return 0 if report.all_good(controller.phases()) else 1
-        stop, wake = threading.Event(), threading.Event()
+        stop, wake = threading.Event(), controller.wake
         install_signal_handlers(stop, wake)
-        server = serve(controller, wake) if serve else None
+        try:
+            server = serve(controller, wake) if serve else None
+        except (OSError, ValueError) as exc:  # address in use, not allowed, malformed
+            log.error("cannot serve HTTP", listen=controller.config.listen, error=str(exc))
+            return fail(f"cannot listen on {controller.config.listen}: {exc}")
         log.info("controller started", source=controller.config.source_url, interval=controller.config.interval)
         controller.run_forever(stop, wake)
         if server is not None:
@@ -139,5 +169,6 @@ def run_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return fail(str(exc))
     logs.configure(level=args.log_level)
-    controller = build_controller(config, dry_run=args.dry_run, progress=True)
-    return run_controller(controller, args.once)
+    metrics = PrometheusMetrics()
+    controller = build_controller(config, dry_run=args.dry_run, progress=True, metrics=metrics)
+    return run_controller(controller, args.once, serve=None if args.once else http_server(config, metrics))

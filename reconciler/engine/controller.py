@@ -18,6 +18,8 @@ import json
 import random
 import threading
 import time
+from functools import partial
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -31,6 +33,8 @@ from reconciler.core.problems import Problem, ReconcilerError
 from reconciler.core.tree import SourceTree
 from reconciler.core.yamlsafe import scalar_text
 from reconciler.engine import statusdoc
+from reconciler.engine.governance import Governance
+from reconciler.engine.hooks import MetricsSink
 from reconciler.engine.reconcile import AppStatus, EnvOutcome, Job, reconcile_environment
 from reconciler.engine.targets import DriverPool
 from reconciler.observability.logging import get_logger
@@ -71,6 +75,7 @@ class Loaded:
     committer: str
     committed_at: float | None
     env_problems: Mapping[str, list[Problem]]
+    trailers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +117,7 @@ class Controller:
         dry_run: bool = False,
         clock: Callable[[], float] = time.time,
         progress: Callable[[int, int], None] | None = None,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -134,8 +140,14 @@ class Controller:
         self.restored_invalid = False  # the status branch shows an invalid head
         self.cycles = 0
         self.listeners: list[Callable[[CycleReport], None]] = []
+        self.metrics: MetricsSink = metrics or pool.metrics
+        self.wake = threading.Event()  # set by trigger(): the next cycle starts at once
+        self.recent_audit: dict[str, deque[dict[str, Any]]] = {}
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="env")
         self._app_digests: dict[tuple[str, str, str], str] = {}
+        self.gov = Governance(config, source)
+        # sharding: which environments this replica reconciles, and a check that it still does (see sharding.py)
+        self.owns: Callable[[str], bool] = lambda _name: True
         self._lock = threading.Lock()
 
     # --- start-up ------------------------------------------------------------------------------------------
@@ -144,6 +156,9 @@ class Controller:
         if self.store is None:
             return
         snapshot = self.store.read()
+        audit_lines = getattr(self.store, "audit_lines", None)
+        if audit_lines is not None:
+            self.gov.learn(audit_lines())
         for path, data in snapshot.files.items():
             if not (path.startswith("environments/") and path.endswith(".yaml")):
                 continue
@@ -191,6 +206,7 @@ class Controller:
             committer=_person(info.committer_name, info.committer_email),
             committed_at=info.committed_at.timestamp() if info.committed_at else None,
             env_problems=result.environment_problems,
+            trailers=dict(getattr(info, "trailers", {}) or {}),
         )
         self.invalid = None
         self.log.info(
@@ -250,14 +266,17 @@ class Controller:
         started = self.clock()
         self.cycles += 1
         report = CycleReport(revision=None)
+        fetch_started = time.perf_counter()
         try:
             head = self.source.fetch()
             self.source_error = None
             self.fetched_once.set()
+            self.metrics.fetch(time.perf_counter() - fetch_started, True)
         except ReconcilerError as exc:
             head = None
             self.source_error = str(exc)
             report.source_error = self.source_error
+            self.metrics.fetch(time.perf_counter() - fetch_started, False)
             self.log.error("source fetch failed; serving the last good revision", error=str(exc))
         new_revision = head is not None and head != self.head
         recovered = False
@@ -270,6 +289,7 @@ class Controller:
             hint = self.last_good_hint
             if self.invalid and self.good is None and hint and hint != head:
                 self._load_last_good(hint)
+            self.metrics.revision(head, self.invalid is None)
         report.revision = self.head
         if self.invalid:
             report.invalid = self.invalid[1]
@@ -293,7 +313,7 @@ class Controller:
                 apps = {a: AppStatus(v, None, Phase.INVALID, "") for a, v in loaded.repo.desired_versions(env).items()}
                 invalid_outcomes[name] = EnvOutcome(name, Phase.INVALID, "; ".join(str(p) for p in problems[:3]), apps)
                 continue
-            if state.busy_since is not None:
+            if state.busy_since is not None or not self.owns(name):
                 report.skipped += 1
                 continue
             key = self.input_key(loaded, env)
@@ -308,6 +328,9 @@ class Controller:
             if not due:
                 report.skipped += 1
                 continue
+            running = {a: s.get("live") for a, s in ((state.doc or {}).get("applications") or {}).items()}
+            decision = self.gov.decide(loaded.repo, env, loaded.revision, loaded.trailers, state.applied_revision,
+                                       changed, running, now)  # fmt: skip
             job = Job(
                 env=env,
                 repo=loaded.repo,
@@ -318,21 +341,97 @@ class Controller:
                 check_drift=drift_due or changed or state.phase is None,
                 dry_run=self.dry_run,
                 trigger="drift-check" if settled else trigger,
+                holds=decision.holds,
+                signer=decision.signer,
+                overrides=decision.overrides,
+                owned=partial(self.owns, name),
             )
             jobs.append((job, key))
         if recovered:  # every environment was shown Invalid: show it again as it is, at the new head
             for name in loaded.repo.environments:
                 self.states.setdefault(name, EnvState()).attempted_revision = loaded.revision
             report.recovered = True
-        outcomes = self._run_jobs(jobs, stop)
+        outcomes = self._run_in_waves(loaded, jobs, stop)
         outcomes.update(invalid_outcomes)
         report.outcomes = outcomes
         self._record(loaded, report, {job.env.name: key for job, key in jobs})
         self._write_status(loaded.repo.environments, report)
         report.duration = self.clock() - started
+        self._report_metrics(loaded, report)
         for listener in self.listeners:
             listener(report)
         return report
+
+    def _report_metrics(self, loaded: Loaded, report: CycleReport) -> None:
+        now = self.clock()
+        for name, outcome in report.outcomes.items():
+            env = loaded.repo.environments.get(name)
+            self.metrics.environment(name, env.stage if env else "", outcome)
+            if outcome.changed and outcome.phase is Phase.SYNCED:
+                latency = now - loaded.committed_at if loaded.committed_at else None
+                self.metrics.applied(name, latency)
+        phases: dict[str, tuple[str, Phase | None]] = {}
+        blocked: dict[str, str] = {}
+        for name, env in loaded.repo.environments.items():
+            state = self.states.get(name)
+            phase = state.phase if state else None
+            phases[name] = (env.stage, phase)
+            if phase is Phase.BLOCKED and state and state.doc:
+                message = str(state.doc.get("message", ""))
+                blocked[name] = "freeze" if "frozen" in message else "policy"
+            elif state and state.failures and state.retry_at > now:
+                blocked[name] = "backoff"
+        self.metrics.phases(phases, blocked)
+        self.metrics.cycle(report.duration)
+
+    def _run_in_waves(
+        self, loaded: Loaded, jobs: list[tuple[Job, str]], stop: threading.Event | None
+    ) -> dict[str, EnvOutcome]:
+        """Run the jobs wave by wave: a stage's wave starts when its earlier waves are Synced, in batches of at most
+        ``maxParallel``; a failure stops the rest of that stage's rollout. Stages without waves run in the first
+        round, all together."""
+        repo = loaded.repo
+        phases: dict[str, Phase | None] = {n: s.phase for n, s in self.states.items()}
+        outcomes: dict[str, EnvOutcome] = {}
+        by_rank: dict[int, list[tuple[Job, str]]] = {}
+        for job, key in jobs:
+            by_rank.setdefault(self.gov.rank(repo, job.env), []).append((job, key))
+        for rank in sorted(by_rank):
+            batches: list[list[tuple[Job, str]]] = [[]]
+            per_wave: dict[str, int] = {}
+            for job, key in by_rank[rank]:
+                state = self.states[job.env.name]
+                changed = key != state.attempted_key or state.phase is not Phase.SYNCED  # work beyond a drift check
+                reason = self.gov.wave_gate(repo, job.env, rank, phases) if changed else None
+                if reason is not None:
+                    outcomes[job.env.name] = EnvOutcome(job.env.name, Phase.BLOCKED, reason, {})
+                    continue
+                stage = repo.stages.get(job.env.stage)
+                limit = stage.waves[rank].max_parallel if stage and stage.waves else None
+                index = per_wave.get(job.env.stage, 0)
+                per_wave[job.env.stage] = index + 1
+                batch = index // limit if limit and changed else 0
+                while len(batches) <= batch:
+                    batches.append([])
+                batches[batch].append((job, key))
+            stopped: set[str] = set()  # stages whose rollout stopped in this wave
+            for batch_jobs in batches:
+                runnable = []
+                for job, key in batch_jobs:
+                    if job.env.stage in stopped:
+                        msg = f"rollout stopped: an earlier batch of wave {repo.wave_of(job.env)} failed"
+                        outcomes[job.env.name] = EnvOutcome(job.env.name, Phase.BLOCKED, msg, {})
+                    else:
+                        runnable.append((job, key))
+                done = self._run_jobs(runnable, stop)
+                outcomes.update(done)
+                for name, outcome in done.items():
+                    phases[name] = outcome.phase
+                    if outcome.phase in (Phase.FAILED, Phase.DEGRADED) and rank is not None:
+                        stage = repo.stages.get(repo.environments[name].stage)
+                        if stage is not None and stage.waves:
+                            stopped.add(stage.name)
+        return outcomes
 
     def _run_jobs(self, jobs: list[tuple[Job, str]], stop: threading.Event | None) -> dict[str, EnvOutcome]:
         outcomes: dict[str, EnvOutcome] = {}
@@ -410,7 +509,9 @@ class Controller:
             else:  # Progressing/Degraded/Blocked/OutOfSync: look again when the backoff allows
                 state.retry_at = now + self.config.backoff_initial
             if not self.dry_run:
+                self.gov.learn(outcome.audit)
                 self.pending_audit.extend(outcome.audit)
+                self.recent_audit.setdefault(name, deque(maxlen=20)).extend(outcome.audit)
 
     # --- status --------------------------------------------------------------------------------------------------
     def _env_doc(self, name: str, env: Environment | None, outcome: EnvOutcome | None) -> dict[str, Any]:
@@ -484,7 +585,9 @@ class Controller:
             report.status_commit = self.store.write(replace, append, message)
             self.pending_audit.clear()
             self.controller_doc_identity = ident
+            self.metrics.status_push(True)
         except ReconcilerError as exc:  # kept in memory and retried next cycle: nothing is lost
+            self.metrics.status_push(False)
             for name in report.outcomes:
                 self.states[name].doc_identity = None
             self.log.error("status push failed; will retry", error=str(exc))
@@ -494,7 +597,45 @@ class Controller:
         names = self.good.repo.environments if self.good else {}
         return {n: self.states[n].phase if n in self.states else None for n in names}
 
-    def run_forever(self, stop: threading.Event, wake: threading.Event) -> None:
+    def trigger(self) -> None:
+        """Start the next cycle now (webhooks, manual requests). Bursts coalesce into one cycle."""
+        self.wake.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """A read-only view for the HTTP API and the dashboard (safe to call from other threads)."""
+        loaded = self.good
+        envs = []
+        if loaded is not None:
+            for name, env in loaded.repo.environments.items():
+                state = self.states.get(name)
+                doc = (state.doc if state else None) or {}
+                envs.append({
+                    "name": name,
+                    "stage": env.stage,
+                    "labels": dict(env.labels),
+                    "wave": loaded.repo.wave_of(env),
+                    "phase": doc.get("phase") or (str(state.phase) if state and state.phase else "Unknown"),
+                    "message": doc.get("message", ""),
+                    "lastAppliedRevision": doc.get("lastAppliedRevision"),
+                    "lastAttemptedRevision": doc.get("lastAttemptedRevision"),
+                    "updated": doc.get("updated"),
+                    "applications": dict(doc.get("applications") or {}),
+                    "recentAudit": list(self.recent_audit.get(name, ())),
+                })  # fmt: skip
+        return {
+            "revision": self.head,
+            "lastGoodRevision": loaded.revision if loaded else None,
+            "invalidRevision": self.invalid[0] if self.invalid else None,
+            "problems": [str(p) for p in self.invalid[1][:50]] if self.invalid else [],
+            "sourceError": self.source_error,
+            "cycles": self.cycles,
+            "ready": self.fetched_once.is_set(),
+            "applications": sorted(loaded.repo.applications) if loaded else [],
+            "environments": envs,
+        }
+
+    def run_forever(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
+        wake = wake or self.wake
         while not stop.is_set():
             trigger = "webhook" if wake.is_set() else "poll"
             wake.clear()

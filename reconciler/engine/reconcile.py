@@ -18,6 +18,7 @@ from typing import Any
 from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of
 from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.plan import Action, Phase, UnitPlan, apply_order, guard_empty, pair, worst_phase
+from reconciler.core.policy import requirement_hold
 from reconciler.core.problems import PermanentError, ReconcilerError, TemporaryError
 from reconciler.core.state import Health, LiveUnit, worst
 from reconciler.core.tree import SourceTree
@@ -53,7 +54,10 @@ class Job:
     check_drift: bool = True
     dry_run: bool = False
     trigger: str = "revision"
-    blocked: Mapping[str, str] = field(default_factory=dict)  # application -> reason (policies)
+    holds: Mapping[str, tuple[str, bool]] = field(default_factory=dict)  # app -> (policy reason, drift repair ok)
+    signer: str = ""  # who signed the commits that introduced the change (protected stages)
+    overrides: Mapping[str, str] = field(default_factory=dict)  # app -> audited policy override
+    owned: Callable[[], bool] | None = None  # sharding: False once this replica lost the environment's lease
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,15 @@ def _safe(exc: BaseException) -> str:
     if isinstance(exc, ReconcilerError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _dependencies(repo: ReleasesRepo, app: str, version: str | None) -> tuple[str, ...]:
+    """What must be applied before ``app``: its ``dependsOn`` and the applications its release ``requires``."""
+    application = repo.applications.get(app)
+    release = repo.releases.get((app, version)) if version else None
+    deps = list(application.depends_on) if application else []
+    deps += [r.application for r in release.requires] if release else []
+    return tuple(dict.fromkeys(deps))
 
 
 def render_desired(job: Job) -> tuple[dict[tuple[str, str], DesiredUnit], dict[str, str]]:
@@ -134,7 +147,10 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
     for plan in plans:
         by_app.setdefault(plan.application, []).append(plan)
 
-    depends = {a: job.repo.applications[a].depends_on for a in by_app if a in job.repo.applications}
+    depends = {a: _dependencies(job.repo, a, desired_versions.get(a)) for a in by_app}
+    live_now: dict[str, str | None] = {
+        p.application: p.live.version for p in plans if p.live is not None and not p.live.drifted
+    }
     order = apply_order(by_app, depends)
     statuses: dict[str, AppStatus] = {}
     audit: list[dict[str, Any]] = []
@@ -160,6 +176,8 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
                 "to": plan.to_version,
                 "result": result,
                 "trigger": "drift" if plan.reason.startswith("drift") else job.trigger,
+                "signer": job.signer or None,
+                "override": job.overrides.get(plan.application),
                 "message": message,
             }
         )
@@ -175,8 +193,18 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
             if held:
                 statuses[app] = AppStatus(None, live_version, Phase.OUT_OF_SYNC, held[0].reason)
             continue
-        if app in job.blocked:
-            statuses[app] = AppStatus(desired, live_version, Phase.BLOCKED, job.blocked[app])
+        pending = [p for p in app_plans if p.action is not Action.UNCHANGED]
+        drift_only = [p for p in pending if p.reason.startswith("drift") and p.live and p.desired
+                      and p.live.fingerprint == p.desired.fingerprint]  # fmt: skip
+        if pending and app in job.holds:
+            reason, drift_ok = job.holds[app]
+            if not (drift_ok and len(drift_only) == len(pending)):
+                statuses[app] = AppStatus(desired, live_version, Phase.BLOCKED, reason)
+                not_ready.add(app)
+                continue
+        unmet = requirement_hold(job.repo, app, desired, live_now) if desired and pending else None
+        if unmet is not None:
+            statuses[app] = AppStatus(desired, live_version, Phase.BLOCKED, unmet.reason)
             not_ready.add(app)
             continue
         waiting = [d for d in depends.get(app, ()) if d in not_ready]
@@ -184,11 +212,6 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
             statuses[app] = AppStatus(desired, live_version, Phase.PROGRESSING, f"waiting for {', '.join(waiting)}")
             not_ready.add(app)
             continue
-        drift_only = [
-            p
-            for p in app_plans
-            if p.reason.startswith("drift") and p.live and p.desired and p.live.fingerprint == p.desired.fingerprint
-        ]
         if drift_only:
             drifted += 1
         failure: str | None = None
@@ -203,6 +226,10 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
             if plan in drift_only and not self_heal:
                 failure = failure or f"drift on {plan.target} ({plan.reason}); selfHeal is off for {env.stage}"
                 continue
+            if job.owned is not None and not job.owned():
+                failure = "stopped: this replica lost the environment's lease"
+                transient = True
+                break
             t0 = _now()
             try:
                 result = pool.get(plan.target).apply(plan.desired, dry_run=job.dry_run)
@@ -246,8 +273,13 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
         if phase is not Phase.SYNCED:
             not_ready.add(app)
         statuses[app] = AppStatus(desired, desired, phase, "; ".join(messages))
+        live_now[app] = desired
 
     for plan in reversed(removals):
+        if job.owned is not None and not job.owned():
+            statuses[plan.application] = AppStatus(None, plan.from_version, Phase.FAILED, "lease lost: prune skipped")
+            transient = True
+            continue
         t0 = _now()
         try:
             result = pool.get(plan.target).remove(env.name, plan.application, dry_run=job.dry_run)

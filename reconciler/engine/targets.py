@@ -14,6 +14,7 @@ from reconciler.core.config import ControllerConfig, TargetConfig
 from reconciler.core.durations import parse_duration
 from reconciler.core.problems import PermanentError
 from reconciler.drivers.base import Driver
+from reconciler.engine.hooks import InstrumentedDriver, MetricsSink, NullMetrics
 
 Factory = Callable[[TargetConfig], Driver]
 
@@ -51,9 +52,12 @@ def build_driver(target: TargetConfig) -> Driver:
 
 
 class DriverPool:
-    def __init__(self, config: ControllerConfig, factory: Factory = build_driver) -> None:
+    def __init__(
+        self, config: ControllerConfig, factory: Factory = build_driver, metrics: MetricsSink | None = None
+    ) -> None:
         self.config = config
         self.factory = factory
+        self.metrics: MetricsSink = metrics or NullMetrics()
         self._drivers: dict[str, Driver] = {}
         self._lock = threading.Lock()
 
@@ -67,7 +71,7 @@ class DriverPool:
                         f"target {name!r} is not configured (no entry in targets or targetPatterns of "
                         f"{self.config.path})"
                     )
-                driver = self._drivers[name] = self.factory(target)
+                driver = self._drivers[name] = InstrumentedDriver(self.factory(target), self.metrics)
             return driver
 
     def close(self) -> None:

@@ -259,11 +259,15 @@ _COMMIT_FORMAT = "%x00".join(["%H", "%an", "%ae", "%aI", "%cn", "%ce", "%cI", "%
 class GitSource:
     """The tracked branch of the releases repo, fetched into ``cache_dir/source.git``. Thread-safe."""
 
-    def __init__(self, url: str, branch: str, cache_dir: Path, timeout: float = 60.0) -> None:
-        check_branch_name(branch)
+    def __init__(
+        self, url: str, branch: str, cache_dir: Path, timeout: float = 60.0, *, git_dir: Path | None = None
+    ) -> None:
+        """``git_dir`` opens an existing repository in place instead (read-only use: no fetch)."""
+        if git_dir is None:
+            check_branch_name(branch)
         self.branch = branch
-        self.repo = BareRepo(Path(cache_dir) / "source.git", url, timeout)
-        self.display_url = self.repo.display_url
+        self.repo = BareRepo(git_dir or Path(cache_dir) / "source.git", url, timeout)
+        self.display_url = self.repo.display_url if git_dir is None else str(git_dir)
         self._blobs = BlobReader(self.repo)
         self._fetch_lock = threading.Lock()
 

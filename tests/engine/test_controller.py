@@ -91,7 +91,7 @@ def test_drift_is_detected_repaired_and_audited(fleet: Fleet) -> None:
 
 def test_self_heal_off_reports_drift_without_repairing(fleet: Fleet) -> None:
     fleet.commit({"stages/production.yaml": (fleet.upstream.work / "stages/production.yaml").read_bytes()
-                  .replace(b"protected: true", b"protected: true\n  selfHeal: false")})  # fmt: skip
+                  .replace(b"soak: 24h", b"soak: 24h\n  selfHeal: false")})  # fmt: skip
     assert fleet.once() == 0
     path = deployed(fleet, "k8s-ouest", "rennes-production")
     path.write_text("hand edit\n")
