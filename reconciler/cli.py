@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
     _add_limits(p)
 
+    p = sub.add_parser("plan", help="what a change between two revisions does, with policy verdicts")
+    p.add_argument("--repo", default=".", help="the releases repository (a checkout or a bare repo)")
+    p.add_argument("--base", default="HEAD~1", help="the revision to compare from (default HEAD~1)")
+    p.add_argument("--head", default="HEAD", help="the revision to compare to (default HEAD)")
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    p.add_argument("--live", action="store_true", help="compare with the live versions on the status branch")
+    p.add_argument("--config", help="the controller config (with --live)")
+    p.add_argument("--status-ref", help="where the audit trail is (default: reconciler-status, local or origin)")
+    p.add_argument("--now", help="evaluate time-based policies at this ISO 8601 time (default: now)")
+    _add_limits(p)
+
     p = sub.add_parser("run", help="run the controller")
     p.add_argument("--config", required=True, help="the controller config file")
     p.add_argument("--once", action="store_true", help="one full cycle; exit 0 if every environment is Synced")
@@ -102,6 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from reconciler.commands.validate import run_validate
 
             return run_validate(args)
+        if args.command == "plan":
+            from reconciler.commands.plan import run_plan
+
+            if args.live and not args.config:
+                print("plan: --live needs --config", file=sys.stderr)
+                return 1
+            return run_plan(args)
         if args.command == "run":
             from reconciler.commands.run import run_run
 
@@ -122,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. piped into `head`: not an error worth a message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except Exception as exc:  # the last line of defence against tracebacks
         if os.environ.get("RECONCILER_DEBUG"):
             raise

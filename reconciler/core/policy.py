@@ -10,7 +10,7 @@ is testable without Git or a clock. Pure.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
@@ -100,6 +100,39 @@ class Stint:
 History = Mapping[tuple[str, str], Sequence[Stint]]  # (environment, application) -> stints, oldest first
 
 
+def _parse_time(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def extend_history(history: dict[tuple[str, str], list[Stint]], entries: Iterable[Mapping[str, object]]) -> None:
+    """Add audit entries (in time order) to ``history``: which version ran where, from when to when."""
+    for entry in entries:
+        if entry.get("result") != "succeeded":
+            continue
+        env, app, action = entry.get("environment"), entry.get("application"), entry.get("action")
+        when = _parse_time(entry.get("end") or entry.get("time"))
+        if when is None or not (isinstance(env, str) and isinstance(app, str)):
+            continue
+        stints = history.setdefault((env, app), [])
+        if action == "remove":
+            if stints and stints[-1].end is None:
+                stints[-1] = replace(stints[-1], end=when)
+            continue
+        version = entry.get("to")
+        if action not in ("create", "update") or not isinstance(version, str):
+            continue
+        if stints and stints[-1].end is None:
+            if stints[-1].version == version:
+                continue  # a drift repair or a re-apply: the stint goes on
+            stints[-1] = replace(stints[-1], end=when)
+        stints.append(Stint(version, when))
+
+
 def promotion_hold(
     repo: ReleasesRepo, env: Environment, application: str, version: str, history: History, now: datetime
 ) -> Hold | None:
@@ -112,6 +145,8 @@ def promotion_hold(
     stage = repo.stages.get(env.stage)
     if stage is None or not stage.promotes_from:
         return None
+    if any(s.version == version for s in history.get((env.name, application), ())):
+        return None  # a rollback to a version that already ran here
     previous = stage.promotes_from
     sources = [e.name for e in repo.environments.values()
                if e.stage == previous and application in repo.desired_versions(e)]  # fmt: skip
@@ -160,7 +195,7 @@ class Signature:
 
 
 def signature_hold(stage_protected: bool, signatures: Iterable[Signature]) -> Hold | None:
-    """Changes reaching a protected stage need every commit that introduced them signed by an allowed key."""
+    """Changes reaching a protected stage need the commit that introduced them signed by an allowed key."""
     if not stage_protected:
         return None
     for sig in signatures:

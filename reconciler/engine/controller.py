@@ -18,11 +18,11 @@ import json
 import random
 import threading
 import time
-from functools import partial
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from reconciler.core.config import ControllerConfig

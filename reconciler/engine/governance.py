@@ -12,7 +12,7 @@ Called by the controller.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from reconciler.core.plan import Phase
 from reconciler.core.policy import (
     Signature,
     Stint,
+    extend_history,
     freeze_hold,
     promotion_hold,
     signature_hold,
@@ -41,15 +42,6 @@ class Decision:
     overrides: Mapping[str, str] = field(default_factory=dict)  # application -> "freeze: why" / "promotion: why"
 
 
-def _parse_time(text: Any) -> datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 class Governance:
     def __init__(self, config: ControllerConfig, source: Any) -> None:
         self.config = config
@@ -59,26 +51,7 @@ class Governance:
     # --- facts ---------------------------------------------------------------------------------------------------
     def learn(self, entries: Iterable[Mapping[str, Any]]) -> None:
         """Remember which version ran where from when to when (from audit entries, in time order)."""
-        for entry in entries:
-            if entry.get("result") != "succeeded":
-                continue
-            env, app, action = entry.get("environment"), entry.get("application"), entry.get("action")
-            when = _parse_time(entry.get("end") or entry.get("time"))
-            if when is None or not (isinstance(env, str) and isinstance(app, str)):
-                continue
-            stints = self.history.setdefault((env, app), [])
-            if action == "remove":
-                if stints and stints[-1].end is None:
-                    stints[-1] = replace(stints[-1], end=when)
-                continue
-            version = entry.get("to")
-            if action not in ("create", "update") or not isinstance(version, str):
-                continue
-            if stints and stints[-1].end is None:
-                if stints[-1].version == version:
-                    continue  # a drift repair or a re-apply: the stint goes on
-                stints[-1] = replace(stints[-1], end=when)
-            stints.append(Stint(version, when))
+        extend_history(self.history, entries)
 
     # --- signatures -------------------------------------------------------------------------------------------------
     def _signatures(self, repo: ReleasesRepo, env: Environment, since: str | None, head: str) -> list[Signature]:

@@ -28,7 +28,11 @@ def open_repository(path: str | os.PathLike[str], timeout: float = 60.0) -> GitS
 
 
 def commits_touching(source: GitSource, old: str | None, new: str, paths: tuple[str, ...]) -> list[str]:
-    """Commits in ``old..new`` that changed any of ``paths`` (newest first); without ``old``, the newest one."""
+    """The commit of the tracked branch that last changed any of ``paths`` in ``old..new`` (or up to ``new``).
+
+    First-parent history: with a merge workflow that is the (signed) merge commit, not the commits of the
+    merged branch. Its signer attests the content of those paths as they are at ``new``.
+    """
     return list(_commits_touching(source.repo, old, new, paths))
 
 
@@ -36,8 +40,8 @@ def commits_touching(source: GitSource, old: str | None, new: str, paths: tuple[
 def _commits_touching(repo: BareRepo, old: str | None, new: str, paths: tuple[str, ...]) -> tuple[str, ...]:
     if old is not None and repo.resolve(old) is None:
         old = None  # history was rewritten: judge by the newest commit
-    span = [f"{old}..{new}"] if old else ["-1", new]
-    done = repo.run("log", "--format=%H", "--no-show-signature", *span, "--", *paths)
+    span = [f"{old}..{new}"] if old else [new]
+    done = repo.run("log", "-1", "--first-parent", "--format=%H", "--no-show-signature", *span, "--", *paths)
     if done.returncode:
         raise TemporaryError(f"cannot list the commits of {new[:12]}: {repo.tail(done)}")
     return tuple(line for line in done.stdout.decode().split() if line)

@@ -1,0 +1,228 @@
+"""``reconciler plan --repo PATH --base REV --head REV``: what a pull request would change, and policy verdicts.
+
+Reads both revisions straight from the repository (no checkout), validates the head, pairs the desired states
+(:mod:`reconciler.core.diffplan`) and asks the release policies about every change: promotion (``promotesFrom``
++ soak, from the audit trail on the status branch found in the same repository), freezes (held until...),
+protected stages (need a signed merge). Exit 0 when the head is valid and no policy is violated, 1 otherwise,
+so it works as a required check. ``--format markdown`` is ready to post as a PR comment, ``json`` is for bots.
+``--live --config FILE`` compares with the live versions on the status branch instead of the base revision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler.commands.common import ConfigError, fail, load_config, status_store
+from reconciler.core.diffplan import RepoPlan, compare
+from reconciler.core.loader import Limits, LoadResult, load_repo
+from reconciler.core.policy import Stint, extend_history, freeze_hold, promotion_hold
+from reconciler.core.problems import ReconcilerError
+from reconciler.engine import statusdoc
+from reconciler.engine.governance import PROMOTION_OVERRIDE
+from reconciler.source.gitrepo import GitSource
+from reconciler.source.history import open_repository
+
+STATUS_REFS = ("refs/heads/reconciler-status", "refs/remotes/origin/reconciler-status")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    policy: str  # promotion | freeze | protected
+    outcome: str  # violation | held | info | override
+    message: str
+    environments: tuple[str, ...]
+
+
+def _history(source: GitSource, ref: str | None) -> tuple[dict[tuple[str, str], list[Stint]], str | None]:
+    history: dict[tuple[str, str], list[Stint]] = {}
+    for candidate in (ref,) if ref else STATUS_REFS:
+        sha = source.repo.resolve(candidate) if candidate else None
+        if sha is None:
+            continue
+        tree = source.tree(sha)
+        entries = []
+        for path in sorted(p for p in tree.paths() if p.startswith("audit/") and p.endswith(".jsonl")):
+            for line in tree.read(path).decode("utf-8", "replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict):
+                    entries.append(entry)
+        entries.sort(key=lambda e: str(e.get("end") or e.get("time") or ""))
+        extend_history(history, entries)
+        return history, candidate
+    return history, None
+
+
+def _verdicts(
+    result: LoadResult, plan: RepoPlan, history: Mapping[tuple[str, str], list[Stint]], now: datetime,
+    trailers: Mapping[str, str], status_ref: str | None,
+) -> list[Verdict]:  # fmt: skip
+    repo = result.repo
+    assert repo is not None
+    grouped: dict[tuple[str, str, str], list[str]] = {}
+    for env_change in plan.environments:
+        env = repo.environments[env_change.environment]
+        stage = repo.stages.get(env.stage)
+        for change in env_change.changes:
+            if change.after is None:
+                continue
+            frozen = freeze_hold(repo, env, change.application, now)
+            if frozen is not None:
+                grouped.setdefault(("freeze", "held", f"{change.application}: {frozen[0]}"), []).append(env.name)
+            if change.before is not None and change.before != change.after and stage and stage.promotes_from:
+                hold = promotion_hold(repo, env, change.application, change.after, history, now)
+                if hold is not None:
+                    override = trailers.get(PROMOTION_OVERRIDE)
+                    if override:
+                        key = ("promotion", "override", f"{hold} — overridden: {override} (needs a signed commit)")
+                    else:
+                        hint = "" if status_ref else " (no status branch found: pass --status-ref)"
+                        key = ("promotion", "violation", f"{hold}{hint}")
+                    grouped.setdefault(key, []).append(env.name)
+            if stage is not None and stage.protected:
+                msg = f"{stage.name} is protected: applied only from a commit signed by an allowed signer"
+                grouped.setdefault(("protected", "info", msg), []).append(env.name)
+    return [Verdict(p, o, m, tuple(envs)) for (p, o, m), envs in sorted(grouped.items())]
+
+
+def _envs(names: tuple[str, ...], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def render_text(plan: RepoPlan, verdicts: list[Verdict], base: str, head: str) -> str:
+    lines = [f"plan {base[:12]}..{head[:12]}: {plan.blast_radius()}"]
+    for env in plan.environments:
+        wave = f", wave {env.wave}" if env.wave else ""
+        lines.append(f"  {env.environment} ({env.stage}{wave})")
+        for c in env.changes:
+            lines.append(
+                f"    {c.application}: {c.before or '-'} -> {c.after or '-'}" + (f"  [{c.error}]" if c.error else "")
+            )
+    for note in plan.notes:
+        lines.append(f"  note: {note}")
+    for v in verdicts:
+        lines.append(f"{v.outcome.upper()} {v.policy}: {v.message} ({len(v.environments)}: {_envs(v.environments)})")
+    return "\n".join(lines)
+
+
+ICONS = {"violation": "❌", "held": "⏸️", "info": "ℹ️", "override": "⚠️"}
+
+
+def render_markdown(plan: RepoPlan, verdicts: list[Verdict], base: str, head: str) -> str:
+    ok = not any(v.outcome == "violation" for v in verdicts)
+    out = [f"### reconciler plan `{base[:12]}..{head[:12]}` {'✅' if ok else '❌ policy violation'}", "",
+           f"**Blast radius:** {plan.blast_radius()}", ""]  # fmt: skip
+    if verdicts:
+        out += ["| | policy | verdict | environments |", "|---|---|---|---|"]
+        for v in verdicts:
+            msg = v.message.replace("|", "\\|")
+            out.append(
+                f"| {ICONS.get(v.outcome, '')} | {v.policy} | {msg} | {len(v.environments)}: {_envs(v.environments)} |"
+            )
+        out.append("")
+    by_change: dict[tuple[str, str, str], list[str]] = {}
+    for env in plan.environments:
+        for c in env.changes:
+            by_change.setdefault((c.application, c.before or "-", c.after or "-"), []).append(env.environment)
+    if by_change:
+        out += ["| application | from | to | environments |", "|---|---|---|---|"]
+        for (app, before, after), envs in sorted(by_change.items()):
+            out.append(f"| {app} | {before} | {after} | {len(envs)}: {_envs(tuple(envs))} |")
+        out.append("")
+    for env in plan.environments[:50]:
+        diffs = [c for c in env.changes if c.diff or c.error]
+        if not diffs:
+            continue
+        out.append(f"<details><summary>{env.environment} ({env.stage}): {len(env.changes)} change(s)</summary>\n")
+        for c in diffs:
+            body = c.error or c.diff
+            out += [
+                f"**{c.application}** {c.before or '-'} → {c.after or '-'}",
+                "",
+                "```diff",
+                body.rstrip(),
+                "```",
+                "",
+            ]
+        out.append("</details>")
+    if len(plan.environments) > 50:
+        out.append(f"\n_{len(plan.environments) - 50} more environments not shown._")
+    for note in plan.notes:
+        out.append(f"\n> {note}")
+    return "\n".join(out) + "\n"
+
+
+def render_json(plan: RepoPlan, verdicts: list[Verdict], base: str, head: str) -> str:
+    data: dict[str, Any] = {
+        "base": base, "head": head, "blastRadius": plan.blast_radius(), "stages": plan.stages,
+        "environmentsChanged": len(plan.environments), "environmentsTotal": plan.total_environments,
+        "environments": [{"name": e.environment, "stage": e.stage, "wave": e.wave, "changes": [
+            {"application": c.application, "from": c.before, "to": c.after, "kind": c.kind, "diff": c.diff,
+             "error": c.error or None} for c in e.changes]} for e in plan.environments],
+        "verdicts": [{"policy": v.policy, "outcome": v.outcome, "message": v.message,
+                      "environments": list(v.environments)} for v in verdicts],
+        "ok": not any(v.outcome == "violation" for v in verdicts), "notes": list(plan.notes),
+    }  # fmt: skip
+    return json.dumps(data, indent=2)
+
+
+def _problems(result: LoadResult, fmt: str, head: str) -> int:
+    problems = result.all_problems()
+    if fmt == "json":
+        print(json.dumps({"head": head, "ok": False, "problems": [p.as_dict() for p in problems]}, indent=2))
+    elif fmt == "markdown":
+        print(f"### reconciler plan: head `{head[:12]}` is invalid ❌\n")
+        print("\n".join(f"- `{p}`" for p in problems))
+    else:
+        print("\n".join(str(p) for p in problems))
+    return 1
+
+
+def _live_versions(args: argparse.Namespace) -> dict[str, dict[str, str | None]]:
+    config = load_config(args.config)
+    snapshot = status_store(config).read()
+    live: dict[str, dict[str, str | None]] = {}
+    for path, data in snapshot.files.items():
+        doc = statusdoc.parse(data) if path.startswith("environments/") else None
+        if doc and isinstance(doc.get("environment"), str):
+            apps = doc.get("applications") or {}
+            live[doc["environment"]] = {a: s.get("live") for a, s in apps.items() if isinstance(s, dict)}
+    return live
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    try:
+        source = open_repository(args.repo)
+        head = source.repo.resolve(args.head)
+        base = source.repo.resolve(args.base) if not args.live else head
+        if head is None or base is None:
+            return fail(f"{args.repo}: unknown revision {args.head if head is None else args.base!r}")
+        limits = Limits(max_file_size=args.max_file_size, max_repo_size=args.max_repo_size)
+        head_tree = source.tree(head)
+        head_result = load_repo(head_tree, limits)
+        if not head_result.ok or head_result.repo is None:
+            return _problems(head_result, args.format, head)
+        live = _live_versions(args) if args.live else None
+        base_tree = source.tree(base) if not args.live else None
+        base_result = load_repo(base_tree, limits) if base_tree is not None else None
+        base_repo = base_result.repo if base_result else None
+        plan = compare(base_repo, base_tree, head_result.repo, head_tree, live)
+        now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+        history, status_ref = _history(source, args.status_ref)
+        trailers = source.commit(head).trailers
+        verdicts = _verdicts(head_result, plan, history, now, trailers, status_ref)
+    except ConfigError as exc:
+        return fail(str(exc))
+    except ReconcilerError as exc:
+        return fail(f"plan: {exc}")
+    render = {"text": render_text, "markdown": render_markdown, "json": render_json}[args.format]
+    print(render(plan, verdicts, base, head))
+    return 1 if any(v.outcome == "violation" for v in verdicts) else 0

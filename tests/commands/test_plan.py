@@ -1,0 +1,84 @@
+"""`reconciler plan` on the example fleet in a real Git repository: affected environments, formats, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+from tests.source import git
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "releases-repo"
+
+
+@pytest.fixture(scope="module")
+def example_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("plan") / "releases"
+    shutil.copytree(EXAMPLE, repo)
+    git("init", "-q", "-b", "main", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "fleet", cwd=repo)
+    return repo
+
+
+def commit_edit(repo: Path, path: str, old: str, new: str) -> str:
+    text = (repo / path).read_text()
+    assert old in text
+    (repo / path).write_text(text.replace(old, new, 1))
+    git("commit", "-q", "-am", f"edit {path}", cwd=repo)
+    return git("rev-parse", "HEAD", cwd=repo)
+
+
+def run_plan(repo: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(["plan", "--repo", str(repo), "--base", "HEAD~1", "--head", "HEAD", *args])
+    return code, capsys.readouterr().out
+
+
+def test_plan_lists_exactly_the_affected_environments(example_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commit_edit(example_repo, "stages/dev.yaml", "action-sociale: 2.3.4", "action-sociale: 2.3.3")
+    code, out = run_plan(example_repo, capsys, "--format", "json")
+    data = json.loads(out)
+    assert code == 0 and data["ok"] is True
+    names = {e["name"] for e in data["environments"]}
+    assert len(names) == 47 and all(n.endswith("-dev") for n in names)
+    assert data["blastRadius"] == "47 of 235 environments, stages: dev"
+    change = data["environments"][0]["changes"][0]
+    assert (change["application"], change["from"], change["to"]) == ("action-sociale", "2.3.4", "2.3.3")
+    assert '-  APP_VERSION: "2.3.4"' in change["diff"] and '+  APP_VERSION: "2.3.3"' in change["diff"]
+    code, md = run_plan(example_repo, capsys, "--format", "markdown")
+    assert code == 0 and "**Blast radius:** 47 of 235 environments, stages: dev" in md
+    assert "| action-sociale | 2.3.4 | 2.3.3 | 47:" in md and "<details>" in md
+    git("reset", "-q", "--hard", "HEAD~1", cwd=example_repo)
+
+
+def test_a_release_skipping_its_previous_stage_is_refused(
+    example_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commit_edit(example_repo, "stages/preproduction.yaml", "aides-logement: 2.4.0", "aides-logement: 2.4.1")
+    code, out = run_plan(example_repo, capsys)
+    assert code == 1
+    assert "VIOLATION promotion: aides-logement 2.4.1 has not run in recette yet" in out
+    assert "(no status branch found: pass --status-ref)" in out
+    git("reset", "-q", "--hard", "HEAD~1", cwd=example_repo)
+
+
+def test_an_invalid_head_exits_1_with_file_and_line(example_repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    commit_edit(example_repo, "stages/dev.yaml", "action-sociale: 2.3.4", "action-sociale: 9.9.9")
+    code, out = run_plan(example_repo, capsys, "--format", "markdown")
+    assert (
+        code == 1 and "is invalid" in out and "stages/dev.yaml:" in out and "no release 9.9.9 of action-sociale" in out
+    )
+    git("reset", "-q", "--hard", "HEAD~1", cwd=example_repo)
+
+
+def test_unknown_revision_and_not_a_repository(
+    tmp_path: Path, example_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", "--repo", str(example_repo), "--base", "nope", "--head", "HEAD"]) == 1
+    assert "unknown revision" in capsys.readouterr().err
+    assert main(["plan", "--repo", str(tmp_path), "--base", "HEAD~1", "--head", "HEAD"]) == 1
+    assert "not a git repository" in capsys.readouterr().err
