@@ -175,20 +175,30 @@ def targets_of(env: Environment, app: Application) -> list[str]:
     return list(dict.fromkeys(env.targets[c.role] for c in app.components if c.role in env.targets))
 
 
-def input_key(
-    repo: ReleasesRepo, env: Environment, app: Application, release: Release, digest: Callable[[str], str]
-) -> str:
-    """A fingerprint of everything rendering ``app`` in ``env`` reads; equal keys render equal units."""
+def app_digest(app: Application, release: Release, digest: Callable[[str], str]) -> str:
+    """A digest of the files an application's rendering reads at one release (manifests and templates)."""
     h = hashlib.sha256()
     for part in (app.origin.path, release.origin.path, *(t for c in app.components for t in c.templates)):
         h.update(part.encode() + b"\0" + digest(part).encode() + b"\0")
-    payload = [
+    h.update(repr(app).encode() + release.version.encode())
+    return h.hexdigest()
+
+
+def environment_payload(env: Environment) -> list[Any]:
+    """The environment's own inputs to rendering, in a stable JSON-able form."""
+    return [
         env.name,
         env.stage,
         sorted(env.labels.items()),
         sorted(env.targets.items()),
         sorted((k, scalar_text(v)) for k, v in env.parameters.items()),
-        release.version,
+        env.allow_empty,
     ]
-    h.update(json.dumps(payload).encode())
-    return h.hexdigest()
+
+
+def input_key(
+    repo: ReleasesRepo, env: Environment, app: Application, release: Release, digest: Callable[[str], str]
+) -> str:
+    """A fingerprint of everything rendering ``app`` in ``env`` reads; equal keys render equal units."""
+    payload = [*environment_payload(env), app_digest(app, release, digest)]
+    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()

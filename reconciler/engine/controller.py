@@ -26,12 +26,12 @@ from functools import partial
 from typing import Any, Protocol
 
 from reconciler.core.config import ControllerConfig
+from reconciler.core.desired import app_digest, environment_payload
 from reconciler.core.loader import Limits, load_repo
 from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.plan import Phase
 from reconciler.core.problems import Problem, ReconcilerError
 from reconciler.core.tree import SourceTree
-from reconciler.core.yamlsafe import scalar_text
 from reconciler.engine import statusdoc
 from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
@@ -232,17 +232,8 @@ class Controller:
         key = (loaded.revision, app, version)
         found = self._app_digests.get(key)
         if found is None:
-            application = loaded.repo.applications[app]
-            release = loaded.repo.releases[(app, version)]
-            h = hashlib.sha256()
-            for path in (
-                application.origin.path,
-                release.origin.path,
-                *(t for c in application.components for t in c.templates),
-            ):
-                h.update(path.encode() + b"\0" + loaded.tree.digest(path).encode() + b"\0")
-            h.update(repr(application).encode())
-            found = self._app_digests[key] = h.hexdigest()
+            application, release = loaded.repo.applications[app], loaded.repo.releases[(app, version)]
+            found = self._app_digests[key] = app_digest(application, release, loaded.tree.digest)
         return found
 
     def input_key(self, loaded: Loaded, env: Environment) -> str:
@@ -250,12 +241,7 @@ class Controller:
         versions = loaded.repo.desired_versions(env)
         stage = loaded.repo.stages.get(env.stage)
         payload = [
-            env.name,
-            env.stage,
-            sorted(env.labels.items()),
-            sorted(env.targets.items()),
-            sorted((k, scalar_text(v)) for k, v in env.parameters.items()),
-            env.allow_empty,
+            *environment_payload(env),
             stage.self_heal if stage else True,
             sorted((a, v, self._app_digest(loaded, a, v)) for a, v in versions.items()),
         ]

@@ -41,6 +41,18 @@ class AppStatus:
     message: str = ""
 
 
+_REPLICA = {"identity": ""}
+
+
+def set_replica_identity(identity: str) -> None:
+    """Name this process's controller replica in the audit trail (set once by ``reconciler run``)."""
+    _REPLICA["identity"] = identity
+
+
+def replica_identity() -> str:
+    return _REPLICA["identity"]
+
+
 @dataclass(frozen=True)
 class Job:
     """Everything one environment's reconcile needs; built by the controller."""
@@ -58,6 +70,7 @@ class Job:
     signer: str = ""  # who signed the commits that introduced the change (protected stages)
     overrides: Mapping[str, str] = field(default_factory=dict)  # app -> audited policy override
     owned: Callable[[], bool] | None = None  # sharding: False once this replica lost the environment's lease
+    replica: str = field(default_factory=replica_identity)  # the controller replica running it (audit)
 
 
 @dataclass(frozen=True)
@@ -178,6 +191,7 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
                 "trigger": "drift" if plan.reason.startswith("drift") else job.trigger,
                 "signer": job.signer or None,
                 "override": job.overrides.get(plan.application),
+                "replica": job.replica or None,
                 "message": message,
             }
         )

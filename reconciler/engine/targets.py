@@ -48,6 +48,10 @@ def build_driver(target: TargetConfig) -> Driver:
             known_hosts=Path(target.get("knownHosts")),
             timeout=_timeout(target),
         )
+    if target.driver == "kubernetes":
+        from reconciler.drivers.kubernetes import build_kubernetes_driver
+
+        return build_kubernetes_driver(target)
     raise PermanentError(f"target {target.name}: unknown driver {target.driver!r}")
 
 

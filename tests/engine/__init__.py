@@ -83,6 +83,18 @@ class Fleet:
         return sha
 
 
+NEW_REF_RELEASE = b"""apiVersion: reconciler.io/v1
+kind: Release
+metadata:
+  name: ref-3.11
+spec:
+  application: ref
+  version: 3.11
+  components:
+    api: {image: "registry.example.org/ref/api:3.11"}
+"""
+
+
 ENVIRONMENTS = ["lille-dev", "lille-production", "rennes-dev", "rennes-production", "shared-production"]
 
 

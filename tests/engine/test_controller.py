@@ -13,20 +13,9 @@ from pathlib import Path
 import pytest
 
 from reconciler.cli import main
-from tests.engine import ENVIRONMENTS, Fleet
+from tests.engine import ENVIRONMENTS, NEW_REF_RELEASE, Fleet
 from tests.minirepo import minimal_repo
 from tests.source import git
-
-NEW_REF_RELEASE = b"""apiVersion: reconciler.io/v1
-kind: Release
-metadata:
-  name: ref-3.11
-spec:
-  application: ref
-  version: 3.11
-  components:
-    api: {image: "registry.example.org/ref/api:3.11"}
-"""
 
 
 def deployed(fleet: Fleet, target: str, env: str, app: str = "ref", component: str = "api") -> Path:

@@ -18,21 +18,11 @@ from reconciler.cli import main
 from reconciler.commands.common import load_config
 from reconciler.commands.run import build_controller
 from reconciler.engine.controller import Controller
+from tests.engine import NEW_REF_RELEASE as REF_311
 from tests.engine import Fleet
 from tests.source import git
 
 HOUR = 3600.0
-
-REF_311 = b"""apiVersion: reconciler.io/v1
-kind: Release
-metadata:
-  name: ref-3.11
-spec:
-  application: ref
-  version: 3.11
-  components:
-    api: {image: "registry.example.org/ref/api:3.11"}
-"""
 
 
 @contextmanager
