@@ -142,6 +142,7 @@ class Controller:
         self.listeners: list[Callable[[CycleReport], None]] = []
         self.metrics: MetricsSink = metrics or pool.metrics
         self.wake = threading.Event()  # set by trigger(): the next cycle starts at once
+        self.loop_running = False  # for /readyz
         self.recent_audit: dict[str, deque[dict[str, Any]]] = {}
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="env")
         self._app_digests: dict[tuple[str, str, str], str] = {}
@@ -622,16 +623,20 @@ class Controller:
 
     def run_forever(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         wake = wake or self.wake
-        while not stop.is_set():
-            trigger = "webhook" if wake.is_set() else "poll"
-            wake.clear()
-            try:
-                self.cycle(trigger, stop)
-            except Exception:
-                self.log.exception("cycle failed")
-            if stop.is_set():
-                break
-            wake.wait(self.config.interval * random.uniform(0.9, 1.1))
+        self.loop_running = True
+        try:
+            while not stop.is_set():
+                trigger = "webhook" if wake.is_set() else "poll"
+                wake.clear()
+                try:
+                    self.cycle(trigger, stop)
+                except Exception:
+                    self.log.exception("cycle failed")
+                if stop.is_set():
+                    break
+                wake.wait(self.config.interval * random.uniform(0.9, 1.1))
+        finally:
+            self.loop_running = False
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

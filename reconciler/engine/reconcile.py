@@ -271,6 +271,7 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
                 Phase.OUT_OF_SYNC,
                 "; ".join(f"{p.action} {p.target}: {p.reason}" for p in pending),
             )
+            live_now[app] = desired  # what the plan would make live
             continue
         messages = []
         try:

@@ -293,3 +293,31 @@ def test_sigkill_mid_cycle_then_restart_converges(fleet: Fleet) -> None:
     assert len(installs) == len(set(installs)), "an artifact was installed twice"
     for env_name in ("b00-dev", "b29-dev", "b15-production"):
         assert fleet.env_status(env_name)["phase"] == "Synced"
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    assert fleet.once("--dry-run") == 1  # everything would change: nothing is Synced yet
+    out = capsys.readouterr().out
+    assert "lille-dev:" in out and "create  ref on k8s-nord: - -> 3.10 (not deployed)" in out
+    assert not fleet.targets.exists() and fleet.status_head() is None
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_with_nothing_half_written(fleet: Fleet) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "run", "--config", str(fleet.config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    try:
+        while fleet.status_head() is None:  # poll until the first cycle has written status
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no status written"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.stderr is not None and b"controller stopped" in proc.stderr.read()
+    leftovers = [p for p in fleet.targets.rglob("*") if ".tmp" in p.name or "pending" in p.name]
+    assert not leftovers

@@ -1,0 +1,89 @@
+"""One environment's reconcile against the in-memory driver twin: isolation of failures inside an environment,
+dependency waits, the empty-set guard, dry-run. (Real drivers are exercised in tests/drivers and test_controller.)"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from reconciler.core.config import ControllerConfig
+from reconciler.core.loader import load_repo
+from reconciler.core.problems import TemporaryError
+from reconciler.core.tree import MemoryTree
+from reconciler.drivers.memory import MemoryDriver
+from reconciler.engine.reconcile import Job, reconcile_environment
+from reconciler.engine.targets import DriverPool
+from tests.minirepo import minimal_repo
+
+CONFIG = ControllerConfig(
+    path="/etc/reconciler.yaml", source_url="unused", patterns=({"match": "*", "driver": "memory"},)
+)
+
+
+def setup() -> tuple[Job, dict[str, MemoryDriver], DriverPool]:
+    tree = MemoryTree(minimal_repo())
+    repo = load_repo(tree).repo
+    assert repo is not None
+    drivers: dict[str, MemoryDriver] = {}
+
+    def factory(target):  # type: ignore[no-untyped-def]
+        return drivers.setdefault(target.name, MemoryDriver(target.name))
+
+    job = Job(env=repo.environments["lille-dev"], repo=repo, tree=tree, revision="r1")
+    return job, drivers, DriverPool(CONFIG, factory=factory)
+
+
+def test_everything_applied_in_dependency_order() -> None:
+    job, _, pool = setup()
+    outcome = reconcile_environment(job, pool)
+    assert outcome.phase == "Synced" and outcome.changed
+    order = [(e["application"], e["action"]) for e in outcome.audit]
+    assert order == [("ref", "create"), ("famille", "create")]  # famille dependsOn/requires ref
+
+
+def test_a_failing_application_makes_its_dependents_wait_not_others() -> None:
+    job, drivers, pool = setup()
+    pool.get("k8s-nord")  # create the driver so we can make it fail
+    drivers["k8s-nord"].fail_with[("lille-dev", "ref")] = TemporaryError("apiserver down")
+    outcome = reconcile_environment(job, pool)
+    assert outcome.phase == "Failed" and outcome.transient
+    assert outcome.applications["ref"].phase == "Failed" and "apiserver down" in outcome.applications["ref"].message
+    assert outcome.applications["famille"].phase == "Blocked"  # requires ref >= 3.2, which is not live
+    assert ("lille-dev", "famille") not in drivers["aix-lille"].units
+
+
+def test_an_empty_desired_set_prunes_nothing_unless_allowed() -> None:
+    job, drivers, pool = setup()
+    reconcile_environment(job, pool)
+    emptied = replace(job.env, applications=())
+    outcome = reconcile_environment(replace(job, env=emptied), pool)
+    assert ("lille-dev", "ref") in drivers["k8s-nord"].units
+    assert (
+        outcome.applications["ref"].phase == "OutOfSync"
+        and "allowEmpty is false" in outcome.applications["ref"].message
+    )
+    reconcile_environment(replace(job, env=replace(emptied, allow_empty=True)), pool)
+    assert ("lille-dev", "ref") not in drivers["k8s-nord"].units
+
+
+def test_dry_run_changes_nothing_and_reports_out_of_sync() -> None:
+    job, drivers, pool = setup()
+    outcome = reconcile_environment(replace(job, dry_run=True), pool)
+    assert outcome.phase == "OutOfSync" and not outcome.changed and not outcome.audit
+    assert all(not d.units for d in drivers.values())
+
+
+def test_a_policy_hold_blocks_changes_but_allows_drift_repair() -> None:
+    job, drivers, pool = setup()
+    reconcile_environment(job, pool)
+    drivers["k8s-nord"].drifted.add(("lille-dev", "ref"))
+    held = replace(job, holds={"ref": ("frozen until tomorrow", True)})
+    outcome = reconcile_environment(held, pool)
+    assert outcome.applications["ref"].phase == "Synced"  # drift repaired during the freeze
+    assert [e["trigger"] for e in outcome.audit] == ["drift"]
+    drivers["k8s-nord"].drifted.add(("lille-dev", "ref"))
+    strict = replace(job, holds={"ref": ("frozen until tomorrow", False)})
+    outcome = reconcile_environment(strict, pool)
+    assert (
+        outcome.applications["ref"].phase == "Blocked"
+        and outcome.applications["ref"].message == "frozen until tomorrow"
+    )
