@@ -32,6 +32,7 @@ import json
 import os
 import re
 import stat
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -137,6 +138,48 @@ def file_digest(path: Path) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
 
 
+class DigestCache:
+    """sha256 of files this driver wrote or hashed, keyed by path and (mtime_ns, size, inode, ctime_ns).
+
+    Like Git's index: a file whose stat is unchanged is not read again. Used by ``health`` and by ``apply`` to
+    decide what to write; the periodic drift check (``observe(check_drift=True)``) always re-reads every file.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns) if stat.S_ISREG(st.st_mode) else None
+
+    def digest(self, path: Path, trust_stat: bool) -> str | None:
+        stamp = self._stamp(path)
+        if stamp is None:
+            return None
+        key = str(path)
+        if trust_stat:
+            with self._lock:
+                known = self._known.get(key)
+            if known is not None and known[0] == stamp:
+                return known[1]
+        value = file_digest(path)
+        if value is not None:
+            with self._lock:
+                self._known[key] = (stamp, value)
+        return value
+
+    def remember(self, path: Path, data: bytes) -> None:
+        stamp = self._stamp(path)
+        if stamp is not None:
+            with self._lock:
+                self._known[str(path)] = (stamp, hashlib.sha256(data).hexdigest())
+
+
 def _read_bytes(path: Path) -> bytes | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -196,6 +239,7 @@ class LocalDriver:
         self.target = target
         self.path = Path(path)
         self.durable = durable  # fsync files and directories (survives power loss; slow on many small files)
+        self.digests = DigestCache()
 
     def _app_dir(self, environment: str, application: str) -> Path:
         _check(self.target, "environment", environment)
@@ -211,6 +255,9 @@ class LocalDriver:
 
     # -- reading ---------------------------------------------------------------------------------------------
     def observe(self, environment: str, application: str, check_drift: bool = True) -> LiveUnit | None:
+        return self._observe(environment, application, check_drift, trust_stat=False)
+
+    def _observe(self, environment: str, application: str, check_drift: bool, trust_stat: bool) -> LiveUnit | None:
         app_dir = self._app_dir(environment, application)
         inventory = read_inventory(app_dir, environment, application)
         if inventory is None or (isinstance(inventory, Unreadable) and inventory.foreign):
@@ -219,7 +266,9 @@ class LocalDriver:
             return LiveUnit(environment, application, self.target, None, None, (INVENTORY,))
         drifted: tuple[str, ...] = ()
         if check_drift:
-            drifted = tuple(rel for rel, h in sorted(inventory.files.items()) if file_digest(app_dir / rel) != h)
+            drifted = tuple(
+                rel for rel, h in sorted(inventory.files.items()) if self.digests.digest(app_dir / rel, trust_stat) != h
+            )
         return LiveUnit(environment, application, self.target, inventory.version, inventory.fingerprint, drifted)
 
     def owned_applications(self, environment: str) -> list[str]:
@@ -237,7 +286,7 @@ class LocalDriver:
         ]
 
     def health(self, environment: str, application: str) -> HealthReport:
-        live = self.observe(environment, application)
+        live = self._observe(environment, application, check_drift=True, trust_stat=True)
         if live is None:
             return HealthReport(Health.MISSING, "not deployed")
         if live.fingerprint is None:
@@ -269,7 +318,9 @@ class LocalDriver:
         self._refuse_symlinks(*(app_dir / comp for comp in _components(desired) | _components(owned)))
 
         hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in desired.items()}
-        to_write = sorted(rel for rel, digest in hashes.items() if file_digest(app_dir / rel) != digest)
+        to_write = sorted(
+            rel for rel, digest in hashes.items() if self.digests.digest(app_dir / rel, trust_stat=True) != digest
+        )
         to_remove = sorted(rel for rel in owned - desired.keys() if os.path.lexists(app_dir / rel))
         encoded = Inventory(unit.environment, unit.application, unit.version, unit.fingerprint, hashes).encode()
         inventory_stale = _read_bytes(app_dir / INVENTORY) != encoded
@@ -292,6 +343,7 @@ class LocalDriver:
             )
         for rel in to_write:
             atomic_write(app_dir / rel, desired[rel], sync_dir=False, durable=self.durable)
+            self.digests.remember(app_dir / rel, desired[rel])
         for rel in to_remove:
             (app_dir / rel).unlink()
         changed_dirs = _components(to_write) | _components(to_remove)
