@@ -475,6 +475,9 @@ class Controller:
         now = self.clock()
         for name, outcome in report.outcomes.items():
             state = self.states.setdefault(name, EnvState())
+            log = self.log.info if outcome.audit or outcome.phase is not Phase.SYNCED else self.log.debug
+            log("environment reconciled", environment=name, revision=loaded.revision[:12], phase=str(outcome.phase),
+                changes=len(outcome.audit), message=outcome.message, seconds=round(outcome.duration, 3))  # fmt: skip
             state.phase = outcome.phase
             key = keys.get(name)
             new_inputs = key is not None and key != state.attempted_key
