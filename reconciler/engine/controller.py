@@ -483,7 +483,9 @@ class Controller:
             new_inputs = key is not None and key != state.attempted_key
             if new_inputs or state.attempted_revision is None:
                 state.attempted_revision = loaded.revision
-            applied = outcome.phase in (Phase.SYNCED, Phase.PROGRESSING, Phase.DEGRADED) and not self.dry_run
+            applied = (outcome.changed or outcome.phase in (Phase.SYNCED, Phase.PROGRESSING, Phase.DEGRADED)) and (
+                not self.dry_run
+            )
             if applied and (outcome.changed or new_inputs or state.applied_revision is None):
                 state.applied_revision = loaded.revision
             if key is not None and not self.dry_run:

@@ -310,3 +310,15 @@ def test_reconciler_run_on_a_busy_port_fails_cleanly(fleet: Fleet, tmp_path: Pat
     assert done.returncode == 1
     assert b"cannot listen on 127.0.0.1:" in done.stderr and b"Address already in use" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+def test_large_pages_are_gzipped_for_clients_that_accept_it(fleet: Fleet) -> None:
+    import gzip
+
+    with served(fleet) as s:
+        s.controller.cycle()
+        plain = request(s.url, "/api/v1/environments")
+        packed = request(s.url, "/api/v1/environments", headers={"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in plain.headers and len(plain.body) > 4096
+    assert packed.headers["content-encoding"] == "gzip" and packed.headers["vary"] == "Accept-Encoding"
+    assert gzip.decompress(packed.body) == plain.body and len(packed.body) < len(plain.body) / 3
