@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="the controller config file")
     p.add_argument("--once", action="store_true", help="one full cycle; exit 0 if every environment is Synced")
     p.add_argument("--dry-run", action="store_true", help="plan and print; apply nothing, write no status")
+    _add_sharding(p)
     _add_logging(p)
 
     p = sub.add_parser("status", help="show the status branch")
@@ -91,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="one cycle, exit code as run --once")
     _add_logging(p)
     return parser
+
+
+def _add_sharding(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scale-out (see reconciler/engine/sharding.py)")
+    g.add_argument("--shard-index", type=int, metavar="I", help="static sharding: this replica's index, 0..N-1")
+    g.add_argument("--shard-count", type=int, metavar="N", help="static sharding: the number of replicas")
+    g.add_argument("--shards", type=int, metavar="N", help="dynamic sharding: N shards handed out with Leases")
+    g.add_argument(
+        "--lease-kubeconfig", metavar="FILE", help="kubeconfig of the cluster holding the Leases (default: in-cluster)"
+    )
+    g.add_argument("--lease-context", metavar="NAME", help="context of --lease-kubeconfig (default: its current one)")
+    g.add_argument("--lease-namespace", default="reconciler-system", metavar="NS", help="namespace of the Leases")
+    g.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS", help="lease duration (15)")
+    g.add_argument("--replica-id", metavar="ID", help="this replica's unique name (default: HOSTNAME-PID)")
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,9 @@
 """``reconciler run --config FILE [--once] [--dry-run]``: the controller.
 
+Scale-out: ``--shard-index I --shard-count N`` (static) or ``--shards N`` with Kubernetes Leases in the cluster of
+``--lease-kubeconfig`` (else the in-cluster service account), see :mod:`reconciler.engine.sharding`; every audit
+entry names the replica (``--replica-id``, default ``HOSTNAME-PID``) that applied it.
+
 ``--once`` runs one full cycle and exits 0 when every environment ended Synced (or Blocked by a policy), 1
 otherwise. Without it the controller loops until SIGTERM/SIGINT, which stop it cleanly: no new environment starts,
 in-flight ones finish (each is bounded by ``applyTimeout``) and status is written. ``--dry-run`` plans and prints
@@ -11,7 +15,9 @@ controller reports to :class:`~reconciler.observability.metrics.PrometheusMetric
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -23,7 +29,11 @@ from reconciler.commands.common import ConfigError, fail, load_config, status_st
 from reconciler.core.config import ControllerConfig
 from reconciler.core.plan import Action
 from reconciler.core.problems import ReconcilerError
+from reconciler.drivers.k8s_api import KubeApi
+from reconciler.drivers.k8s_store import api_client_for
 from reconciler.engine.controller import Controller, CycleReport
+from reconciler.engine.reconcile import set_replica_identity
+from reconciler.engine.sharding import LeaseCoordinator, StaticShards, rearm
 from reconciler.engine.targets import DriverPool
 from reconciler.http.server import HttpServer
 from reconciler.http.webhooks import WebhookSecrets
@@ -163,12 +173,74 @@ def run_controller(
         controller.close()
 
 
+def sharding_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the scale-out options, or ``None``."""
+    static = args.shard_index is not None or args.shard_count is not None
+    if static and (args.shard_index is None or args.shard_count is None):
+        return "--shard-index and --shard-count go together"
+    if static and args.shards is not None:
+        return "use either --shard-index/--shard-count (static) or --shards (leases), not both"
+    if static and not 0 <= args.shard_index < args.shard_count:
+        return f"--shard-index must be in 0..{args.shard_count - 1}"
+    if args.shards is not None and args.shards < 1:
+        return "--shards must be at least 1"
+    if args.shards is not None and args.lease_duration < 3:
+        return "--lease-duration must be at least 3 seconds"
+    if args.shards is not None and not args.lease_kubeconfig and not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return "--shards needs --lease-kubeconfig FILE (or running inside a cluster)"
+    return None
+
+
+def attach_sharding(controller: Controller, args: argparse.Namespace, replica: str) -> LeaseCoordinator | None:
+    """Restrict ``controller`` to its shard: static (``--shard-index``) or through Leases (``--shards``)."""
+    if args.shard_count is not None:
+        controller.owns = StaticShards(args.shard_index, args.shard_count).owns
+        return None
+    if args.shards is None:
+        return None
+    client = api_client_for(
+        "leases", kubeconfig=args.lease_kubeconfig, context=args.lease_context, in_cluster=not args.lease_kubeconfig
+    )
+    api = KubeApi(client, target="leases", timeout=max(1.0, args.lease_duration / 3))
+
+    def acquired(shards: set[int]) -> None:
+        rearm(controller.states, shards, args.shards)
+        controller.trigger()
+
+    coordinator = LeaseCoordinator(
+        api,
+        shards=args.shards,
+        replica=replica,
+        namespace=args.lease_namespace,
+        duration=args.lease_duration,
+        on_acquire=acquired,
+    )
+    controller.owns = coordinator.owns
+    return coordinator
+
+
 def run_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         return fail(str(exc))
+    problem = sharding_error(args)
+    if problem:
+        return fail(f"reconciler run: {problem}")
     logs.configure(level=args.log_level)
+    replica = args.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+    set_replica_identity(replica)
     metrics = PrometheusMetrics()
     controller = build_controller(config, dry_run=args.dry_run, progress=True, metrics=metrics)
-    return run_controller(controller, args.once, serve=None if args.once else http_server(config, metrics))
+    try:
+        coordinator = attach_sharding(controller, args, replica)
+    except ReconcilerError as exc:
+        controller.close()
+        return fail(str(exc))
+    if coordinator is not None:
+        coordinator.start()
+    try:
+        return run_controller(controller, args.once, serve=None if args.once else http_server(config, metrics))
+    finally:
+        if coordinator is not None:
+            coordinator.stop(release=True)

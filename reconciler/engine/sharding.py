@@ -267,19 +267,22 @@ class LeaseCoordinator:
         if lease is not None:
             metadata["resourceVersion"] = lease.resource_version
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
-        try:
-            if lease is None:
-                self.api.request("POST", LEASES.path(self.namespace), body=body)
-            else:
-                self.api.request("PUT", LEASES.path(self.namespace, name), body=body)
-            return True
-        except ApiError as exc:
-            if exc.status == 404 and lease is None and "namespaces" in str((exc.body.get("details") or {}).get("kind")):
-                self._ensure_namespace()
-                return False
-            if exc.status in (404, 409):
-                return False
-            raise self.api.classify(exc, f"write lease {self.namespace}/{name}") from None
+        for attempt in range(2):
+            try:
+                if lease is None:
+                    self.api.request("POST", LEASES.path(self.namespace), body=body)
+                else:
+                    self.api.request("PUT", LEASES.path(self.namespace, name), body=body)
+                return True
+            except ApiError as exc:
+                missing = (exc.body.get("details") or {}).get("kind") == "namespaces"
+                if exc.status == 404 and lease is None and missing and attempt == 0:
+                    self._ensure_namespace()  # first use: create the namespace, then the lease
+                    continue
+                if exc.status in (404, 409):
+                    return False
+                raise self.api.classify(exc, f"write lease {self.namespace}/{name}") from None
+        return False
 
     def _ensure_namespace(self) -> None:
         try:
