@@ -1,0 +1,206 @@
+"""Turn the benchmark's JSON into verdicts against the issue's targets and a Markdown table.
+
+Called by :mod:`bench.run` after every size has been measured; ``docs/performance.md`` quotes the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# Every size record holds these figures, and each figure these fields (the smoke test checks them all).
+FIGURE_FIELDS: dict[str, tuple[str, ...]] = {
+    "load": ("median_s", "runs_s", "cpu_median_s", "floor", "floor_median_s", "ratio"),
+    "cold": ("median_s", "runs_s", "cpu_median_s", "floor", "floor_median_s", "ratio"),
+    "noop": ("median_s", "runs_s", "cpu_median_s", "floor", "floor_median_s", "ratio"),
+    "noop_drift": ("median_s", "runs_s", "cpu_median_s", "floor", "floor_median_s", "ratio"),
+    "incremental": ("median_s", "runs_s", "cpu_median_s", "floor", "floor_median_s", "ratio"),
+    "latency": ("p50_s", "p95_s", "max_s", "samples_s", "floor", "floor_median_s", "ratio"),
+    "peak_rss": ("peak_mb", "ru_maxrss_mb", "floor", "floor_mb", "ratio"),
+}
+SIZE_FIELDS = (
+    "label",
+    "environments",
+    "applications",
+    "units",
+    "files",
+    "figures",
+    "per_environment_cold_ms",
+    "incremental_share_of_cold",
+    "runs",
+    "notes",
+)
+TOP_FIELDS = ("machine", "code", "options", "sizes", "scaling", "kubernetes", "targets")
+
+
+def missing_fields(doc: Mapping[str, Any]) -> list[str]:
+    """The fields of a results document that are absent (an empty list when it is complete)."""
+    missing = [f for f in TOP_FIELDS if f not in doc]
+    for i, size in enumerate(doc.get("sizes") or []):
+        missing += [f"sizes[{i}].{f}" for f in SIZE_FIELDS if f not in size]
+        figures = size.get("figures") or {}
+        for name, fields in FIGURE_FIELDS.items():
+            if name not in figures:
+                missing.append(f"sizes[{i}].figures.{name}")
+                continue
+            missing += [f"sizes[{i}].figures.{name}.{f}" for f in fields if f not in figures[name]]
+    if not doc.get("sizes"):
+        missing.append("sizes[0]")
+    return missing
+
+
+# --- targets --------------------------------------------------------------------------------------------------------
+def _target(name: str, size: str, value: float | None, limit: float, unit: str, text: str) -> dict[str, Any]:
+    return {
+        "target": name,
+        "size": size,
+        "value": value,
+        "limit": limit,
+        "unit": unit,
+        "text": text,
+        "ok": value is not None and value <= limit,
+    }
+
+
+def check_targets(sizes: Sequence[Mapping[str, Any]], scaling: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, judged on the measured sizes (the 235-environment ones on the smallest size)."""
+    out: list[dict[str, Any]] = []
+    if not sizes:
+        return out
+    small = sizes[0]
+    f, label = small["figures"], small["label"]
+    out.append(_target("cold cycle / write floor", label, f["cold"]["ratio"], 3.0, "x", "<= 3x floor"))
+    out.append(_target("no-op cycle, no drift check", label, f["noop"]["median_s"], 0.1, "s", "< 100 ms"))
+    out.append(
+        _target(
+            "no-op cycle with drift check / re-hash floor", label, f["noop_drift"]["ratio"], 1.5, "x", "<= 1.5x floor"
+        )
+    )
+    out.append(
+        _target("incremental cycle / cold cycle", label, small["incremental_share_of_cold"], 0.10, "", "< 10% of cold")
+    )
+    out.append(_target("commit-to-live p50", label, f["latency"]["p50_s"], 1.0, "s", "< 1 s"))
+    out.append(_target("commit-to-live p95", label, f["latency"]["p95_s"], 2.0, "s", "< 2 s"))
+    for size in sizes:
+        limit = 300.0 if size["environments"] <= 235 else 1536.0
+        out.append(
+            _target(
+                "peak RSS",
+                size["label"],
+                size["figures"]["peak_rss"]["peak_mb"],
+                limit,
+                "MiB",
+                "< 300 MB (235 envs); < 1.5 GB (larger fleets)",
+            )
+        )
+    if len(sizes) > 1:
+        out.append(
+            _target(
+                "per-environment cold cost, largest / smallest fleet",
+                scaling.get("largest", ""),
+                scaling.get("per_environment_cold_ratio"),
+                1.3,
+                "x",
+                "<= 1.3x",
+            )
+        )
+    return out
+
+
+def scaling_of(sizes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    if len(sizes) < 2:
+        return {"note": "one size measured: no scaling figure"}
+    small, large = sizes[0], sizes[-1]
+    ratio = large["per_environment_cold_ms"] / small["per_environment_cold_ms"]
+    return {
+        "smallest": small["label"],
+        "largest": large["label"],
+        "per_environment_cold_ratio": ratio,
+        "per_environment_cold_ms": {s["label"]: s["per_environment_cold_ms"] for s in sizes},
+    }
+
+
+# --- Markdown -------------------------------------------------------------------------------------------------------
+def _s(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.1f} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.1f}x"
+
+
+def _cell(fig: Mapping[str, Any]) -> str:
+    return f"{_s(fig['median_s'])} ({_x(fig['ratio'])} of {_s(fig['floor_median_s'])})"
+
+
+ROWS = (
+    ("load", "load + validate", "-", "YAML parse (C loader)"),
+    ("cold", "cold cycle (everything applied, status committed)", "<= 3x floor", "write the rendered files"),
+    ("noop", "no-op cycle, no drift check", "< 100 ms", "no-op git fetch"),
+    ("noop_drift", "no-op cycle with drift check", "<= 1.5x floor", "read + sha256 every deployed file"),
+    ("incremental", "incremental cycle (1 release, 1 stage)", "< 10% of cold", "fetch + write the changed files"),
+)
+
+
+def markdown(doc: Mapping[str, Any]) -> str:
+    sizes = doc["sizes"]
+    head = "| figure | target | floor | " + " | ".join(s["label"] for s in sizes) + " |"
+    rule = "|---|---|---|" + "---|" * len(sizes)
+    lines = [head, rule]
+    for key, title, target, floor in ROWS:
+        cells = [_cell(s["figures"][key]) for s in sizes]
+        if key == "incremental":
+            cells = [f"{c}; {s['incremental_share_of_cold']:.0%} of cold" for c, s in zip(cells, sizes, strict=True)]
+        lines.append(f"| {title} | {target} | {floor} | " + " | ".join(cells) + " |")
+    cells = [
+        f"{_s(s['figures']['latency']['p50_s'])} / {_s(s['figures']['latency']['p95_s'])} "
+        f"({len(s['figures']['latency']['samples_s'])} commits)"
+        for s in sizes
+    ]
+    lines.append("| commit-to-live p50 / p95 | < 1 s / < 2 s | incremental floor | " + " | ".join(cells) + " |")
+    base = sizes[0]["per_environment_cold_ms"]
+    cells = [f"{s['per_environment_cold_ms']:.0f} ms ({s['per_environment_cold_ms'] / base:.2f}x)" for s in sizes]
+    lines.append("| cold cost per environment | largest <= 1.3x smallest | - | " + " | ".join(cells) + " |")
+    cells = [
+        f"{s['figures']['peak_rss']['peak_mb']:.0f} MiB ({_x(s['figures']['peak_rss']['ratio'])} of "
+        f"{s['figures']['peak_rss']['floor_mb'] or 0:.0f} MiB)"
+        for s in sizes
+    ]
+    lines.append("| peak RSS | < 300 MB / < 1.5 GB | RSS of the loaded model | " + " | ".join(cells) + " |")
+    cells = [f"{s['figures']['cold']['cpu_median_s']:.1f} s" for s in sizes]
+    lines.append("| cold cycle, process CPU | - | - | " + " | ".join(cells) + " |")
+    cells = [f"{s['figures']['noop_drift']['cpu_median_s']:.1f} s" for s in sizes]
+    lines.append("| drift-check cycle, process CPU | - | - | " + " | ".join(cells) + " |")
+    cells = [f"{s['units']} units, {s['files']} files" for s in sizes]
+    lines.append("| work (cold) | - | - | " + " | ".join(cells) + " |")
+    k8s = doc["kubernetes"]
+    if k8s.get("status") == "ok":
+        lines.append(f"| Kubernetes ({k8s.get('script')}) | - | - | {k8s.get('summary')} |" + " |" * (len(sizes) - 1))
+    else:
+        lines.append(f"| Kubernetes | - | - | skipped: {k8s.get('note')} |" + " |" * (len(sizes) - 1))
+    verdicts = ["", "| target | fleet | measured | limit | verdict |", "|---|---|---|---|---|"]
+    for t in doc["targets"]:
+        value = t["value"]
+        shown = "-" if value is None else (f"{value:.0%}" if t["unit"] == "" else f"{value:.2f} {t['unit']}")
+        verdicts.append(f"| {t['target']} | {t['size']} | {shown} | {t['text']} | {'met' if t['ok'] else 'MISSED'} |")
+    machine = doc["machine"]
+    notes = [n for s in sizes for n in s.get("notes", [])]
+    footer = [
+        "",
+        f"Machine: {machine.get('cpu_model')} x {machine.get('nproc')} cores, {machine.get('memory_gib', 0):.0f} GiB, "
+        f"{machine.get('disk')}; load average {machine.get('loadavg_start')} at start, "
+        f"{machine.get('loadavg_end')} at the end. Code: {doc['code'].get('commit', '?')[:12]}"
+        + (" + uncommitted changes" if doc["code"].get("dirty") else "")
+        + ". Runs per size: "
+        + "; ".join(
+            f"{s['environments']} envs: {s['runs']['runs']} ({s['runs']['cold']} cold, {s['runs']['noop']} no-op)"
+            for s in sizes
+        )
+        + f"; concurrency {sizes[0]['runs']['concurrency']}. Cells: median (ratio of medians to the floor's median).",
+        *(f"Note: {n}" for n in notes),
+    ]
+    return "\n".join(lines + verdicts + footer) + "\n"

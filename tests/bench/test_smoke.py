@@ -1,0 +1,59 @@
+"""Smoke test of ``python -m bench.run --quick``: the harness runs end to end on a tiny fleet (65 environments of
+5 applications, one run of each figure) and writes a complete JSON document and a Markdown table.
+
+No timing is asserted: the figures depend on the machine; ``docs/performance.md`` holds the real measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.report import FIGURE_FIELDS, missing_fields
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_quick_run_writes_every_field(tmp_path: Path) -> None:
+    out, work = tmp_path / "out", tmp_path / "work"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out), "--workdir", str(work)],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=230,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    doc = json.loads((out / "results.json").read_text())
+    assert missing_fields(doc) == []
+    assert doc["options"]["quick"] is True
+    [size] = doc["sizes"]
+    assert size["environments"] == 65
+    assert size["applications"] == 5
+    assert size["units"] > 0 and size["files"] > 0
+    for name, fields in FIGURE_FIELDS.items():
+        figure = size["figures"][name]
+        for field in fields:
+            if field.endswith("_s") or field.endswith("_mb") or field == "ratio":
+                value = figure[field]
+                assert value is not None, f"{name}.{field} is None"
+                if isinstance(value, list):
+                    assert value and all(v > 0 for v in value), f"{name}.{field}: {value}"
+                else:
+                    assert value > 0, f"{name}.{field}: {value}"
+    assert len(size["figures"]["latency"]["samples_s"]) == 3
+    assert {t["target"] for t in doc["targets"]} >= {"cold cycle / write floor", "commit-to-live p95", "peak RSS"}
+    assert doc["kubernetes"]["status"] == "skipped"
+    assert doc["machine"]["nproc"] >= 1
+
+    table = (out / "results.md").read_text()
+    for row in ("load + validate", "cold cycle", "no-op cycle, no drift check", "commit-to-live", "peak RSS"):
+        assert row in table
+    assert not work.exists() or not any(work.glob("fleet-*")), "scratch fleets are removed"
