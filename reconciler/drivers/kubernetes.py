@@ -12,8 +12,9 @@ use; reserved: manifests may not write there): version, fingerprint, apply time 
 the fields our field manager owns. It is written *before* new objects are created (a journal: a crash mid-apply
 leaves nothing untracked) and rewritten after, so ``observe``, ``owned_applications``, prune and ``remove`` work
 after a controller restart with one read, whatever kinds (custom resources included) the application used. When
-the inventory is missing or unreadable at apply time, and always on ``remove``, owned objects are also found by
-label selector across the kinds and namespaces involved.
+the inventory is unreadable at apply time, and always on ``remove``, owned objects are also found by label
+selector across the kinds and namespaces involved (a missing inventory means nothing was deployed: the journal
+comes first; only deleting it by hand orphans objects, which then stay in place).
 
 **Apply** runs in order CRDs (then waits until Established, bounded), Namespaces, other cluster-scoped objects,
 namespaced objects. An object whose fingerprint annotation already matches is compared through a server-side
@@ -184,6 +185,7 @@ class KubernetesDriver:
         inventory = self.store.read(owner)
         steps = self._check(planned, owner, unit.fingerprint)  # every object checked before anything is written
         usable = inventory is not None and inventory.unreadable is None
+        inventory_was_unreadable = inventory is not None and not usable
         previous = list(inventory.entries) if inventory is not None and usable else []
         wanted = {p.ref.identity for p in planned}
         stale = [e for e in previous if e.ref.identity not in wanted]
@@ -207,7 +209,7 @@ class KubernetesDriver:
             if rank == 0:  # CRDs: wait until they serve their kinds
                 crds = [(s.planned.resource, s.planned.ref, s.planned.body) for s in batch]
                 self.store.wait_established(crds, self.establish_timeout)
-        if not usable:  # the inventory may have missed objects: find them by label too
+        if inventory_was_unreadable:  # it may have missed objects: find them by label too
             found = self.store.sweep(owner, [p.ref for p in planned], {e.ref.identity for e in stale} | wanted)
             stale += [Entry(ref) for ref in found]
         pruned, notes = self.store.prune(owner, stale)

@@ -8,9 +8,9 @@ environments that the added (or removed) shard wins (about 1/N of them), never r
 * Leases (``run --shards N``): :class:`LeaseCoordinator` keeps ``N`` ``coordination.k8s.io/v1`` Lease objects
   ``reconciler-shard-<k>`` plus one heartbeat Lease ``reconciler-replica-<id>`` per replica in one namespace
   (default ``reconciler-system``). Every ``duration/3`` seconds a replica renews its heartbeat and the shard
-  leases it holds, counts the live replicas (heartbeats seen changing) and holds at most ``ceil(N / live)``
-  shards: it acquires free or expired ones and hands back extras. Every write carries the ``resourceVersion`` it
-  read (optimistic concurrency: of two replicas racing for a lease, one gets a 409 and backs off).
+  leases it holds, counts the live replicas (holders of heartbeats or shard leases seen changing) and holds at
+  most ``ceil(N / live)`` shards: it acquires free or expired ones and hands back extras. Every write carries the
+  ``resourceVersion`` it read (optimistic concurrency: of two replicas racing for a lease, one gets a 409).
 
 Expiry is judged by the observer's *own* monotonic clock (like client-go's leader election): a lease is expired
 when its ``resourceVersion`` has not changed for ``leaseDurationSeconds`` since this replica first saw it, so clock
@@ -159,11 +159,8 @@ class LeaseCoordinator:
         leases = self._list()
         self._write(leases.get(self.heartbeat), self.heartbeat, "replica", self.replica)
         now = self.clock()
-        alive = {self.replica} | {
-            lease.holder
-            for lease in leases.values()
-            if lease.name.startswith(REPLICA_PREFIX) and not self._expired(lease, now)
-        }
+        live = [lease for lease in leases.values() if lease.name.startswith((REPLICA_PREFIX, SHARD_PREFIX))]
+        alive = {self.replica} | {lease.holder for lease in live if not self._expired(lease, now)}
         target = math.ceil(self.shards / len(alive))
         acquired: set[int] = set()
         for k in range(self.shards):

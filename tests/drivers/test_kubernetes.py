@@ -56,7 +56,9 @@ def inventory(api: KubeApi, ns: str, app: str = "shop") -> dict[str, Any] | None
     return None if obj is None else json.loads(obj["data"]["inventory.json"])
 
 
-def test_apply_update_and_prune_a_multi_resource_application(driver: KubernetesDriver, api: KubeApi, ns: str) -> None:
+def test_apply_update_and_prune_a_multi_resource_application(
+    kube_server: KubeServer, driver: KubernetesDriver, api: KubeApi, ns: str
+) -> None:
     group = f"{ns}.example.org"
     files = {
         "crd.yaml": crd(group),
@@ -76,6 +78,8 @@ def test_apply_update_and_prune_a_multi_resource_application(driver: KubernetesD
     live = driver.observe(ns, "shop")
     assert live is not None and live.version == "1.0.0" and live.drifted == ()
     assert driver.owned_applications(ns) == ["shop"]
+    restarted = driver_for(kube_server)  # a new controller process: everything is read back from the cluster
+    assert restarted.observe(ns, "shop") == live and restarted.owned_applications(ns) == ["shop"]
     assert {o["kind"] for o in (inventory(api, ns) or {})["objects"]} == {
         "CustomResourceDefinition", "Widget", "ConfigMap", "Deployment", "Service"}  # fmt: skip
 

@@ -208,3 +208,22 @@ def test_an_inventory_that_is_not_ours_is_refused_and_left_alone(
             call()
     assert (api.get(f"/api/v1/namespaces/reconciler-system/configmaps/{name}") or {})["data"] == {"x": "1"}
     assert api.get(cm_path(ns, "a")) is None
+
+
+def test_a_corrupt_inventory_is_drift_and_the_next_apply_finds_objects_by_label(
+    driver: KubernetesDriver, api: KubeApi, ns: str
+) -> None:
+    driver.apply(unit(ns, {"a.yaml": configmap("a", x="1"), "b.yaml": configmap("b", x="1")}))
+    path = f"/api/v1/namespaces/reconciler-system/configmaps/{inventory_name(Owner(TARGET, ns, 'shop'))}"
+    corrupt = api.get(path) or {}
+    corrupt["data"]["inventory.json"] = "{not json"
+    api.request("PUT", path, body=corrupt)
+    live = driver.observe(ns, "shop")
+    assert live is not None and live.fingerprint is None and "is unreadable" in live.drifted[0]
+    assert driver.health(ns, "shop").status.value == "Degraded"
+    with pytest.raises(PermanentError, match="is unreadable; refusing to remove"):
+        driver.remove(ns, "shop")
+    result = driver.apply(unit(ns, {"a.yaml": configmap("a", x="1")}))
+    assert result.message == "1 configured, 1 pruned", result.message  # b found by its labels
+    assert api.get(cm_path(ns, "b")) is None
+    assert (driver.observe(ns, "shop") or pytest.fail()).drifted == ()

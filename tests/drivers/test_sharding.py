@@ -31,6 +31,7 @@ from reconciler.engine.sharding import (
 from reconciler.source.fstree import DirectoryTree
 from tests.drivers import k8s_support
 from tests.drivers.k8s_support import new_namespace
+from tests.engine import ENVIRONMENTS, Fleet
 from tests.source import Upstream, git
 from tests.support.kube import KubeServer
 
@@ -312,3 +313,46 @@ def test_three_replicas_share_a_fleet_and_survive_a_kill(kube_server: KubeServer
     for before, after in itertools.pairwise(entries):
         if before["environment"] == after["environment"] and before["replica"] != after["replica"]:
             assert str(after["start"]) >= str(before["end"]), (before, after)
+
+
+# -- the run command's scale-out options ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--shard-index", "0"], "--shard-index and --shard-count go together"),
+        (["--shard-index", "2", "--shard-count", "2"], "--shard-index must be in 0..1"),
+        (["--shards", "2", "--shard-index", "0", "--shard-count", "2"], "not both"),
+        (["--shards", "0", "--lease-kubeconfig", "kc"], "--shards must be at least 1"),
+        (["--shards", "2", "--lease-kubeconfig", "kc", "--lease-duration", "1"], "at least 3 seconds"),
+        (["--shards", "2"], "--shards needs --lease-kubeconfig FILE (or running inside a cluster)"),
+        (["--shards", "2", "--lease-kubeconfig", "/nonexistent/kc"], "cannot load kubeconfig /nonexistent/kc"),
+    ],
+)
+def test_run_refuses_bad_scale_out_options(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert fleet.once(*args) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_static_shards_split_the_fleet_between_two_runs(fleet: Fleet) -> None:
+    owned = {i: {e for e in ENVIRONMENTS if shard_of(e, 2) == i} for i in range(2)}
+    assert owned[0] and owned[1]
+    assert fleet.once("--shard-index", "0", "--shard-count", "2", "--replica-id", "static-0") == 0
+    assert {e["environment"] for e in fleet.audit()} == owned[0]
+    assert fleet.once("--shard-index", "1", "--shard-count", "2", "--replica-id", "static-1") == 0
+    by_replica = {(e["environment"], e["replica"]) for e in fleet.audit()}
+    assert by_replica == {(e, f"static-{i}") for i, envs in owned.items() for e in envs}
+
+
+def test_one_replica_with_leases_takes_every_shard_and_hands_them_back(
+    fleet: Fleet, kube_server: KubeServer, api: KubeApi
+) -> None:
+    lease_namespace = f"solo-{os.getpid()}-{int(time.time())}"  # created by the coordinator on first use
+    code = fleet.once("--shards", "3", "--lease-kubeconfig", str(kube_server.kubeconfig), "--lease-namespace",
+                      lease_namespace, "--replica-id", "solo")  # fmt: skip
+    assert code == 0
+    assert {e["replica"] for e in fleet.audit()} == {"solo"}
+    assert {e["environment"] for e in fleet.audit()} == set(ENVIRONMENTS)
+    assert holders(api, lease_namespace) == dict.fromkeys(range(3), "")  # released at exit
