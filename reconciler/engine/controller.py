@@ -135,6 +135,7 @@ class Controller:
         self.last_drift_check: float | None = None
         self.fetched_once = threading.Event()
         self.pending_audit: list[dict[str, Any]] = []
+        self.unpushed: set[str] = set()  # environments whose status documents failed to push
         self.controller_doc_identity: str | None = None
         self.last_good_hint: str | None = None  # from the status branch: what to serve if the head is invalid
         self.restored_invalid = False  # the status branch shows an invalid head
@@ -540,10 +541,10 @@ class Controller:
 
     def _write_status(self, environments: Mapping[str, Environment], report: CycleReport) -> None:
         replace: dict[str, bytes] = {}
-        touched = set(report.outcomes)
+        touched = set(report.outcomes) | self.unpushed
         if self.invalid is not None or report.recovered:
             touched |= set(environments)
-        for name in sorted(touched):
+        for name in sorted(n for n in touched if self.owns(n)):  # never write status for another replica's env
             state = self.states.setdefault(name, EnvState())
             doc = self._env_doc(name, environments.get(name), report.outcomes.get(name))
             ident = statusdoc.identity(doc)
@@ -576,12 +577,16 @@ class Controller:
         try:
             report.status_commit = self.store.write(replace, append, message)
             self.pending_audit.clear()
+            self.unpushed.clear()
             self.controller_doc_identity = ident
             self.metrics.status_push(True)
         except ReconcilerError as exc:  # kept in memory and retried next cycle: nothing is lost
             self.metrics.status_push(False)
-            for name in report.outcomes:
-                self.states[name].doc_identity = None
+            for path in replace:  # written again next cycle, even if those environments are not reconciled then
+                if path.startswith("environments/"):
+                    name = path.removeprefix("environments/").removesuffix(".yaml")
+                    self.states[name].doc_identity = None
+                    self.unpushed.add(name)
             self.log.error("status push failed; will retry", error=str(exc))
 
     # --- loop ------------------------------------------------------------------------------------------------------

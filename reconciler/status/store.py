@@ -209,8 +209,9 @@ class StatusStore:
         if done.returncode == 0:
             return True
         report = done.stdout + done.stderr
-        if b"[rejected]" in report or b"non-fast-forward" in report or b"fetch first" in report:
-            return False
+        lost_race = (b"[rejected]", b"non-fast-forward", b"fetch first", b"cannot lock ref", b"failed to update ref")
+        if any(marker in report for marker in lost_race):
+            return False  # someone else pushed first (or at the same moment): rebuild on their commit and retry
         raise TemporaryError(f"cannot push the status branch to {self.repo.display_url}: {self.repo.tail(done)}",
                              delay=30.0)  # fmt: skip
 

@@ -321,3 +321,33 @@ def test_sigterm_stops_cleanly_with_nothing_half_written(fleet: Fleet) -> None:
     assert proc.stderr is not None and b"controller stopped" in proc.stderr.read()
     leftovers = [p for p in fleet.targets.rglob("*") if ".tmp" in p.name or "pending" in p.name]
     assert not leftovers
+
+
+def test_status_that_failed_to_push_is_written_by_the_next_cycle(fleet: Fleet) -> None:
+    from reconciler.commands.common import load_config
+    from reconciler.commands.run import build_controller
+    from reconciler.core.problems import TemporaryError
+
+    fleet.write_config(driftCheckInterval="1h")  # so the second cycle reconciles nothing
+    controller = build_controller(load_config(str(fleet.config)))
+    assert controller.store is not None
+    real = controller.store.write
+    attempts: list[int] = []
+
+    def flaky(replace: dict[str, bytes], append: dict[str, bytes], message: str) -> str | None:
+        attempts.append(len(replace))
+        if len(attempts) == 1:
+            raise TemporaryError("pre-receive hook declined")
+        return real(replace, append, message)
+
+    controller.store.write = flaky  # type: ignore[method-assign]
+    try:
+        first = controller.cycle()
+        assert first.status_commit is None and fleet.status_head() is None
+        second = controller.cycle()
+        assert not second.outcomes  # nothing to reconcile again ...
+        assert second.status_commit  # ... but the status and audit of the first cycle are pushed now
+    finally:
+        controller.close()
+    assert all(fleet.env_status(env)["phase"] == "Synced" for env in ENVIRONMENTS)
+    assert len(fleet.audit()) == 7  # ref in 5 environments, famille in the 2 dev ones
