@@ -104,3 +104,41 @@ def resolve_symlink(link_path: str, target: str) -> str:
         return join_inside(posixpath.dirname(link_path), target)
     except PathEscapes:
         raise PathEscapes(f"symlink {link_path} points outside the repository ({target})") from None
+
+
+class CachingTree:
+    """A :class:`SourceTree` that keeps what it has read: templates are read once per revision, not once per
+    environment (235 environments render the same templates). Used by the controller; thread-safe enough for
+    concurrent readers (a duplicate read of the same path is harmless)."""
+
+    def __init__(self, inner: SourceTree, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.inner = inner
+        self.revision = inner.revision
+        self.max_bytes = max_bytes
+        self._cache: dict[str, bytes] = {}
+        self._size = 0
+
+    @property
+    def problems(self) -> Sequence[Problem]:
+        return self.inner.problems
+
+    def paths(self) -> Iterable[str]:
+        return self.inner.paths()
+
+    def size(self, path: str) -> int:
+        return self.inner.size(path)
+
+    def digest(self, path: str) -> str:
+        return self.inner.digest(path)
+
+    def read(self, path: str) -> bytes:
+        data = self._cache.get(path)
+        if data is None:
+            data = self.inner.read(path)
+            if self._size + len(data) <= self.max_bytes:
+                self._cache[path] = data
+                self._size += len(data)
+        return data
+
+    def __contains__(self, path: object) -> bool:
+        return path in self.inner

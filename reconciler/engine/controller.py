@@ -31,7 +31,7 @@ from reconciler.core.loader import Limits, load_repo
 from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.plan import Phase
 from reconciler.core.problems import Problem, ReconcilerError
-from reconciler.core.tree import SourceTree
+from reconciler.core.tree import CachingTree, SourceTree
 from reconciler.engine import statusdoc
 from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
@@ -186,7 +186,7 @@ class Controller:
 
     # --- load --------------------------------------------------------------------------------------------------
     def _load(self, head: str) -> None:
-        tree = self.source.tree(head)
+        tree = CachingTree(self.source.tree(head))
         limits = Limits(max_file_size=self.config.max_file_size, max_repo_size=self.config.max_repo_size)
         result = load_repo(tree, limits)
         if result.repo is None:
