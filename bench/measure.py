@@ -14,6 +14,7 @@ import os
 import resource
 import shutil
 import statistics
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from bench.fleet import BenchFleet, Bump, fleet_spec, git
 from bench.floors import FetchFloor, WriteFloor, deployed_files, rehash_floor, unit_files, yaml_floor
 from reconciler.commands.common import load_config
 from reconciler.commands.run import build_controller
+from reconciler.core.desired import render_unit, targets_of
 from reconciler.core.loader import Limits, load_repo
 from reconciler.core.model import ReleasesRepo
 from reconciler.core.plan import Phase
@@ -34,6 +36,8 @@ from reconciler.core.tree import SourceTree, is_manifest_path
 from reconciler.engine.controller import Controller, CycleReport
 from reconciler.engine.reconcile import Job, render_desired
 from reconciler.source.gitrepo import GitSource
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,17 @@ def figure(wall: list[float], cpu: list[float], floor: list[float] | None, floor
     }
 
 
+def code_state() -> dict[str, Any]:
+    """The commit and the uncommitted product files this process runs (imported at its start)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True, check=False)
+        return done.stdout if done.returncode == 0 else ""
+
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "reconciler").splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "HEAD").strip() or "unknown", "dirty": dirty, "at": time.strftime("%H:%M:%S")}
+
+
 def proc_status(field: str) -> float | None:
     """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in MiB, or None off Linux."""
     try:
@@ -112,6 +127,7 @@ class Size:
         if self.root.exists():
             shutil.rmtree(self.root)
         self.result: dict[str, Any] = {"label": self.label, "branches": opts.branches, "apps": opts.apps}
+        self.result["code"] = code_state()  # other engineers may change the code between sizes
         self.notes: list[str] = []
         self.figures: dict[str, Any] = {}
         self.controller: Controller | None = None
@@ -139,10 +155,17 @@ class Size:
         """Render the units of ``envs`` (only ``app``'s when given) and hand their files to ``sink``, env by env."""
         units = 0
         for name in envs:
-            rendered, errors = render_desired(Job(env=repo.environments[name], repo=repo, tree=tree, revision=revision))
-            if errors:
-                raise RuntimeError(f"{name}: render errors: {errors}")
-            chosen = [u for (a, _t), u in rendered.items() if app is None or a == app]
+            env = repo.environments[name]
+            if app is None:  # the controller's own render path
+                rendered, errors = render_desired(Job(env=env, repo=repo, tree=tree, revision=revision))
+                if errors:
+                    raise RuntimeError(f"{name}: render errors: {errors}")
+                chosen = list(rendered.values())
+            else:
+                application = repo.applications[app]
+                release = repo.releases[(app, repo.desired_versions(env)[app])]
+                chosen = [render_unit(repo, env, application, release, target, tree.read)
+                          for target in targets_of(env, application)]  # fmt: skip
             units += len(chosen)
             sink(list(unit_files(chosen)))
         return units
@@ -371,7 +394,6 @@ class Size:
         self.figures["peak_rss"] = {
             "peak_mb": peak,
             "ru_maxrss_mb": maxrss,
-            "children_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             "floor": "RSS after imports and one loaded model (no controller yet)",
             "floor_mb": floor,
             "ratio": peak / floor if floor else None,

@@ -82,7 +82,7 @@ def check_targets(sizes: Sequence[Mapping[str, Any]], scaling: Mapping[str, Any]
     out.append(_target("commit-to-live p50", label, f["latency"]["p50_s"], 1.0, "s", "< 1 s"))
     out.append(_target("commit-to-live p95", label, f["latency"]["p95_s"], 2.0, "s", "< 2 s"))
     for size in sizes:
-        limit = 300.0 if size["environments"] <= 235 else 1536.0
+        limit = (300e6 if size["environments"] <= 235 else 1.5e9) / 2**20  # the issue's MB / GB, in MiB
         out.append(
             _target(
                 "peak RSS",
@@ -104,6 +104,16 @@ def check_targets(sizes: Sequence[Mapping[str, Any]], scaling: Mapping[str, Any]
                 "<= 1.3x",
             )
         )
+        out.append(
+            _target(
+                "per-environment cold CPU, largest / smallest fleet",
+                scaling.get("largest", ""),
+                scaling.get("per_environment_cold_cpu_ratio"),
+                1.3,
+                "x",
+                "<= 1.3x",
+            )
+        )
     return out
 
 
@@ -116,8 +126,15 @@ def scaling_of(sizes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "smallest": small["label"],
         "largest": large["label"],
         "per_environment_cold_ratio": ratio,
+        "per_environment_cold_cpu_ratio": cpu_per_env_ms(large) / cpu_per_env_ms(small),
         "per_environment_cold_ms": {s["label"]: s["per_environment_cold_ms"] for s in sizes},
+        "per_environment_cold_cpu_ms": {s["label"]: cpu_per_env_ms(s) for s in sizes},
     }
+
+
+def cpu_per_env_ms(size: Mapping[str, Any]) -> float:
+    """Process CPU of the cold cycle per environment (less sensitive to the machine's load than wall time)."""
+    return float(1000 * size["figures"]["cold"]["cpu_median_s"] / size["environments"])
 
 
 # --- Markdown -------------------------------------------------------------------------------------------------------
@@ -146,6 +163,25 @@ ROWS = (
 )
 
 
+def k8s_summary(k8s: Mapping[str, Any]) -> str:
+    """``bench/k8s_throughput.py``'s JSON summary in one cell (its own figures when it has the expected keys)."""
+    r = k8s.get("result")
+    if not isinstance(r, dict):
+        return str(k8s.get("summary", "-"))
+    try:
+        cold, warm = r["cold_apps_per_s"], r["warm_apps_per_s"]
+        floor_cold, floor_warm = r["floor_cold_apps_per_s"], r["floor_warm_apps_per_s"]
+        return (
+            f"{r['applications']} applications ({r['objects']} objects) of the example dev stage: cold {cold:.1f} "
+            f"apps/s "
+            f"({floor_cold / cold:.1f}x slower than the floor, {floor_cold:.1f} apps/s), unchanged re-apply "
+            f"{warm:.1f} apps/s ({floor_warm / warm:.1f}x of {floor_warm:.1f} apps/s); "
+            f"{r['requests_per_app_cold']} / {r['requests_per_app_warm']} requests per application"
+        )
+    except (KeyError, TypeError, ZeroDivisionError):
+        return ", ".join(f"{k}: {v}" for k, v in r.items())
+
+
 def markdown(doc: Mapping[str, Any]) -> str:
     sizes = doc["sizes"]
     head = "| figure | target | floor | " + " | ".join(s["label"] for s in sizes) + " |"
@@ -165,6 +201,9 @@ def markdown(doc: Mapping[str, Any]) -> str:
     base = sizes[0]["per_environment_cold_ms"]
     cells = [f"{s['per_environment_cold_ms']:.0f} ms ({s['per_environment_cold_ms'] / base:.2f}x)" for s in sizes]
     lines.append("| cold cost per environment | largest <= 1.3x smallest | - | " + " | ".join(cells) + " |")
+    cpu_base = cpu_per_env_ms(sizes[0])
+    cells = [f"{cpu_per_env_ms(s):.0f} ms ({cpu_per_env_ms(s) / cpu_base:.2f}x)" for s in sizes]
+    lines.append("| cold CPU per environment | (same, on CPU time) | - | " + " | ".join(cells) + " |")
     cells = [
         f"{s['figures']['peak_rss']['peak_mb']:.0f} MiB ({_x(s['figures']['peak_rss']['ratio'])} of "
         f"{s['figures']['peak_rss']['floor_mb'] or 0:.0f} MiB)"
@@ -179,7 +218,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
     lines.append("| work (cold) | - | - | " + " | ".join(cells) + " |")
     k8s = doc["kubernetes"]
     if k8s.get("status") == "ok":
-        lines.append(f"| Kubernetes ({k8s.get('script')}) | - | - | {k8s.get('summary')} |" + " |" * (len(sizes) - 1))
+        lines.append(f"| Kubernetes driver ({k8s.get('script')}) | - | plain server-side apply | {k8s_summary(k8s)} |"
+                     + " |" * (len(sizes) - 1))  # fmt: skip
     else:
         lines.append(f"| Kubernetes | - | - | skipped: {k8s.get('note')} |" + " |" * (len(sizes) - 1))
     verdicts = ["", "| target | fleet | measured | limit | verdict |", "|---|---|---|---|---|"]
@@ -204,3 +244,30 @@ def markdown(doc: Mapping[str, Any]) -> str:
         *(f"Note: {n}" for n in notes),
     ]
     return "\n".join(lines + verdicts + footer) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.report RESULTS.json [--write]``: its Markdown table, verdicts recomputed from the sizes."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    p.add_argument("results", type=Path)
+    p.add_argument("--write", action="store_true", help="rewrite the JSON's verdicts and the .md next to it")
+    args = p.parse_args(argv)
+    doc = json.loads(args.results.read_text())
+    doc["scaling"] = scaling_of(doc["sizes"])  # verdicts are a function of the sizes: recomputed with this code
+    doc["targets"] = check_targets(doc["sizes"], doc["scaling"])
+    table = markdown(doc)
+    if args.write:
+        args.results.write_text(json.dumps(doc, indent=2) + "\n")
+        args.results.with_suffix(".md").write_text(table)
+    print(table, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -26,6 +26,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench.measure import code_state
 from bench.report import check_targets, markdown, missing_fields, scaling_of
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -83,6 +84,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the scratch fleets (repos, targets) afterwards")
     p.add_argument("--no-k8s", action="store_true", help="skip bench/k8s_throughput.py")
     p.add_argument("--no-metrics", action="store_true", help="run the controller without PrometheusMetrics")
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        default=None,
+        help="a previous results.json: its sizes not measured now are reported too (e.g. add 5000 to 235,1000)",
+    )
     # internal: one size in this process
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--branches", type=int, default=None, help=argparse.SUPPRESS)
@@ -131,15 +138,6 @@ def machine_info(workdir: Path) -> dict[str, Any]:
         "libyaml": bool(getattr(yaml, "__with_libyaml__", False)),
         "loadavg_start": ", ".join(f"{x:.1f}" for x in os.getloadavg()),
     }
-
-
-def code_info() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=PROJECT, capture_output=True, text=True, check=False)
-        return done.stdout if done.returncode == 0 else ""
-
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "reconciler").splitlines() if line.strip()]
-    return {"commit": git("rev-parse", "HEAD").strip() or "unknown", "dirty": dirty}
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------------------------
@@ -243,6 +241,21 @@ def worker_command(
     return cmd + (["--keep"] if args.keep else []) + (["--no-metrics"] if args.no_metrics else [])
 
 
+def reuse_sizes(path: Path, measured: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``measured`` plus the sizes of the results file ``path`` that were not measured now, by size."""
+    previous = json.loads(path.read_text())
+    done = {s["environments"] for s in measured}
+    reused = []
+    for size in previous.get("sizes", []):
+        if size["environments"] not in done:
+            note = (
+                f"measured in an earlier run ({previous.get('started', '?')}, code {previous['code']['commit'][:12]})"
+            )
+            size = {**size, "notes": [*size.get("notes", []), note], "reused_from": previous.get("started")}
+            reused.append(size)
+    return sorted(measured + reused, key=lambda s: int(s["environments"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.worker:
@@ -252,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir: Path = args.workdir or Path(tempfile.mkdtemp(prefix="reconciler-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     machine = machine_info(workdir)
+    code = code_state()  # at the start: each size records its own too (bench.measure)
     if args.quick:
         plan = [(QUICK["branches"], QUICK["apps"])]
         runs = cold_runs = noop_runs = 1
@@ -287,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if own_workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+    if args.reuse is not None:
+        sizes = reuse_sizes(args.reuse, sizes)
     if not sizes:
         print("[bench] nothing measured", file=sys.stderr)
         return 1
@@ -294,12 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     scaling = scaling_of(sizes)
     if skipped:
         sizes[-1].setdefault("notes", []).extend(skipped)
+    k8s = kubernetes("not run in --quick mode" if args.quick else "--no-k8s" if args.no_k8s else None)
+    if k8s["status"] != "ok" and args.reuse is not None:
+        previous = json.loads(args.reuse.read_text()).get("kubernetes", {})
+        if previous.get("status") == "ok":
+            k8s = {**previous, "note": f"from {args.reuse} (this run: {k8s['note']})"}
     doc: dict[str, Any] = {
         "schema": 1,
         "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine,
-        "code": code_info(),
+        "code": code,
         "options": {
             "sizes": [s["environments"] for s in sizes],
             "runs": runs,
@@ -309,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "sizes": sizes,
         "scaling": scaling,
-        "kubernetes": kubernetes("not run in --quick mode" if args.quick else "--no-k8s" if args.no_k8s else None),
+        "kubernetes": k8s,
         "targets": check_targets(sizes, scaling),
     }
     missing = missing_fields(doc)
