@@ -6,14 +6,24 @@
 
 Called by :mod:`reconciler.http.handler` with a fresh snapshot per request; pure functions of their arguments.
 Every value comes from a Git repository many people write to, so everything is escaped (``html.escape``) and phase
-names outside the known set are shown as ``Unknown``. The matrix is built for 235 x 60 cells: one short cell per
-application (the phase is shown by colour *and* a symbol from CSS, the full name is in the column's ``title``),
-unquoted attribute values where that is safe and omitted optional ``</td>`` tags keep the page small.
+names outside the known set are shown as ``Unknown``.
+
+The matrix is built to show 235 x 60 cells fast in a browser (``python -m bench.dashboard_load`` measures it). It
+is not a ``<table>`` but rows of fixed-width cells with the ARIA table roles (``table``, ``row``, ``columnheader``,
+``rowheader``, ``cell``): no layout depends on another row, and each row can be ``content-visibility: auto`` (which
+has no effect on table rows), so Chromium lays out and paints only the rows near the viewport; screen readers still
+get them all. Column widths are fixed (the environment column's from its longest name), and so is the row height.
+A cell is one short ``<span>``: the phase as a one-letter class (:data:`CELL_CLASS`; colour *and* a symbol from CSS,
+none for Synced), the version as text (at most :data:`CELL_CHARS` characters, the full one then in ``title``); its
+application is its column's. ``<link rel=expect blocking=render>`` holds the first paint until the whole page is
+parsed (one style, layout and paint instead of one per chunk the parser hands over), and the script renders first
+only the rows that can be on screen.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -40,6 +50,19 @@ COLOURS = {  # background, text
     "Invalid": ("#7f0000", "#ffffff"),
     "Unknown": ("#e2e2e2", "#333333"),
 }
+CELL_CLASS = {  # a matrix cell's class per phase: one letter, 14,000 times a page
+    "Synced": "s",
+    "OutOfSync": "o",
+    "Progressing": "g",
+    "Blocked": "b",
+    "Degraded": "d",
+    "Failed": "f",
+    "Invalid": "x",
+    "Unknown": "u",
+}
+CELL_CHARS = 7  # longer versions are cut (the full one is in the cell's title): cells have a fixed width
+CELL_WIDTH = 36  # px, plus a 1 px gap
+ROW_HEIGHT = 15  # px, the 1 px gap included: also the placeholder height of rows skipped by content-visibility
 FILTERS = ("stage", "region", "app", "phase")
 REFRESH_SECONDS = 10
 _BARE = re.compile(r"[A-Za-z0-9._-]+")
@@ -57,23 +80,25 @@ _CSS = (
     "form{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin:6px 0}select{max-width:15em}"
     "#legend{font-size:12px;color:#444;margin:4px 0 8px}"
     "#legend span.k{display:inline-block;padding:0 5px;border-radius:3px;margin-right:2px}"
-    "table{border-collapse:collapse}"
-    "#matrix{font:10px/1.25 'Liberation Sans Narrow','Arial Narrow','DejaVu Sans Condensed',sans-serif-condensed,"
+    "#matrix{font:10px/14px 'Liberation Sans Narrow','Arial Narrow','DejaVu Sans Condensed',sans-serif-condensed,"
     "sans-serif}"
-    "#matrix td{max-width:36px;height:14px;padding:0 1px;border:1px solid #fff;white-space:nowrap;"
-    "overflow:hidden;text-overflow:clip;text-align:center}"
-    "#matrix td:not([data-phase]){background:#fafafa}"
-    "#matrix thead th{position:sticky;top:0;background:#fff;z-index:2;vertical-align:bottom}"
-    "#matrix thead th[data-app]{width:36px;height:128px;padding:0 0 3px;font-weight:400}"
-    "#matrix thead th[data-app] a{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap;"
-    "display:inline-block;max-height:125px;overflow:hidden;text-overflow:ellipsis;color:#222;text-decoration:none}"
-    "#matrix tbody th{position:sticky;left:0;background:#fff;text-align:left;white-space:nowrap;font-size:11px;"
-    "padding:0 6px 0 2px;font-weight:400;z-index:1}"
-    "#matrix tbody th::before{display:inline-block;width:14px;text-align:center;border-radius:3px;margin-right:4px}"
-    "#matrix td::before{font-size:8px}"
-    "#matrix tbody tr:hover th,#matrix tbody tr:hover td{border-bottom-color:#333}"
+    "#matrix>div{display:flex;gap:1px;background:#fff;color:inherit}"
+    f"#matrix>.r{{height:{ROW_HEIGHT}px;content-visibility:auto;contain-intrinsic-size:auto {ROW_HEIGHT}px}}"
+    "#matrix>.l{content-visibility:hidden}#matrix>.r:hover{background:#333}"
+    f"#matrix span{{flex:none;width:{CELL_WIDTH}px;height:{ROW_HEIGHT - 1}px;white-space:nowrap;text-align:center;"
+    "background:#fafafa}"
+    "#matrix>.h{position:sticky;top:0;z-index:2;height:131px;align-items:flex-end}"
+    "#matrix>.h>span{height:auto;padding-bottom:3px;background:#fff}"
+    "#matrix>.h a{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap;display:inline-block;"
+    "max-height:125px;overflow:hidden;text-overflow:ellipsis;color:#222;text-decoration:none}"
+    "#matrix>div>span:first-child{position:sticky;left:0;z-index:1;width:var(--names);box-sizing:border-box;"
+    "padding:0 6px 0 2px;overflow:hidden;text-overflow:ellipsis;text-align:left;font:11px/14px system-ui,"
+    "'DejaVu Sans',sans-serif;background:#fff}"
+    "#matrix>.h>span:first-child{align-self:stretch;display:flex;align-items:flex-end}"
+    "#matrix>.r>span:first-child::before{display:inline-block;width:14px;text-align:center;border-radius:3px;"
+    "margin-right:4px}"
+    "#matrix .f,#matrix .x{font-weight:700}"
     "i{font-style:italic;opacity:.8}"
-    "#matrix td[data-phase=Failed],#matrix td[data-phase=Invalid]{font-weight:700}"
     ".p{display:inline-block;padding:0 7px;border-radius:10px}"
     ".list{border:1px solid #ccc}.list th,.list td{border:1px solid #ddd;padding:2px 7px;text-align:left;"
     "vertical-align:top}.list th{background:#f2f2f2}dl{display:grid;grid-template-columns:max-content auto;"
@@ -85,34 +110,51 @@ def _phase_css() -> str:
     rules = []
     for phase in PHASES:
         bg, fg = COLOURS[phase]
-        sym = SYMBOLS[phase]
+        sym, cls = SYMBOLS[phase], CELL_CLASS[phase]
         rules.append(
-            f"[data-phase={phase}]{{background-color:{bg};color:{fg}}}"
-            f'#matrix td[data-phase={phase}]::before{{content:"{sym}"}}'
+            f"[data-phase={phase}],#matrix .{cls}{{background-color:{bg};color:{fg}}}"
             f'.p[data-phase={phase}]::before{{content:"{sym}\\a0"}}'
-            f"#matrix tr[data-phase={phase}]>th::before{{content:'{sym}';background:{bg};color:{fg}}}"
+            f"#matrix>[data-phase={phase}]>span:first-child::before{{content:'{sym}';background:{bg};color:{fg}}}"
         )
-    rules.append("#matrix tr[data-phase],.list tr[data-phase]{background:none;color:inherit}")
-    return "".join(rules) + "#matrix td[data-phase=Synced]::before{content:none}"  # the common case: no mark
+        if phase != "Synced":  # the common case has no mark (and so no ::before box on most cells)
+            rules.append(f'#matrix .{cls}::before{{content:"{sym}";font-size:8px}}')
+    rules.append(".list tr[data-phase]{background:none;color:inherit}")
+    return "".join(rules)
 
 
 CSS = _CSS + _phase_css()
 
 # Without JS the page refreshes through <noscript><meta refresh>. With JS: reload REFRESH_MS after the page has
 # loaded, not while a filter is being chosen or the tab is hidden, and keep the scroll position across reloads;
-# filters apply on change; a cell's tooltip is built on hover (14,000 title attributes would double the page).
+# filters apply on change; a cell's tooltip (application, phase, version) is built on hover from its column's
+# header and its class (14,000 title attributes would double the page). And the first paint renders only the matrix
+# rows on screen: the script runs before it (the page's end is render-blocking, see render_index), sets every row
+# content-visibility: hidden (class "l"), lays the page out (cheap then: rows have a fixed height), shows the rows
+# in the viewport and the others right after that paint. As content-visibility: auto rows, Chromium would render
+# every row up to one and a half screens below the viewport before painting anything.
 _SCRIPT = (
-    "(function(){var k='dash-scroll:'+location.pathname+location.search,s=sessionStorage.getItem(k);"
-    "if(s){sessionStorage.removeItem(k);s=s.split(',');scrollTo(+s[0],+s[1]);}"
-    "function later(){setTimeout(function(){var a=document.activeElement;"
-    "if(document.hidden||(a&&a.tagName==='SELECT')){later();return;}"
-    "sessionStorage.setItem(k,scrollX+','+scrollY);location.reload();},REFRESH_MS);}"
-    "if(document.readyState==='complete'){later();}else{addEventListener('load',later);}"
-    "var f=document.getElementById('filters');if(f){f.addEventListener('change',function(){f.submit();});}"
-    "var m=document.getElementById('matrix');if(m){m.addEventListener('mouseover',function(e){var c=e.target.closest"
-    "('td[data-app]');if(c&&!c.title){c.title=c.dataset.app+' \\u2014 '+c.dataset.phase+' \\u2014 '+c.textContent+"
-    "(c.querySelector('i')?' (desired, not live yet)':'');}});}})();"
-).replace("REFRESH_MS", str(REFRESH_SECONDS * 1000))
+    (
+        "(function(){var k='dash-scroll:'+location.pathname+location.search,s=sessionStorage.getItem(k),"
+        "m=document.getElementById('matrix'),r=m?m.children:[],n=r.length,i,y;sessionStorage.removeItem(k);"
+        "for(i=1;i<n;i++){r[i].classList.add('l');}"
+        "if(s){s=s.split(',');scrollTo(+s[0],+s[1]);}"
+        "if(n>1){y=r[1].getBoundingClientRect().top;"
+        "for(i=Math.max(1,Math.floor(-y/ROW_PX)+1);i<n&&y+(i-1)*ROW_PX<innerHeight;i++){r[i].classList.remove('l');}"
+        "requestAnimationFrame(function(){setTimeout(function(){for(i=1;i<n;i++){r[i].classList.remove('l');}});});}"
+        "function later(){setTimeout(function(){var a=document.activeElement;"
+        "if(document.hidden||(a&&a.tagName==='SELECT')){later();return;}"
+        "sessionStorage.setItem(k,scrollX+','+scrollY);location.reload();},REFRESH_MS);}"
+        "if(document.readyState==='complete'){later();}else{addEventListener('load',later);}"
+        "var f=document.getElementById('filters');if(f){f.addEventListener('change',function(){f.submit();});}"
+        "if(m){var P=PHASE_OF;m.addEventListener('mouseover',function(e){"
+        "var c=e.target.closest('[role=cell]');if(c&&!c.title&&c.className){var i=Array.prototype.indexOf.call("
+        "c.parentNode.children,c);c.title=m.firstElementChild.children[i].dataset.app+' \\u2014 '+P[c.className]+"
+        "' \\u2014 '+c.textContent+(c.querySelector('i')?' (desired, not live yet)':'');}});}})();"
+    )
+    .replace("REFRESH_MS", str(REFRESH_SECONDS * 1000))
+    .replace("ROW_PX", str(ROW_HEIGHT))
+    .replace("PHASE_OF", json.dumps({c: p for p, c in CELL_CLASS.items()}, separators=(",", ":")))
+)
 
 
 def esc(value: Any) -> str:
@@ -141,14 +183,15 @@ def short(revision: Any) -> str:
     return f'<code title="{esc(text)}">{esc(text[:12])}</code>'
 
 
-def _page(title: str, body: Iterable[str]) -> bytes:
-    head = (
+def _page(title: str, body: Iterable[str], head: str = "", end: str = "") -> bytes:
+    """A page: ``head`` goes in ``<head>``, ``end`` after the script at the end of ``<body>``."""
+    start = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{CSS}</style>"
+        f"<title>{esc(title)}</title>{head}<style>{CSS}</style>"
         f'<noscript><meta http-equiv="refresh" content="{REFRESH_SECONDS}"></noscript></head><body>'
     )
-    return (head + "".join(body) + f"<script>{_SCRIPT}</script></body></html>\n").encode("utf-8")
+    return (start + "".join(body) + f"<script>{_SCRIPT}</script>{end}</body></html>\n").encode("utf-8")
 
 
 def _banner(snapshot: Mapping[str, Any]) -> str:
@@ -206,34 +249,46 @@ def _select(name: str, label: str, options: Iterable[str], chosen: str) -> str:
 
 
 class _Cells:
-    """Renders matrix cells; per-column prefixes and escaped versions are cached (14,000 cells in ~20 ms)."""
+    """Renders matrix cells (``<span role=cell>``); escaped versions are cached (14,000 cells in ~20 ms)."""
 
-    def __init__(self, columns: Iterable[str]) -> None:
-        self.prefix = {a: f"<td data-app={_bare(a)} data-phase=" for a in columns}
-        self.text: dict[str, str] = {}
+    def __init__(self) -> None:
+        self.text: dict[str, tuple[str, bool]] = {}
 
-    def escaped(self, value: Any) -> str:
-        key = value if isinstance(value, str) else repr(value)  # YAML may hold lists or mappings: unhashable
-        found = self.text.get(key)
+    def version(self, value: Any) -> tuple[str, bool]:
+        """The escaped text of a version, cut to :data:`CELL_CHARS` characters, and whether it was cut."""
+        text = value if isinstance(value, str) else str(value)  # YAML may hold numbers, lists or mappings
+        found = self.text.get(text)
         if found is None:
-            found = self.text[key] = esc(value)
+            cut = len(text) > CELL_CHARS
+            found = self.text[text] = (esc(text[: CELL_CHARS - 1] + "…" if cut else text), cut)
         return found
 
     def cell(self, app: str, status: Any) -> str:
         if not isinstance(status, Mapping):
-            return "<td>"
-        phase = status.get("phase")
-        if phase not in COLOURS:
-            phase = "Unknown"
+            return "<span role=cell></span>"
+        cls = CELL_CLASS[phase_of(status.get("phase"))]
         live, desired = status.get("live"), status.get("desired")
+        title = ""
         if live is not None:
-            text = self.escaped(live)
+            text, cut = self.version(live)
             if desired is not None and live != desired:
                 title = f"{app}: live {live}, desired {desired}"
-                return f'{self.prefix[app]}{phase} title="{esc(title)}">{text}'
+            elif cut:
+                title = f"{app}: {live}"
+        elif desired is not None:
+            text, cut = self.version(desired)
+            title = f"{app}: desired {desired}, nothing live yet" if cut else ""
+            text = f"<i>{text}</i>"
         else:
-            text = "" if desired is None else f"<i>{self.escaped(desired)}</i>"
-        return f"{self.prefix[app]}{phase}>{text}"
+            text = ""
+        if title:
+            return f'<span role=cell class={cls} title="{esc(title)}">{text}</span>'
+        return f"<span role=cell class={cls}>{text}</span>"
+
+
+def _names_width(names: Iterable[str]) -> int:
+    """Pixels for the environment column: its longest name (up to 40 characters) at 11 px, and the phase mark."""
+    return 26 + round(6.6 * min(40, max((len(n) for n in names), default=11)))
 
 
 def render_index(snapshot: Mapping[str, Any], query: Mapping[str, str]) -> bytes:
@@ -288,28 +343,37 @@ def render_index(snapshot: Mapping[str, Any], query: Mapping[str, str]) -> bytes
         + " no mark: Synced. Counts: "
         + (f"phase of <strong>{esc(app)}</strong> per environment." if app else "environment phases.")
         + " Click a column header to filter by application, an environment for its details.</p>",
-        '<table id="matrix"><thead><tr><th>environment</th>',
     ]
+    names = [str(env.get("name")) for env in rows]
+    width = _names_width(names)
+    body.append(
+        f'<div id="matrix" role="table" aria-label="phase and version of each application per environment" '
+        f'style="--names:{width}px;width:{width + len(columns) * (CELL_WIDTH + 1)}px">'
+        '<div class="h" role="row"><span role="columnheader">environment</span>'
+    )
     body += [
-        f'<th data-app={_bare(a)} title="{esc(a)}"><a href="{esc(link(app=a))}">{esc(a)}</a></th>' for a in columns
+        f'<span role=columnheader data-app={_bare(a)} title="{esc(a)}"><a href="{esc(link(app=a))}">{esc(a)}</a></span>'
+        for a in columns
     ]
-    body.append("</tr></thead><tbody>")
-    cells = _Cells(columns)
-    for env in rows:
-        name = str(env.get("name"))
+    body.append("</div>")
+    cells = _Cells()
+    for name, env in zip(names, rows, strict=True):
         statuses = _apps_of(env)
         phase = phase_of(env.get("phase"))
         hint = f"{phase}: {env.get('message') or ''}"
         body.append(
-            f"<tr data-env={_bare(name)} data-phase={phase}>"
-            f'<th title="{esc(hint)}"><a href="{esc(env_url(name))}">{esc(name)}</a></th>'
+            f"<div class=r role=row data-env={_bare(name)} data-phase={phase}>"
+            f'<span role=rowheader title="{esc(hint)}"><a href="{esc(env_url(name))}">{esc(name)}</a></span>'
             + "".join([cells.cell(a, statuses.get(a)) for a in columns])
-            + "</tr>"
+            + "</div>"
         )
-    body.append("</tbody></table>")
+    body.append("</div>")
     if not rows:
         body.append('<p id="empty">No environment matches these filters.</p>')
-    return _page("reconciler dashboard", body)
+    # no paint until the matrix is parsed and the script has run (Chromium would otherwise lay the page out again
+    # and again as it arrives; the script chooses which rows to render first); other browsers ignore this
+    expect = '<link rel="expect" href="#end" blocking="render">'
+    return _page("reconciler dashboard", body, head=expect, end='<div id="end"></div>')
 
 
 def render_environment(snapshot: Mapping[str, Any], name: str) -> bytes | None:

@@ -26,7 +26,8 @@ def register_secret(secret: str | None) -> None:
 
 
 def redact_text(text: str) -> str:
-    text = _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{m.group('user') or ''}:***@", text)
+    if "://" in text:  # what the pattern needs; looking for it first is ~100x faster on a page without URLs
+        text = _URL_CREDENTIALS.sub(lambda m: f"{m.group('scheme')}{m.group('user') or ''}:***@", text)
     for secret in _SECRETS:
         if secret in text:
             text = text.replace(secret, "***")
