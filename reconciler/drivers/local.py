@@ -14,9 +14,10 @@ earlier apply of this application wrote and that are no longer desired, and writ
 writing anything they record the files about to be written in the *pending* journal, so a process killed
 mid-apply leaves files that the next apply or remove still knows it owns: re-applying converges without
 duplicates and never deletes a file that this controller did not write. When everything already matches,
-``apply`` writes nothing at all. ``observe`` re-hashes every inventoried file, so hand edits and deletions show
-up as drift. Parsed inventories and file digests are cached by stat (like Git's index) for ``health`` and for
-deciding what to write; a drift-checking ``observe`` always re-reads the files.
+``apply`` writes nothing at all. ``observe`` checks every inventoried file, so hand edits and deletions show up
+as drift; like ``git status`` it re-reads only files whose stat changed, that it never hashed (after a restart)
+or that are racily clean (see :class:`DigestCache`); ``verifyContent: true`` re-reads every file every time.
+Parsed inventories are cached by stat as well.
 
 A corrupt inventory (not JSON, wrong shape) makes the application look drifted (``drifted`` names the inventory
 file, version and fingerprint are ``None``); ``apply`` then rewrites the desired files and a fresh inventory but
@@ -40,8 +41,10 @@ import re
 import shutil
 import stat
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from reconciler.core.desired import DesiredUnit
@@ -55,6 +58,8 @@ TMP_PREFIX = ".reconciler-tmp-"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # errors that may pass by themselves (full disk, I/O hiccup, read-only remount); anything else is a refusal
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EROFS})
+_GATES: dict[int, threading.Lock] = {}  # st_dev -> the lock its local targets write under (see LocalDriver._gate)
+_GATES_LOCK = threading.Lock()
 _TMP_NAMES = itertools.count()  # with the pid: unique temporary names without uuid4's cost (O_EXCL checks anyway)
 
 Stamp = tuple[int, int, int, int]  # (mtime_ns, size, inode, ctime_ns) of a regular file
@@ -147,37 +152,53 @@ def _stamp(path: str) -> Stamp | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
+class Check(StrEnum):
+    """How far :meth:`DigestCache.digest` may trust what it knows about a file."""
+
+    CONTENT = "content"  # read and hash the file, always
+    CLEAN = "clean"  # trust an unchanged stat unless the entry is racy (the drift check; as ``git status``)
+    STAT = "stat"  # trust an unchanged stat (apply, health)
+
+
+# A file changed within the same clock tick as we recorded it can keep its ctime: such "racily clean" entries
+# (Git's term) are re-read by the next drift check. Kernel file times come from a coarse clock (a tick <= 10 ms).
+RACY_NS = 20_000_000
+
+
 class DigestCache:
     """sha256 of files this driver wrote or hashed, keyed by path and (mtime_ns, size, inode, ctime_ns).
 
-    Like Git's index: a file whose stat is unchanged is not read again. Used by ``health`` and by ``apply`` to
-    decide what to write; the periodic drift check (``observe(check_drift=True)``) always re-reads every file.
+    Like Git's index: a file whose stat is unchanged has unchanged content, because every write, rename or
+    replacement changes its ctime (which no user can set) or inode. A drift check (``Check.CLEAN``) therefore
+    re-reads only files whose stat changed, files it has never hashed (after a restart: all of them once), and
+    racily clean entries; ``verifyContent: true`` on a target re-reads every file at every drift check.
     """
 
-    def __init__(self) -> None:
-        self._known: dict[str, tuple[Stamp, str]] = {}
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self._known: dict[str, tuple[Stamp, str, bool]] = {}  # path -> (stamp, digest, clean: not racy)
         self._lock = threading.Lock()
+        self._clock_ns = clock_ns
 
-    def digest(self, path: str, trust_stat: bool) -> str | None:
-        if trust_stat:
+    def digest(self, path: str, check: Check) -> str | None:
+        if check is not Check.CONTENT:
             stamp = _stamp(path)
             if stamp is None:
                 return None
             known = self._known.get(path)
-            if known is not None and known[0] == stamp:
+            if known is not None and known[0] == stamp and (known[2] or check is Check.STAT):
                 return known[1]
         data, stamp = _read_with_stamp(path)
         if data is None or stamp is None:
             return None
         value = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            self._known[path] = (stamp, value)
+        self.remember(path, stamp, value)
         return value
 
     def remember(self, path: str, stamp: Stamp | None, value: str) -> None:
         if stamp is not None:
+            clean = self._clock_ns() - stamp[3] > RACY_NS
             with self._lock:
-                self._known[path] = (stamp, value)
+                self._known[path] = (stamp, value, clean)
 
 
 class InventoryCache:
@@ -220,10 +241,13 @@ def _read_with_stamp(path: str) -> tuple[bytes | None, Stamp | None]:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None, None
-        chunks = []
-        while chunk := os.read(fd, max(st.st_size, 65536) + 1):
-            chunks.append(chunk)
-        return b"".join(chunks), (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+        data = os.read(fd, st.st_size + 1)
+        if len(data) > st.st_size:  # it grew since fstat: read the rest
+            chunks = [data]
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data, (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
     finally:
         os.close(fd)
 
@@ -303,11 +327,21 @@ class LocalDriver:
     kind: str = "local"
     observe_is_health = True  # health is "inventory readable, every file as inventoried": what observe checks
 
-    def __init__(self, target: str, path: Path, durable: bool = False) -> None:
+    def __init__(
+        self,
+        target: str,
+        path: Path,
+        durable: bool = False,
+        parallel_writes: bool = False,
+        verify_content: bool = False,
+    ) -> None:
         self.target = target
         self.path = Path(path)
         self._root = str(self.path)
         self.durable = durable  # fsync files and directories (survives power loss; slow on many small files)
+        self.parallel_writes = parallel_writes
+        self._drift_check = Check.CONTENT if verify_content else Check.CLEAN
+        self._device: int | None = None
         self.digests = DigestCache()
         self.inventories = InventoryCache()
 
@@ -327,12 +361,12 @@ class LocalDriver:
 
     # -- reading ---------------------------------------------------------------------------------------------
     def observe(self, environment: str, application: str, check_drift: bool = True) -> LiveUnit | None:
-        return self._observe(environment, application, check_drift, trust_stat=False)
+        return self._observe(environment, application, check_drift, self._drift_check)
 
-    def _observe(self, environment: str, application: str, check_drift: bool, trust_stat: bool) -> LiveUnit | None:
+    def _observe(self, environment: str, application: str, check_drift: bool, check: Check) -> LiveUnit | None:
         app_dir = self._app_dir(environment, application)
         inventory = self.inventories.read(app_dir, environment, application)
-        return self._live(app_dir, environment, application, inventory, check_drift, trust_stat)
+        return self._live(app_dir, environment, application, inventory, check_drift, check)
 
     def _live(
         self,
@@ -341,7 +375,7 @@ class LocalDriver:
         application: str,
         inventory: Inventory | Unreadable | None,
         check_drift: bool,
-        trust_stat: bool,
+        check: Check,
     ) -> LiveUnit | None:
         if inventory is None or (isinstance(inventory, Unreadable) and inventory.foreign):
             return None
@@ -351,7 +385,7 @@ class LocalDriver:
         if check_drift:
             digest = self.digests.digest
             prefix = app_dir + "/"
-            drifted = tuple(rel for rel, h in sorted(inventory.files.items()) if digest(prefix + rel, trust_stat) != h)
+            drifted = tuple(sorted(rel for rel, h in inventory.files.items() if digest(prefix + rel, check) != h))
         return LiveUnit(environment, application, self.target, inventory.version, inventory.fingerprint, drifted)
 
     def observe_environment(
@@ -376,7 +410,7 @@ class LocalDriver:
                 continue
             inventory = self.inventories.read(app_dir, environment, name)
             if isinstance(inventory, Inventory) or name in found:
-                found[name] = self._live(app_dir, environment, name, inventory, check_drift, trust_stat=False)
+                found[name] = self._live(app_dir, environment, name, inventory, check_drift, self._drift_check)
         return dict(sorted(found.items()))
 
     def owned_applications(self, environment: str) -> list[str]:
@@ -393,7 +427,7 @@ class LocalDriver:
         ]
 
     def health(self, environment: str, application: str) -> HealthReport:
-        live = self._observe(environment, application, check_drift=True, trust_stat=True)
+        live = self._observe(environment, application, check_drift=True, check=Check.STAT)
         if live is None:
             return HealthReport(Health.MISSING, "not deployed")
         if live.fingerprint is None:
@@ -430,7 +464,7 @@ class LocalDriver:
         prefix = app_dir + "/"
         hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in desired.items()}
         digest = self.digests.digest
-        to_write = sorted(rel for rel, h in hashes.items() if not exists or digest(prefix + rel, True) != h)
+        to_write = sorted(rel for rel, h in hashes.items() if not exists or digest(prefix + rel, Check.STAT) != h)
         to_remove = sorted(rel for rel in owned - desired.keys() if os.path.lexists(prefix + rel))
         inventory = Inventory(unit.environment, unit.application, unit.version, unit.fingerprint, hashes)
         inventory_stale = not isinstance(previous, Inventory) or previous != inventory
@@ -448,9 +482,42 @@ class LocalDriver:
                 os.unlink(prefix + PENDING)
             return ApplyResult(False, "unchanged")
 
-        if not exists:
-            self._create(app_dir, desired, inventory)
-            return ApplyResult(True, summary)
+        with self._gate():
+            if not exists:
+                self._create(app_dir, desired, inventory)
+            else:
+                self._update(app_dir, desired, hashes, inventory, owned, pending, to_write, to_remove)
+        return ApplyResult(True, summary)
+
+    def _gate(self) -> threading.Lock | contextlib.nullcontext[None]:
+        """The lock that serialises this target's writes with every other local target on the same filesystem.
+
+        Creating and renaming many small files is bound by the filesystem's journal: measured on ext4, 40,000
+        creates take 1.6-1.8x *longer* from 4 threads than from one. Workers still render, hash and observe in
+        parallel; only the writing itself takes turns. ``parallelWrites: true`` on a target turns this off.
+        """
+        if self.parallel_writes:
+            return contextlib.nullcontext()
+        if self._device is None:
+            probe = self._root
+            while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+                probe = os.path.dirname(probe)
+            self._device = os.stat(probe).st_dev
+        with _GATES_LOCK:
+            return _GATES.setdefault(self._device, threading.Lock())
+
+    def _update(
+        self,
+        app_dir: str,
+        desired: Mapping[str, bytes],
+        hashes: Mapping[str, str],
+        inventory: Inventory,
+        owned: set[str],
+        pending: set[str],
+        to_write: list[str],
+        to_remove: list[str],
+    ) -> None:
+        prefix = app_dir + "/"
         for comp in sorted(_components(to_write)):
             os.makedirs(prefix + comp, exist_ok=True)
         if to_write:  # claim the files before they exist, so a kill from here on leaves nothing unowned
@@ -479,7 +546,6 @@ class LocalDriver:
                 pass
             else:
                 fsync_dir(app_dir, self.durable)
-        return ApplyResult(True, summary)
 
     def _create(self, app_dir: str, desired: Mapping[str, bytes], inventory: Inventory) -> None:
         """First apply of an application here: build it in a staging directory, then rename that into place.

@@ -230,6 +230,13 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
         plans, render_errors = realise(job, plans, stubs)
         if render_errors:
             return _invalid(job, render_errors, started, clock)
+    if job.check_drift and all(
+        p.action is Action.UNCHANGED and observed_health(pool.get(p.target)) for p in plans
+    ):  # the common drift check: everything observed in full and unchanged, so there is nothing to order or ask
+        synced = {p.application: AppStatus(p.to_version, p.to_version, Phase.SYNCED) for p in plans}
+        count = len(synced)
+        return EnvOutcome(env.name, Phase.SYNCED, f"{count} application{'s' if count != 1 else ''} in sync",
+                          dict(sorted(synced.items())), plans=tuple(plans), duration=clock() - started)  # fmt: skip
     stage = job.repo.stages.get(env.stage)
     self_heal = stage.self_heal if stage else True
     by_app: dict[str, list[UnitPlan]] = {}

@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -306,7 +308,9 @@ def test_filesystem_errors_name_the_target_and_are_classified(driver: LocalDrive
 COUNT = 400
 CHILD = """
 import sys
+import time
 from pathlib import Path
+from typing import Any
 from reconciler.drivers.local import LocalDriver
 from tests.drivers import make_unit
 files = {f"c{i:04d}": {"f.txt": (f"v2 {i}\\n" * 512).encode()} for i in range(int(sys.argv[2]))}
@@ -440,3 +444,56 @@ def test_observe_environment_equals_list_then_observe_each(driver: LocalDriver, 
     with pytest.raises(PermanentError, match="linked is a symbolic link"):
         driver.observe_environment("recette", ["linked"], check_drift)
     assert driver.observe_environment("absent-env", ["shop"], check_drift) == {"shop": None}
+
+
+class Reads:
+    """Counts the files the driver reads (wraps the module's one read function)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import reconciler.drivers.local as local
+
+        self.paths: list[str] = []
+        real = local._read_with_stamp
+
+        def counting(path: str) -> Any:
+            self.paths.append(path)
+            return real(path)
+
+        monkeypatch.setattr(local, "_read_with_stamp", counting)
+
+    def take(self) -> list[str]:
+        taken, self.paths = self.paths, []
+        return sorted(os.path.relpath(p, os.path.dirname(os.path.dirname(p))) for p in taken)
+
+
+def test_a_drift_check_rereads_only_what_it_cannot_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0]
+    driver = LocalDriver("t1", tmp_path / "target")
+    driver.digests._clock_ns = lambda: now[0]
+    reads = Reads(monkeypatch)
+    now[0] = time.time_ns()  # the clock still reads the tick the files are written in: every entry is racy
+    driver.apply(make_unit(V1))
+    reads.take()
+    assert driver.observe("recette", "shop") is not None
+    assert reads.take() == ["batch/job.yaml", "web/deployment.yaml", "web/service.yaml"]  # racy: re-read once
+    now[0] += 10**9
+    assert driver.observe("recette", "shop") is not None
+    assert reads.take() == ["batch/job.yaml", "web/deployment.yaml", "web/service.yaml"]  # hashed when racy again
+    now[0] += 10**9
+    live = driver.observe("recette", "shop")
+    assert live is not None and not live.drifted and reads.take() == []  # clean: stat alone
+    path = driver.path / "recette" / "shop" / "web" / "service.yaml"
+    path.write_text("port: 81\n")  # same size, new content: the ctime moves
+    live = driver.observe("recette", "shop")
+    assert live is not None and live.drifted == ("web/service.yaml",)
+    assert reads.take() == ["web/service.yaml"]
+
+
+def test_verify_content_rereads_every_file_every_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    driver = LocalDriver("t1", tmp_path / "target", verify_content=True)
+    driver.digests._clock_ns = lambda: time.time_ns() + 10**9  # nothing is racy
+    driver.apply(make_unit(V1))
+    reads = Reads(monkeypatch)
+    for _ in range(2):
+        assert driver.observe_environment("recette", ["shop"])["shop"] is not None
+        assert reads.take() == ["batch/job.yaml", "web/deployment.yaml", "web/service.yaml"]
