@@ -189,6 +189,17 @@ def realise(job: Job, plans: list[UnitPlan], stubs: set[tuple[str, str]]) -> tup
     return out, errors
 
 
+def _light(plans: list[UnitPlan]) -> tuple[UnitPlan, ...]:
+    """The plans without their rendered files: an outcome outlives the reconcile (the cycle report, status), and
+    the contents of a whole fleet's units would make the controller's peak memory grow with every rendered byte."""
+    return tuple(
+        replace(p, desired=replace(p.desired, components=(), parameters={}))
+        if p.desired is not None and p.desired.components
+        else p
+        for p in plans
+    )
+
+
 def _invalid(job: Job, errors: Mapping[str, str], started: float, clock: Callable[[], float]) -> EnvOutcome:
     desired_versions = job.repo.desired_versions(job.env)
     apps = {a: AppStatus(desired_versions.get(a), None, Phase.INVALID, m) for a, m in errors.items()}
@@ -236,7 +247,7 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
         synced = {p.application: AppStatus(p.to_version, p.to_version, Phase.SYNCED) for p in plans}
         count = len(synced)
         return EnvOutcome(env.name, Phase.SYNCED, f"{count} application{'s' if count != 1 else ''} in sync",
-                          dict(sorted(synced.items())), plans=tuple(plans), duration=clock() - started)  # fmt: skip
+                          dict(sorted(synced.items())), plans=_light(plans), duration=clock() - started)  # fmt: skip
     stage = job.repo.stages.get(env.stage)
     self_heal = stage.self_heal if stage else True
     by_app: dict[str, list[UnitPlan]] = {}
@@ -409,7 +420,7 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
         tuple(audit),
         changed,
         transient and phase is Phase.FAILED,
-        tuple(plans),
+        _light(plans),
         clock() - started,
         drifted,
     )
