@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 PLACEHOLDER = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*)\}")
-_WHOLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*)\}")
+WHOLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*)\}")
 
 
 class MissingKey(KeyError):
@@ -39,7 +39,8 @@ def lookup_in(values: Mapping[str, Any]) -> Callable[[str], Any]:
     return lookup
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+    """A scalar's text inside a longer string (``true``/``false``, a number as written)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     text = getattr(value, "text", None)
@@ -50,14 +51,14 @@ def substitute_string(text: str, lookup: Callable[[str], Any]) -> Any:
     """Substitute placeholders in one string; exactly ``${x}`` returns x's value with its own type."""
     if "$" not in text:
         return text
-    whole = _WHOLE.fullmatch(text)
+    whole = WHOLE.fullmatch(text)
     if whole:
         return lookup(whole.group(1))
 
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$${":
             return "${"
-        return _text(lookup(match.group(1)))
+        return text_of(lookup(match.group(1)))
 
     return PLACEHOLDER.sub(replace, text)
 

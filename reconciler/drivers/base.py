@@ -6,17 +6,35 @@ A driver instance serves one *target* (a name from the operator config) and is c
 changes) or :class:`~reconciler.core.problems.TemporaryError` (an outage: retried with backoff); their messages
 must be safe to show (no secrets). Implementations: ``local``, ``script``/``ssh``, ``kubernetes`` and the
 in-memory twin ``memory`` for unit tests of the engine.
+
+A driver may also offer ``observe_environment(environment, applications, check_drift)``: what ``owned_applications``
+plus one ``observe`` per application give, in one call (``local`` does: one directory scan per environment
+instead of a lookup per application); :func:`observe_environment` uses it when present.
+
+A driver may set the class attribute ``observe_is_health = True`` when its health is nothing more than "observed
+without drift" (``local``): the engine then does not ask for the health of a unit that a drift-checking observe
+has just found unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.state import HEALTH_SEVERITY, Health, LiveUnit, worst
 
-__all__ = ["HEALTH_SEVERITY", "ApplyResult", "Driver", "Health", "HealthReport", "LiveUnit", "worst"]
+__all__ = [
+    "HEALTH_SEVERITY",
+    "ApplyResult",
+    "Driver",
+    "Health",
+    "HealthReport",
+    "LiveUnit",
+    "observe_environment",
+    "worst",
+]
 
 
 @dataclass(frozen=True)
@@ -57,3 +75,19 @@ class Driver(Protocol):
     def health(self, environment: str, application: str) -> HealthReport: ...
 
     def close(self) -> None: ...
+
+
+BatchObserve = Callable[[str, list[str], bool], dict[str, LiveUnit | None]]
+
+
+def observe_environment(
+    driver: Driver, environment: str, applications: Iterable[str], check_drift: bool
+) -> dict[str, LiveUnit | None]:
+    """Every application ``driver`` holds in ``environment`` plus ``applications``, each with its live unit
+    (``None``: not deployed). One call for drivers that offer ``observe_environment``, else list + observe each."""
+    batch = cast(BatchObserve | None, getattr(driver, "observe_environment", None))
+    wanted = sorted(set(applications))
+    if batch is not None:
+        return batch(environment, wanted, check_drift)
+    names = sorted(set(driver.owned_applications(environment)) | set(wanted))
+    return {name: driver.observe(environment, name, check_drift) for name in names}

@@ -6,13 +6,18 @@ Layout under the operator-configured ``path``::
     <path>/<environment>/<application>/.reconciler-inventory.json  what was applied (owner, version, hashes)
     <path>/<environment>/<application>/.reconciler-pending.json    only while an apply is in flight
 
-``apply`` writes each changed file to a temporary file in the same directory, fsyncs it and renames it over the
-old one, removes files that an earlier apply of this application wrote and that are no longer desired, and writes
-the inventory last. Before writing anything it records the files it is about to write in the *pending* journal,
-so a process killed mid-apply leaves files that the next apply or remove still knows it owns: re-applying
-converges without duplicates and never deletes a file that this controller did not write. When everything
-already matches, ``apply`` writes nothing at all. ``observe`` re-hashes every inventoried file, so hand edits and
-deletions show up as drift.
+The first ``apply`` of an application builds it in a staging directory ``<environment>/.reconciler-tmp-<app>``
+(files, then the inventory) and renames that into place: readers see nothing or everything, and a kill leaves
+only the staging directory, which the next attempt removes. Later applies write each changed file to a temporary
+file in the same directory, fsync it (``fsync: true``) and rename it over the old one, remove files that an
+earlier apply of this application wrote and that are no longer desired, and write the inventory last. Before
+writing anything they record the files about to be written in the *pending* journal, so a process killed
+mid-apply leaves files that the next apply or remove still knows it owns: re-applying converges without
+duplicates and never deletes a file that this controller did not write. When everything already matches,
+``apply`` writes nothing at all. ``observe`` checks every inventoried file, so hand edits and deletions show up
+as drift; like ``git status`` it re-reads only files whose stat changed, that it never hashed (after a restart)
+or that are racily clean (see :class:`DigestCache`); ``verifyContent: true`` re-reads every file every time.
+Parsed inventories are cached by stat as well.
 
 A corrupt inventory (not JSON, wrong shape) makes the application look drifted (``drifted`` names the inventory
 file, version and fingerprint are ``None``); ``apply`` then rewrites the desired files and a fresh inventory but
@@ -26,16 +31,20 @@ Created by the driver registry from the operator config; called by the engine (a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
+import shutil
 import stat
 import threading
-import uuid
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from reconciler.core.desired import DesiredUnit
@@ -49,6 +58,11 @@ TMP_PREFIX = ".reconciler-tmp-"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # errors that may pass by themselves (full disk, I/O hiccup, read-only remount); anything else is a refusal
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EROFS})
+_GATES: dict[int, threading.Lock] = {}  # st_dev -> the lock its local targets write under (see LocalDriver._gate)
+_GATES_LOCK = threading.Lock()
+_TMP_NAMES = itertools.count()  # with the pid: unique temporary names without uuid4's cost (O_EXCL checks anyway)
+
+Stamp = tuple[int, int, int, int]  # (mtime_ns, size, inode, ctime_ns) of a regular file
 
 
 def unsafe_name(name: str) -> bool:
@@ -84,7 +98,8 @@ class Inventory:
             "fingerprint": self.fingerprint,
             "files": dict(sorted(self.files.items())),
         }
-        return (json.dumps(doc, indent=2) + "\n").encode()
+        # no indent: json's C encoder (the indenting one is pure Python and showed in cold-cycle profiles)
+        return (json.dumps(doc) + "\n").encode()
 
 
 @dataclass(frozen=True)
@@ -99,10 +114,7 @@ def _valid_rel(rel: object) -> bool:
     return not any(unsafe_name(part) for part in rel.split("/"))
 
 
-def read_inventory(app_dir: Path, environment: str, application: str) -> Inventory | Unreadable | None:
-    raw = _read_bytes(app_dir / INVENTORY)
-    if raw is None:
-        return None
+def parse_inventory(raw: bytes, environment: str, application: str) -> Inventory | Unreadable:
     try:
         doc = json.loads(raw)
     except ValueError:
@@ -122,9 +134,9 @@ def read_inventory(app_dir: Path, environment: str, application: str) -> Invento
     return Inventory(environment, application, doc["version"], doc["fingerprint"], files)
 
 
-def read_pending(app_dir: Path) -> set[str]:
+def read_pending(app_dir: str) -> set[str]:
     """Files an interrupted apply may have written (ignored when unreadable: then it wrote nothing yet)."""
-    raw = _read_bytes(app_dir / PENDING)
+    raw = _read_bytes(os.path.join(app_dir, PENDING))
     try:
         doc = json.loads(raw) if raw is not None else []
     except ValueError:
@@ -132,64 +144,119 @@ def read_pending(app_dir: Path) -> set[str]:
     return {rel for rel in doc if _valid_rel(rel)} if isinstance(doc, list) else set()
 
 
-def file_digest(path: Path) -> str | None:
-    """sha256 of a regular file, never following a symlink; ``None`` when missing or not a regular file."""
-    data = _read_bytes(path)
-    return None if data is None else hashlib.sha256(data).hexdigest()
+def _stamp(path: str) -> Stamp | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns) if stat.S_ISREG(st.st_mode) else None
+
+
+class Check(StrEnum):
+    """How far :meth:`DigestCache.digest` may trust what it knows about a file."""
+
+    CONTENT = "content"  # read and hash the file, always
+    CLEAN = "clean"  # trust an unchanged stat unless the entry is racy (the drift check; as ``git status``)
+    STAT = "stat"  # trust an unchanged stat (apply, health)
+
+
+# A file changed within the same clock tick as we recorded it can keep its ctime: such "racily clean" entries
+# (Git's term) are re-read by the next drift check. Kernel file times come from a coarse clock (a tick <= 10 ms).
+RACY_NS = 20_000_000
 
 
 class DigestCache:
     """sha256 of files this driver wrote or hashed, keyed by path and (mtime_ns, size, inode, ctime_ns).
 
-    Like Git's index: a file whose stat is unchanged is not read again. Used by ``health`` and by ``apply`` to
-    decide what to write; the periodic drift check (``observe(check_drift=True)``) always re-reads every file.
+    Like Git's index: a file whose stat is unchanged has unchanged content, because every write, rename or
+    replacement changes its ctime (which no user can set) or inode. A drift check (``Check.CLEAN``) therefore
+    re-reads only files whose stat changed, files it has never hashed (after a restart: all of them once), and
+    racily clean entries; ``verifyContent: true`` on a target re-reads every file at every drift check.
     """
 
-    def __init__(self) -> None:
-        self._known: dict[str, tuple[tuple[int, int, int, int], str]] = {}
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self._known: dict[str, tuple[Stamp, str, bool]] = {}  # path -> (stamp, digest, clean: not racy)
         self._lock = threading.Lock()
+        self._clock_ns = clock_ns
 
-    @staticmethod
-    def _stamp(path: Path) -> tuple[int, int, int, int] | None:
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns) if stat.S_ISREG(st.st_mode) else None
-
-    def digest(self, path: Path, trust_stat: bool) -> str | None:
-        stamp = self._stamp(path)
-        if stamp is None:
-            return None
-        key = str(path)
-        if trust_stat:
-            with self._lock:
-                known = self._known.get(key)
-            if known is not None and known[0] == stamp:
+    def digest(self, path: str, check: Check) -> str | None:
+        if check is not Check.CONTENT:
+            stamp = _stamp(path)
+            if stamp is None:
+                return None
+            known = self._known.get(path)
+            if known is not None and known[0] == stamp and (known[2] or check is Check.STAT):
                 return known[1]
-        value = file_digest(path)
-        if value is not None:
-            with self._lock:
-                self._known[key] = (stamp, value)
+        data, stamp = _read_with_stamp(path)
+        if data is None or stamp is None:
+            return None
+        value = hashlib.sha256(data).hexdigest()
+        self.remember(path, stamp, value)
         return value
 
-    def remember(self, path: Path, data: bytes) -> None:
-        stamp = self._stamp(path)
+    def remember(self, path: str, stamp: Stamp | None, value: str) -> None:
+        if stamp is not None:
+            clean = self._clock_ns() - stamp[3] > RACY_NS
+            with self._lock:
+                self._known[path] = (stamp, value, clean)
+
+
+class InventoryCache:
+    """Parsed inventories keyed by path and stat: an unchanged inventory file is not read and parsed again."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[Stamp, Inventory | Unreadable]] = {}
+        self._lock = threading.Lock()
+
+    def read(self, app_dir: str, environment: str, application: str) -> Inventory | Unreadable | None:
+        path = os.path.join(app_dir, INVENTORY)
+        stamp = _stamp(path)
+        if stamp is None:
+            return None  # missing, or not a regular file (a symlink is never followed)
+        known = self._known.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        data, stamp = _read_with_stamp(path)
+        if data is None or stamp is None:
+            return None
+        parsed = parse_inventory(data, environment, application)
+        with self._lock:
+            self._known[path] = (stamp, parsed)
+        return parsed
+
+    def remember(self, app_dir: str, inventory: Inventory, stamp: Stamp | None) -> None:
+        path = os.path.join(app_dir, INVENTORY)
         if stamp is not None:
             with self._lock:
-                self._known[str(path)] = (stamp, hashlib.sha256(data).hexdigest())
+                self._known[path] = (stamp, inventory)
 
 
-def _read_bytes(path: Path) -> bytes | None:
+def _read_with_stamp(path: str) -> tuple[bytes | None, Stamp | None]:
+    """Contents and stat of a regular file, never following a symlink; ``(None, None)`` otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read() if stat.S_ISREG(os.fstat(fh.fileno()).st_mode) else None
+        return None, None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, None
+        data = os.read(fd, st.st_size + 1)
+        if len(data) > st.st_size:  # it grew since fstat: read the rest
+            chunks = [data]
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data, (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+    finally:
+        os.close(fd)
 
 
-def fsync_dir(d: Path, durable: bool = True) -> None:
+def _read_bytes(path: str) -> bytes | None:
+    return _read_with_stamp(path)[0]
+
+
+def fsync_dir(d: str, durable: bool = True) -> None:
     if not durable:
         return
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
@@ -199,31 +266,55 @@ def fsync_dir(d: Path, durable: bool = True) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, sync_dir: bool = True, durable: bool = True) -> None:
+def atomic_write(path: str, data: bytes, sync_dir: bool = True, durable: bool = True) -> Stamp | None:
     """Write ``data`` to a temporary file next to ``path``, fsync it (when ``durable``), rename it over ``path``.
 
     The rename alone makes the write atomic for the process (a SIGKILL leaves the old or the new file); the
-    fsyncs make it survive a power loss too, at a large cost on many small files.
+    fsyncs make it survive a power loss too, at a large cost on many small files. The parent directory must
+    exist. Returns the written file's stamp.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    parent = os.path.dirname(path)
+    tmp = os.path.join(parent, f"{TMP_PREFIX}{os.getpid()}-{next(_TMP_NAMES)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             if durable:
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
     if sync_dir:
-        fsync_dir(path.parent, durable)
+        fsync_dir(parent, durable)
+    return _stamp(path)  # after the rename: it changes the ctime
 
 
-def _is_empty(d: Path) -> bool:
-    return d.is_dir() and not d.is_symlink() and next(d.iterdir(), None) is None
+def _write_new(path: str, data: bytes, durable: bool) -> Stamp:
+    """Create ``path`` (it must not exist) with ``data``; its stamp."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+
+def _is_empty(d: str) -> bool:
+    if os.path.islink(d) or not os.path.isdir(d):
+        return False
+    with os.scandir(d) as entries:
+        return next(entries, None) is None
 
 
 def _components(rels: Iterable[str]) -> set[str]:
@@ -234,59 +325,109 @@ class LocalDriver:
     """Deploys rendered files into ``path`` (see the module docstring for the layout and guarantees)."""
 
     kind: str = "local"
+    observe_is_health = True  # health is "inventory readable, every file as inventoried": what observe checks
 
-    def __init__(self, target: str, path: Path, durable: bool = False) -> None:
+    def __init__(
+        self,
+        target: str,
+        path: Path,
+        durable: bool = False,
+        parallel_writes: bool = False,
+        verify_content: bool = False,
+    ) -> None:
         self.target = target
         self.path = Path(path)
+        self._root = str(self.path)
         self.durable = durable  # fsync files and directories (survives power loss; slow on many small files)
+        self.parallel_writes = parallel_writes
+        self._drift_check = Check.CONTENT if verify_content else Check.CLEAN
+        self._device: int | None = None
         self.digests = DigestCache()
+        self.inventories = InventoryCache()
 
-    def _app_dir(self, environment: str, application: str) -> Path:
+    def _app_dir(self, environment: str, application: str) -> str:
         _check(self.target, "environment", environment)
         _check(self.target, "application", application)
-        app_dir = self.path / environment / application
-        self._refuse_symlinks(app_dir.parent, app_dir)
+        env_dir = os.path.join(self._root, environment)
+        app_dir = os.path.join(env_dir, application)
+        self._refuse_symlinks(env_dir, app_dir)
         return app_dir
 
-    def _refuse_symlinks(self, *dirs: Path) -> None:
+    def _refuse_symlinks(self, *dirs: str) -> None:
         for d in dirs:
-            if d.is_symlink():
-                raise PermanentError(f"local target {self.target}: {d.name} is a symbolic link, refusing to use it")
+            if os.path.islink(d):
+                name = os.path.basename(d)
+                raise PermanentError(f"local target {self.target}: {name} is a symbolic link, refusing to use it")
 
     # -- reading ---------------------------------------------------------------------------------------------
     def observe(self, environment: str, application: str, check_drift: bool = True) -> LiveUnit | None:
-        return self._observe(environment, application, check_drift, trust_stat=False)
+        return self._observe(environment, application, check_drift, self._drift_check)
 
-    def _observe(self, environment: str, application: str, check_drift: bool, trust_stat: bool) -> LiveUnit | None:
+    def _observe(self, environment: str, application: str, check_drift: bool, check: Check) -> LiveUnit | None:
         app_dir = self._app_dir(environment, application)
-        inventory = read_inventory(app_dir, environment, application)
+        inventory = self.inventories.read(app_dir, environment, application)
+        return self._live(app_dir, environment, application, inventory, check_drift, check)
+
+    def _live(
+        self,
+        app_dir: str,
+        environment: str,
+        application: str,
+        inventory: Inventory | Unreadable | None,
+        check_drift: bool,
+        check: Check,
+    ) -> LiveUnit | None:
         if inventory is None or (isinstance(inventory, Unreadable) and inventory.foreign):
             return None
         if isinstance(inventory, Unreadable):
             return LiveUnit(environment, application, self.target, None, None, (INVENTORY,))
         drifted: tuple[str, ...] = ()
         if check_drift:
-            drifted = tuple(
-                rel for rel, h in sorted(inventory.files.items()) if self.digests.digest(app_dir / rel, trust_stat) != h
-            )
+            digest = self.digests.digest
+            prefix = app_dir + "/"
+            drifted = tuple(sorted(rel for rel, h in inventory.files.items() if digest(prefix + rel, check) != h))
         return LiveUnit(environment, application, self.target, inventory.version, inventory.fingerprint, drifted)
+
+    def observe_environment(
+        self, environment: str, applications: list[str], check_drift: bool = True
+    ) -> dict[str, LiveUnit | None]:
+        """``owned_applications`` and ``observe`` of each owned or named application, with one directory scan."""
+        _check(self.target, "environment", environment)
+        for name in applications:
+            _check(self.target, "application", name)
+        env_dir = os.path.join(self._root, environment)
+        found: dict[str, LiveUnit | None] = dict.fromkeys(applications)
+        if applications:
+            self._refuse_symlinks(env_dir)
+        if os.path.islink(env_dir) or not os.path.isdir(env_dir):
+            return found
+        with os.scandir(env_dir) as entries:
+            children = [(e.name, e.path) for e in entries if not unsafe_name(e.name)]
+        for name, app_dir in sorted(children):
+            if os.path.islink(app_dir):  # refused as _app_dir refuses it, if it is one we want
+                if name in found:
+                    self._refuse_symlinks(app_dir)
+                continue
+            inventory = self.inventories.read(app_dir, environment, name)
+            if isinstance(inventory, Inventory) or name in found:
+                found[name] = self._live(app_dir, environment, name, inventory, check_drift, self._drift_check)
+        return dict(sorted(found.items()))
 
     def owned_applications(self, environment: str) -> list[str]:
         _check(self.target, "environment", environment)
-        env_dir = self.path / environment
-        if env_dir.is_symlink() or not env_dir.is_dir():
+        env_dir = os.path.join(self._root, environment)
+        if os.path.islink(env_dir) or not os.path.isdir(env_dir):
             return []
+        with os.scandir(env_dir) as entries:
+            children = sorted(
+                (e.name, e.path) for e in entries if not unsafe_name(e.name) and e.is_dir(follow_symlinks=False)
+            )
         return [
-            child.name
-            for child in sorted(env_dir.iterdir())
-            if not unsafe_name(child.name)
-            and not child.is_symlink()
-            and child.is_dir()
-            and isinstance(read_inventory(child, environment, child.name), Inventory)
+            name for name, path in children if isinstance(self.inventories.read(path, environment, name), Inventory)
         ]
 
     def health(self, environment: str, application: str) -> HealthReport:
-        live = self._observe(environment, application, check_drift=True, trust_stat=True)
+        live = self._observe(environment, application, check_drift=True, check=Check.STAT)
         if live is None:
             return HealthReport(Health.MISSING, "not deployed")
         if live.fingerprint is None:
@@ -310,20 +451,23 @@ class LocalDriver:
         except OSError as exc:
             raise classify_os_error(self.target, f"apply {unit.environment}/{unit.application}", exc) from None
 
-    def _apply(self, app_dir: Path, unit: DesiredUnit, desired: dict[str, bytes], dry_run: bool) -> ApplyResult:
-        previous = read_inventory(app_dir, unit.environment, unit.application)
+    def _apply(self, app_dir: str, unit: DesiredUnit, desired: dict[str, bytes], dry_run: bool) -> ApplyResult:
+        exists = os.path.isdir(app_dir)
+        previous = self.inventories.read(app_dir, unit.environment, unit.application) if exists else None
         if isinstance(previous, Unreadable) and previous.foreign:
             raise PermanentError(f"local target {self.target}: {previous.reason}; refusing to take it over")
-        owned = (set(previous.files) if isinstance(previous, Inventory) else set()) | read_pending(app_dir)
-        self._refuse_symlinks(*(app_dir / comp for comp in _components(desired) | _components(owned)))
+        pending = read_pending(app_dir) if exists else set()
+        owned = (set(previous.files) if isinstance(previous, Inventory) else set()) | pending
+        if exists:
+            self._refuse_symlinks(*(os.path.join(app_dir, comp) for comp in _components(desired) | _components(owned)))
 
+        prefix = app_dir + "/"
         hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in desired.items()}
-        to_write = sorted(
-            rel for rel, digest in hashes.items() if self.digests.digest(app_dir / rel, trust_stat=True) != digest
-        )
-        to_remove = sorted(rel for rel in owned - desired.keys() if os.path.lexists(app_dir / rel))
-        encoded = Inventory(unit.environment, unit.application, unit.version, unit.fingerprint, hashes).encode()
-        inventory_stale = _read_bytes(app_dir / INVENTORY) != encoded
+        digest = self.digests.digest
+        to_write = sorted(rel for rel, h in hashes.items() if not exists or digest(prefix + rel, Check.STAT) != h)
+        to_remove = sorted(rel for rel in owned - desired.keys() if os.path.lexists(prefix + rel))
+        inventory = Inventory(unit.environment, unit.application, unit.version, unit.fingerprint, hashes)
+        inventory_stale = not isinstance(previous, Inventory) or previous != inventory
         parts = [f"{verb} {len(rels)} file(s)" for verb, rels in (("write", to_write), ("remove", to_remove)) if rels]
         summary = ", ".join(parts) or "rewrite the inventory"
 
@@ -331,33 +475,115 @@ class LocalDriver:
             return (
                 ApplyResult(True, f"would {summary}") if parts or inventory_stale else ApplyResult(False, "unchanged")
             )
-        self._sweep(app_dir, owned | desired.keys())
+        if exists:
+            self._sweep(app_dir, owned | desired.keys())
         if not (parts or inventory_stale):
-            if (app_dir / PENDING).exists():  # killed right after writing the inventory: housekeeping only
-                (app_dir / PENDING).unlink()
+            if pending:  # killed right after writing the inventory: housekeeping only
+                os.unlink(prefix + PENDING)
             return ApplyResult(False, "unchanged")
 
+        with self._gate():
+            if not exists:
+                self._create(app_dir, desired, inventory)
+            else:
+                self._update(app_dir, desired, hashes, inventory, owned, pending, to_write, to_remove)
+        return ApplyResult(True, summary)
+
+    def _gate(self) -> threading.Lock | contextlib.nullcontext[None]:
+        """The lock that serialises this target's writes with every other local target on the same filesystem.
+
+        Creating and renaming many small files is bound by the filesystem's journal: measured on ext4, 40,000
+        creates take 1.6-1.8x *longer* from 4 threads than from one. Workers still render, hash and observe in
+        parallel; only the writing itself takes turns. ``parallelWrites: true`` on a target turns this off.
+        """
+        if self.parallel_writes:
+            return contextlib.nullcontext()
+        if self._device is None:
+            probe = self._root
+            while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+                probe = os.path.dirname(probe)
+            self._device = os.stat(probe).st_dev
+        with _GATES_LOCK:
+            return _GATES.setdefault(self._device, threading.Lock())
+
+    def _update(
+        self,
+        app_dir: str,
+        desired: Mapping[str, bytes],
+        hashes: Mapping[str, str],
+        inventory: Inventory,
+        owned: set[str],
+        pending: set[str],
+        to_write: list[str],
+        to_remove: list[str],
+    ) -> None:
+        prefix = app_dir + "/"
+        for comp in sorted(_components(to_write)):
+            os.makedirs(prefix + comp, exist_ok=True)
         if to_write:  # claim the files before they exist, so a kill from here on leaves nothing unowned
-            atomic_write(
-                app_dir / PENDING, (json.dumps(sorted(owned | set(to_write))) + "\n").encode(), durable=self.durable
-            )
+            claims = (json.dumps(sorted(owned | set(to_write))) + "\n").encode()
+            atomic_write(prefix + PENDING, claims, durable=self.durable)
         for rel in to_write:
-            atomic_write(app_dir / rel, desired[rel], sync_dir=False, durable=self.durable)
-            self.digests.remember(app_dir / rel, desired[rel])
+            stamp = atomic_write(prefix + rel, desired[rel], sync_dir=False, durable=self.durable)
+            self.digests.remember(prefix + rel, stamp, hashes[rel])
         for rel in to_remove:
-            (app_dir / rel).unlink()
+            os.unlink(prefix + rel)
         changed_dirs = _components(to_write) | _components(to_remove)
         for comp in sorted(_components(owned) - _components(desired)):  # incl. dirs a killed apply had created
-            if _is_empty(app_dir / comp):
-                (app_dir / comp).rmdir()
+            if _is_empty(prefix + comp):
+                os.rmdir(prefix + comp)
                 changed_dirs.discard(comp)
         for comp in sorted(changed_dirs):
-            fsync_dir(app_dir / comp, self.durable)
-        atomic_write(app_dir / INVENTORY, encoded, durable=self.durable)  # last: the inventory says the apply completed
-        if (app_dir / PENDING).exists():
-            (app_dir / PENDING).unlink()
-            fsync_dir(app_dir, self.durable)
-        return ApplyResult(True, summary)
+            fsync_dir(prefix + comp, self.durable)
+        os.makedirs(app_dir, exist_ok=True)
+        # last: the inventory says the apply completed
+        stamp = atomic_write(prefix + INVENTORY, inventory.encode(), durable=self.durable)
+        self.inventories.remember(app_dir, inventory, stamp)
+        if to_write or pending:
+            try:
+                os.unlink(prefix + PENDING)
+            except FileNotFoundError:
+                pass
+            else:
+                fsync_dir(app_dir, self.durable)
+
+    def _create(self, app_dir: str, desired: Mapping[str, bytes], inventory: Inventory) -> None:
+        """First apply of an application here: build it in a staging directory, then rename that into place.
+
+        Readers see nothing or the complete application; a kill leaves only the staging directory (the reserved
+        prefix, never listed as an application), which holds nothing but this controller's files and is removed
+        by the next attempt. Files are written straight into it, no temporary name per file and no journal.
+        """
+        env_dir, name = os.path.split(app_dir)
+        os.makedirs(env_dir, exist_ok=True)
+        staging = os.path.join(env_dir, TMP_PREFIX + name)
+        try:
+            os.mkdir(staging)
+        except FileExistsError:  # left by a killed first apply of this application
+            if os.path.islink(staging) or not os.path.isdir(staging):
+                os.unlink(staging)
+            else:
+                shutil.rmtree(staging)
+            os.mkdir(staging)
+        stamps: dict[str, Stamp] = {}
+        try:
+            comps = sorted(_components(desired))
+            for comp in comps:
+                os.mkdir(os.path.join(staging, comp))
+            for rel, data in desired.items():
+                stamps[rel] = _write_new(f"{staging}/{rel}", data, self.durable)
+            inventory_stamp = _write_new(f"{staging}/{INVENTORY}", inventory.encode(), self.durable)
+            for d in (*(os.path.join(staging, comp) for comp in comps), staging):
+                fsync_dir(d, self.durable)
+            os.rename(staging, app_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        fsync_dir(env_dir, self.durable)
+        prefix = app_dir + "/"
+        for rel, stamp in stamps.items():  # a directory rename changes no stat of the files inside
+            self.digests.remember(prefix + rel, stamp, inventory.files[rel])
+        self.inventories.remember(app_dir, inventory, inventory_stamp)
 
     def remove(self, environment: str, application: str, dry_run: bool = False) -> ApplyResult:
         app_dir = self._app_dir(environment, application)
@@ -366,38 +592,47 @@ class LocalDriver:
         except OSError as exc:
             raise classify_os_error(self.target, f"remove {environment}/{application}", exc) from None
 
-    def _remove(self, app_dir: Path, environment: str, application: str, dry_run: bool) -> ApplyResult:
-        inventory = read_inventory(app_dir, environment, application)
+    def _remove(self, app_dir: str, environment: str, application: str, dry_run: bool) -> ApplyResult:
+        inventory = self.inventories.read(app_dir, environment, application)
         if isinstance(inventory, Unreadable):
             raise PermanentError(f"local target {self.target}: {inventory.reason}; not removing anything")
         pending = read_pending(app_dir)
         if inventory is None and not pending:
             return ApplyResult(False, "absent")
         owned = (set(inventory.files) if inventory else set()) | pending
-        self._refuse_symlinks(*(app_dir / comp for comp in _components(owned)))
-        present = sorted(rel for rel in owned if os.path.lexists(app_dir / rel))
+        prefix = app_dir + "/"
+        self._refuse_symlinks(*(prefix + comp for comp in _components(owned)))
+        present = sorted(rel for rel in owned if os.path.lexists(prefix + rel))
         if dry_run:
             return ApplyResult(True, f"would remove {len(present)} file(s)")
         for rel in present:
-            (app_dir / rel).unlink()
+            os.unlink(prefix + rel)
         self._sweep(app_dir, owned)
         for comp in sorted(_components(owned)):
-            if _is_empty(app_dir / comp):
-                (app_dir / comp).rmdir()
+            if _is_empty(prefix + comp):
+                os.rmdir(prefix + comp)
         fsync_dir(app_dir, self.durable)
         for name in (PENDING, INVENTORY):  # the record goes last: a kill before this point is simply retried
-            (app_dir / name).unlink(missing_ok=True)
-        for d in (app_dir, app_dir.parent):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(prefix + name)
+        for d in (app_dir, os.path.dirname(app_dir)):
             if _is_empty(d):
-                d.rmdir()
+                os.rmdir(d)
         return ApplyResult(True, f"removed {len(present)} file(s)")
 
-    def _sweep(self, app_dir: Path, rels: set[str]) -> None:
+    def _sweep(self, app_dir: str, rels: set[str]) -> None:
         """Delete temporary files that a killed apply left behind (only the controller's reserved prefix)."""
-        for d in {app_dir} | {app_dir / comp for comp in _components(rels)}:
-            if d.is_dir() and not d.is_symlink():
-                for leftover in d.glob(f"{TMP_PREFIX}*"):
-                    leftover.unlink()
+        for d in {app_dir} | {os.path.join(app_dir, comp) for comp in _components(rels)}:
+            if os.path.islink(d):
+                continue
+            try:
+                entries = os.scandir(d)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with entries:
+                leftovers = [e.path for e in entries if e.name.startswith(TMP_PREFIX)]
+            for leftover in leftovers:
+                os.unlink(leftover)
 
     def close(self) -> None:
         return None

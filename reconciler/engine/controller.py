@@ -35,7 +35,7 @@ from reconciler.core.tree import CachingTree, SourceTree
 from reconciler.engine import statusdoc
 from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
-from reconciler.engine.reconcile import AppStatus, EnvOutcome, Job, reconcile_environment
+from reconciler.engine.reconcile import AppStatus, EnvOutcome, Job, RenderMemo, reconcile_environment
 from reconciler.engine.targets import DriverPool
 from reconciler.observability.logging import get_logger
 
@@ -147,6 +147,7 @@ class Controller:
         self.recent_audit: dict[str, deque[dict[str, Any]]] = {}
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="env")
         self._app_digests: dict[tuple[str, str, str], str] = {}
+        self.memo = RenderMemo()
         self.gov = Governance(config, source)
         # sharding: which environments this replica reconciles, and a check that it still does (see sharding.py)
         self.owns: Callable[[str], bool] = lambda _name: True
@@ -249,6 +250,11 @@ class Controller:
         ]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
+    def render_tokens(self, loaded: Loaded, env: Environment) -> dict[str, str]:
+        """Per application, a digest of everything rendering it in ``env`` reads (keys of the render memo)."""
+        own = hashlib.sha256(json.dumps(environment_payload(env)).encode()).hexdigest()[:32]
+        return {a: own + self._app_digest(loaded, a, v)[:32] for a, v in loaded.repo.desired_versions(env).items()}
+
     # --- the cycle -----------------------------------------------------------------------------------------------
     def cycle(self, trigger: str = "poll", stop: threading.Event | None = None) -> CycleReport:
         started = self.clock()
@@ -333,6 +339,8 @@ class Controller:
                 signer=decision.signer,
                 overrides=decision.overrides,
                 owned=partial(self.owns, name),
+                memo=self.memo,
+                render_tokens=self.render_tokens(loaded, env),
             )
             jobs.append((job, key))
         if recovered:  # every environment was shown Invalid: show it again as it is, at the new head

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.plan import Phase
-from reconciler.drivers.base import ApplyResult, Driver, HealthReport, LiveUnit
+from reconciler.drivers.base import ApplyResult, BatchObserve, Driver, HealthReport, LiveUnit
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -79,6 +79,11 @@ class InstrumentedDriver:
         self.metrics = metrics
         self.kind = inner.kind
         self.target = inner.target
+        self.observe_is_health = bool(getattr(inner, "observe_is_health", False))
+        batch = getattr(inner, "observe_environment", None)
+        self.observe_environment: BatchObserve | None = (
+            None if batch is None else lambda env, apps, drift: self._call("observe", batch, env, apps, drift)
+        )
 
     def _call(self, operation: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from reconciler.core.policy import requirement_hold
 from reconciler.core.problems import PermanentError, ReconcilerError, TemporaryError
 from reconciler.core.state import Health, LiveUnit, worst
 from reconciler.core.tree import SourceTree
+from reconciler.drivers.base import Driver, observe_environment
 from reconciler.engine.targets import DriverPool
 
 HEALTH_PHASE = {
@@ -53,6 +54,30 @@ def replica_identity() -> str:
     return _REPLICA["identity"]
 
 
+class RenderMemo:
+    """The fingerprint of every unit rendered successfully, with a token of the inputs it was rendered from.
+
+    Rendering is deterministic: equal inputs (the environment's payload, the application's manifests and
+    templates at their blob digests, the target) give an equal unit. When the token still matches, a reconcile
+    pairs a *stub* (fingerprint and version, no files) with the live unit and renders the real unit only if
+    something must be applied: a drift check of an unchanged fleet re-hashes deployed files and renders nothing.
+    Shared by the controller's workers (one entry per key; plain dict operations are atomic).
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str, str], tuple[str, str]] = {}
+
+    def get(self, environment: str, application: str, target: str, token: str) -> str | None:
+        known = self._known.get((environment, application, target))
+        return known[1] if known is not None and known[0] == token else None
+
+    def put(self, unit: DesiredUnit, token: str) -> None:
+        self._known[(unit.environment, unit.application, unit.target)] = (token, unit.fingerprint)
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+
 @dataclass(frozen=True)
 class Job:
     """Everything one environment's reconcile needs; built by the controller."""
@@ -71,6 +96,8 @@ class Job:
     overrides: Mapping[str, str] = field(default_factory=dict)  # app -> audited policy override
     owned: Callable[[], bool] | None = None  # sharding: False once this replica lost the environment's lease
     replica: str = field(default_factory=replica_identity)  # the controller replica running it (audit)
+    memo: RenderMemo | None = None  # fingerprints of earlier renders: skip rendering what cannot have changed
+    render_tokens: Mapping[str, str] = field(default_factory=dict)  # app -> digest of everything its render reads
 
 
 @dataclass(frozen=True)
@@ -97,6 +124,12 @@ def _safe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def observed_health(driver: Driver) -> bool:
+    """True for drivers whose health is exactly "observed without drift" (``local``): an unchanged unit that a
+    drift-checking observe found intact needs no second look."""
+    return bool(getattr(driver, "observe_is_health", False))
+
+
 def _dependencies(repo: ReleasesRepo, app: str, version: str | None) -> tuple[str, ...]:
     """What must be applied before ``app``: its ``dependsOn`` and the applications its release ``requires``."""
     application = repo.applications.get(app)
@@ -106,41 +139,91 @@ def _dependencies(repo: ReleasesRepo, app: str, version: str | None) -> tuple[st
     return tuple(dict.fromkeys(deps))
 
 
-def render_desired(job: Job) -> tuple[dict[tuple[str, str], DesiredUnit], dict[str, str]]:
-    """Desired units by (application, target), and render errors by application."""
+def render_desired(
+    job: Job, stubs: set[tuple[str, str]] | None = None
+) -> tuple[dict[tuple[str, str], DesiredUnit], dict[str, str]]:
+    """Desired units by (application, target), and render errors by application.
+
+    With a ``stubs`` set and a memo in the job, a unit whose inputs are unchanged since it was last rendered is
+    a stub (no components) and its key is added to ``stubs``: see :func:`realise`.
+    """
     units: dict[tuple[str, str], DesiredUnit] = {}
     errors: dict[str, str] = {}
+    memo = job.memo if stubs is not None else None
     for app_name, version in job.repo.desired_versions(job.env).items():
         app = job.repo.applications[app_name]
         release = job.repo.releases[(app_name, version)]
+        token = job.render_tokens.get(app_name)
         for target in targets_of(job.env, app):
+            known = memo.get(job.env.name, app_name, target, token) if memo is not None and token else None
+            if known is not None and stubs is not None:
+                units[(app_name, target)] = DesiredUnit(job.env.name, app_name, version, target, (), {}, known)
+                stubs.add((app_name, target))
+                continue
             try:
-                units[(app_name, target)] = render_unit(job.repo, job.env, app, release, target, job.tree.read)
+                unit = units[(app_name, target)] = render_unit(job.repo, job.env, app, release, target, job.tree.read)
             except RenderError as exc:
                 errors[app_name] = str(exc.problem)
+                continue
+            if job.memo is not None and token:
+                job.memo.put(unit, token)
     return units, errors
+
+
+def realise(job: Job, plans: list[UnitPlan], stubs: set[tuple[str, str]]) -> tuple[list[UnitPlan], dict[str, str]]:
+    """Render the real unit of every stub that a plan acts on (the others stay stubs: nothing reads their files)."""
+    out: list[UnitPlan] = []
+    errors: dict[str, str] = {}
+    for plan in plans:
+        key = (plan.application, plan.target)
+        if key in stubs and plan.desired is not None and plan.action in (Action.CREATE, Action.UPDATE):
+            app = job.repo.applications[plan.application]
+            release = job.repo.releases[(plan.application, plan.desired.version)]
+            try:
+                unit = render_unit(job.repo, job.env, app, release, plan.target, job.tree.read)
+            except RenderError as exc:  # not expected: equal inputs rendered before
+                errors[plan.application] = str(exc.problem)
+                continue
+            plan = replace(plan, desired=unit)
+        out.append(plan)
+    return out, errors
+
+
+def _light(plans: list[UnitPlan]) -> tuple[UnitPlan, ...]:
+    """The plans without their rendered files: an outcome outlives the reconcile (the cycle report, status), and
+    the contents of a whole fleet's units would make the controller's peak memory grow with every rendered byte."""
+    return tuple(
+        replace(p, desired=replace(p.desired, components=(), parameters={}))
+        if p.desired is not None and p.desired.components
+        else p
+        for p in plans
+    )
+
+
+def _invalid(job: Job, errors: Mapping[str, str], started: float, clock: Callable[[], float]) -> EnvOutcome:
+    desired_versions = job.repo.desired_versions(job.env)
+    apps = {a: AppStatus(desired_versions.get(a), None, Phase.INVALID, m) for a, m in errors.items()}
+    first = next(iter(errors.values()))
+    return EnvOutcome(job.env.name, Phase.INVALID, f"nothing applied: {first}", apps, duration=clock() - started)
 
 
 def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float] = time.monotonic) -> EnvOutcome:
     started = clock()
     env = job.env
     desired_versions = job.repo.desired_versions(env)
-    units, render_errors = render_desired(job)
+    stubs: set[tuple[str, str]] = set()
+    units, render_errors = render_desired(job, stubs)
     if render_errors:
-        apps = {a: AppStatus(desired_versions.get(a), None, Phase.INVALID, m) for a, m in render_errors.items()}
-        first = next(iter(render_errors.values()))
-        return EnvOutcome(env.name, Phase.INVALID, f"nothing applied: {first}", apps, duration=clock() - started)
+        return _invalid(job, render_errors, started, clock)
 
     # observe: every target the environment maps, plus targets of desired units
     live: dict[tuple[str, str], LiveUnit | None] = {}
     targets = sorted(set(env.targets.values()) | {t for _, t in units})
     try:
         for target in targets:
-            driver = pool.get(target)
-            owned = set(driver.owned_applications(env.name))
-            wanted = {a for a, t in units if t == target}
-            for app in sorted(owned | wanted):
-                live[(app, target)] = driver.observe(env.name, app, check_drift=job.check_drift)
+            wanted = [a for a, t in units if t == target]
+            found = observe_environment(pool.get(target), env.name, wanted, job.check_drift)
+            live.update(((app, target), unit) for app, unit in found.items())
     except Exception as exc:  # noqa: BLE001 - a target we cannot even observe: nothing is applied in this environment
         transient = not isinstance(exc, PermanentError)
         apps = {a: AppStatus(v, None, Phase.FAILED, _safe(exc)) for a, v in desired_versions.items()}
@@ -154,6 +237,17 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
         )
 
     plans = guard_empty(pair(units, live), env.allow_empty)
+    if stubs:
+        plans, render_errors = realise(job, plans, stubs)
+        if render_errors:
+            return _invalid(job, render_errors, started, clock)
+    if job.check_drift and all(
+        p.action is Action.UNCHANGED and observed_health(pool.get(p.target)) for p in plans
+    ):  # the common drift check: everything observed in full and unchanged, so there is nothing to order or ask
+        synced = {p.application: AppStatus(p.to_version, p.to_version, Phase.SYNCED) for p in plans}
+        count = len(synced)
+        return EnvOutcome(env.name, Phase.SYNCED, f"{count} application{'s' if count != 1 else ''} in sync",
+                          dict(sorted(synced.items())), plans=_light(plans), duration=clock() - started)  # fmt: skip
     stage = job.repo.stages.get(env.stage)
     self_heal = stage.self_heal if stage else True
     by_app: dict[str, list[UnitPlan]] = {}
@@ -277,7 +371,10 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
         try:
             for plan in app_plans:
                 if plan.desired is not None:
-                    report = pool.get(plan.target).health(env.name, app)
+                    driver = pool.get(plan.target)
+                    if observed_health(driver) and (plan.action is not Action.UNCHANGED or job.check_drift):
+                        continue  # just applied, or just observed in full: what health would look at is known
+                    report = driver.health(env.name, app)
                     health = worst(health, report.status)
                     if report.message and report.status is not Health.HEALTHY:
                         messages.append(f"{plan.target}: {report.message}")
@@ -323,7 +420,7 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
         tuple(audit),
         changed,
         transient and phase is Phase.FAILED,
-        tuple(plans),
+        _light(plans),
         clock() - started,
         drifted,
     )

@@ -29,7 +29,13 @@ def build_driver(target: TargetConfig) -> Driver:
     if target.driver == "local":
         from reconciler.drivers.local import LocalDriver
 
-        return LocalDriver(target.name, Path(target.get("path")), durable=bool(target.get("fsync", False)))
+        return LocalDriver(
+            target.name,
+            Path(target.get("path")),
+            durable=bool(target.get("fsync", False)),
+            parallel_writes=bool(target.get("parallelWrites", False)),
+            verify_content=bool(target.get("verifyContent", False)),
+        )
     if target.driver == "script":
         from reconciler.drivers.script import ScriptDriver
 

@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -306,7 +308,9 @@ def test_filesystem_errors_name_the_target_and_are_classified(driver: LocalDrive
 COUNT = 400
 CHILD = """
 import sys
+import time
 from pathlib import Path
+from typing import Any
 from reconciler.drivers.local import LocalDriver
 from tests.drivers import make_unit
 files = {f"c{i:04d}": {"f.txt": (f"v2 {i}\\n" * 512).encode()} for i in range(int(sys.argv[2]))}
@@ -314,10 +318,10 @@ LocalDriver("t1", Path(sys.argv[1])).apply(make_unit(files, version="2.0.0"))
 """
 
 
-def kill_mid_apply(root: Path, count: int) -> None:
-    """Apply a big unit in a child process and SIGKILL it as soon as its first file exists."""
+def kill_mid_apply(root: Path, count: int, first: Path | None = None) -> None:
+    """Apply a big unit in a child process and SIGKILL it as soon as ``first`` (its first file) exists."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(root), str(count)], cwd=REPO)
-    first = root / "recette" / "shop" / "c0000" / "f.txt"
+    first = first or root / "recette" / "shop" / "c0000" / "f.txt"
     try:
         wait_until(lambda: first.exists() or child.poll() is not None, timeout=60, what="the first file")
     finally:
@@ -344,6 +348,34 @@ def test_a_killed_apply_converges_on_the_next_apply(driver: LocalDriver) -> None
     live = driver.observe("recette", "shop")
     assert live is not None and live.in_sync_with == unit.fingerprint
     assert driver.apply(unit).changed is False
+
+
+def test_a_killed_first_apply_leaves_only_its_staging_directory_and_converges(driver: LocalDriver) -> None:
+    staging = driver.path / "recette" / ".reconciler-tmp-shop"
+    kill_mid_apply(driver.path, COUNT, first=staging / "c0000" / "f.txt")
+    assert staging.is_dir() and not (driver.path / "recette" / "shop").exists()  # nothing half-visible
+    assert driver.observe("recette", "shop") is None
+    assert driver.owned_applications("recette") == []
+
+    files = {f"c{i:04d}": {"f.txt": (f"v2 {i}\n" * 512).encode()} for i in range(COUNT)}
+    unit = make_unit(files, version="2.0.0")
+    assert driver.apply(unit).changed
+    assert tree(driver.path / "recette") == {"shop", "shop/" + INVENTORY} | {
+        f"shop/{d}" for i in range(COUNT) for d in (f"c{i:04d}", f"c{i:04d}/f.txt")
+    }
+    live = driver.observe("recette", "shop")
+    assert live is not None and live.in_sync_with == unit.fingerprint
+
+
+def test_a_file_squatting_the_staging_name_is_replaced(driver: LocalDriver) -> None:
+    (driver.path / "recette").mkdir(parents=True)
+    (driver.path / "recette" / ".reconciler-tmp-shop").write_text("left over\n")
+    assert driver.apply(make_unit(V1)).changed
+    assert tree(driver.path / "recette") == {"shop", "shop/" + INVENTORY, "shop/web", "shop/batch"} | {
+        "shop/web/deployment.yaml",
+        "shop/web/service.yaml",
+        "shop/batch/job.yaml",
+    }
 
 
 def test_files_of_a_killed_apply_are_still_owned_when_the_desired_state_moves_on(driver: LocalDriver) -> None:
@@ -381,3 +413,87 @@ def test_owned_applications_skips_what_is_not_a_plain_owned_directory(driver: Lo
     assert driver.owned_applications("staging") == []
     with pytest.raises(PermanentError, match="staging is a symbolic link"):
         driver.observe("staging", "shop")
+
+
+@pytest.mark.parametrize("check_drift", [True, False])
+def test_observe_environment_equals_list_then_observe_each(driver: LocalDriver, check_drift: bool) -> None:
+    driver.apply(make_unit(V1))
+    driver.apply(make_unit(V2, application="shop2"))
+    driver.apply(make_unit(V2, application="hacked"))
+    env = driver.path / "recette"
+    (env / "hacked" / "web" / "service.yaml").write_text("port: 81\n")  # drift
+    (env / "notes.txt").write_text("a file\n")
+    (env / ".cache").mkdir()
+    (env / "manual").mkdir()
+    (env / "corrupt").mkdir()
+    (env / "corrupt" / INVENTORY).write_text("{not json")
+    (env / "foreign").mkdir()
+    (env / "foreign" / INVENTORY).write_text(json.dumps({"owner": "someone-else"}))
+    (env / "linked").symlink_to(env / "shop")
+    for wanted in ([], ["shop", "missing", "corrupt", "foreign", "manual", "notes.txt"]):
+        one_by_one = {
+            app: driver.observe("recette", app, check_drift)
+            for app in sorted(set(driver.owned_applications("recette")) | set(wanted))
+        }
+        assert driver.observe_environment("recette", wanted, check_drift) == one_by_one
+    batch = driver.observe_environment("recette", ["corrupt"], check_drift)
+    assert sorted(batch) == ["corrupt", "hacked", "shop", "shop2"]
+    hacked, corrupt = batch["hacked"], batch["corrupt"]
+    assert hacked is not None and hacked.drifted == (("web/service.yaml",) if check_drift else ())
+    assert corrupt is not None and corrupt.drifted == (INVENTORY,) and corrupt.fingerprint is None
+    with pytest.raises(PermanentError, match="linked is a symbolic link"):
+        driver.observe_environment("recette", ["linked"], check_drift)
+    assert driver.observe_environment("absent-env", ["shop"], check_drift) == {"shop": None}
+
+
+class Reads:
+    """Counts the files the driver reads (wraps the module's one read function)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import reconciler.drivers.local as local
+
+        self.paths: list[str] = []
+        real = local._read_with_stamp
+
+        def counting(path: str) -> Any:
+            self.paths.append(path)
+            return real(path)
+
+        monkeypatch.setattr(local, "_read_with_stamp", counting)
+
+    def take(self) -> list[str]:
+        taken, self.paths = self.paths, []
+        return sorted(os.path.relpath(p, os.path.dirname(os.path.dirname(p))) for p in taken)
+
+
+def test_a_drift_check_rereads_only_what_it_cannot_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0]
+    driver = LocalDriver("t1", tmp_path / "target")
+    driver.digests._clock_ns = lambda: now[0]
+    reads = Reads(monkeypatch)
+    now[0] = time.time_ns()  # the clock still reads the tick the files are written in: every entry is racy
+    driver.apply(make_unit(V1))
+    reads.take()
+    assert driver.observe("recette", "shop") is not None
+    assert reads.take() == ["batch/job.yaml", "web/deployment.yaml", "web/service.yaml"]  # racy: re-read once
+    now[0] += 10**9
+    assert driver.observe("recette", "shop") is not None
+    assert reads.take() == ["batch/job.yaml", "web/deployment.yaml", "web/service.yaml"]  # hashed when racy again
+    now[0] += 10**9
+    live = driver.observe("recette", "shop")
+    assert live is not None and not live.drifted and reads.take() == []  # clean: stat alone
+    path = driver.path / "recette" / "shop" / "web" / "service.yaml"
+    path.write_text("port: 81\n")  # same size, new content: the ctime moves
+    live = driver.observe("recette", "shop")
+    assert live is not None and live.drifted == ("web/service.yaml",)
+    assert reads.take() == ["web/service.yaml"]
+
+
+def test_verify_content_rereads_every_file_every_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    driver = LocalDriver("t1", tmp_path / "target", verify_content=True)
+    driver.digests._clock_ns = lambda: time.time_ns() + 10**9  # nothing is racy
+    driver.apply(make_unit(V1))
+    reads = Reads(monkeypatch)
+    for _ in range(2):
+        assert driver.observe_environment("recette", ["shop"])["shop"] is not None
+        assert reads.take() == ["batch/job.yaml", "web/deployment.yaml", "web/service.yaml"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -351,3 +352,41 @@ def test_status_that_failed_to_push_is_written_by_the_next_cycle(fleet: Fleet) -
         controller.close()
     assert all(fleet.env_status(env)["phase"] == "Synced" for env in ENVIRONMENTS)
     assert len(fleet.audit()) == 7  # ref in 5 environments, famille in the 2 dev ones
+
+
+def test_a_drift_check_renders_only_what_drifted_and_new_inputs_render_again(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.commands.common import load_config
+    from reconciler.commands.run import build_controller
+    from reconciler.engine import reconcile as reconcile_module
+
+    controller = build_controller(load_config(str(fleet.config)))
+    try:
+        assert all(o.phase == "Synced" for o in controller.cycle().outcomes.values())
+        rendered: list[tuple[str, str, str]] = []
+        real = reconcile_module.render_unit
+
+        def counting(*args: Any) -> Any:
+            rendered.append((args[1].name, args[2].name, args[4]))
+            return real(*args)
+
+        monkeypatch.setattr(reconcile_module, "render_unit", counting)
+        path = deployed(fleet, "k8s-ouest", "rennes-production")
+        original = path.read_text()
+        path.write_text(original.replace("version:", "version: hacked"))
+        controller.last_drift_check = None  # a drift check is due
+        report = controller.cycle()
+        assert path.read_text() == original  # repaired from a real render, not from the memo's stub
+        assert rendered == [("rennes-production", "ref", "k8s-ouest")]
+        assert report.outcomes["rennes-production"].drifted == 1
+        assert all(o.phase == "Synced" for o in report.outcomes.values())
+
+        # a template change is a new input: every environment that renders it renders again
+        fleet.edit("applications/ref/templates/deployment.yaml", "kind: ConfigMap", "kind: ConfigMap\n# v2")
+        rendered.clear()
+        controller.cycle()
+        assert "# v2" in path.read_text()
+        assert {(env, app) for env, app, _ in rendered} == {(env, "ref") for env in ENVIRONMENTS}
+    finally:
+        controller.close()

@@ -38,6 +38,12 @@ def test_everything_applied_in_dependency_order() -> None:
     assert outcome.phase == "Synced" and outcome.changed
     order = [(e["application"], e["action"]) for e in outcome.audit]
     assert order == [("ref", "create"), ("famille", "create")]  # famille dependsOn/requires ref
+    # the outcome keeps what the plans say, not the rendered files (they would pile up over a whole fleet)
+    assert [(p.application, p.action, p.to_version) for p in outcome.plans] == [
+        ("famille", "create", "2.4.0"),
+        ("ref", "create", "3.10"),
+    ]
+    assert all(p.desired is not None and p.desired.components == () for p in outcome.plans)
 
 
 def test_a_failing_application_makes_its_dependents_wait_not_others() -> None:
