@@ -1,28 +1,50 @@
 """Kubernetes throughput: applications applied per second by the kubernetes driver, beside the plain SSA floor.
 
-    python -m bench.k8s_throughput [--kubeconfig FILE] [--environments 35] [--concurrency 8] [--qps 0]
+    python -m bench.k8s_throughput [--shape configmap|realistic|both] [--kubeconfig FILE] [--environments 35]
+                                   [--apps 60] [--concurrency 8] [--qps 0] [--runs 3] [--realistic-runs N]
+                                   [--unbatched] [--profile FILE [--profile-phases cold,warm]]
 
-The workload is the Kubernetes share of the example fleet's dev stage: every unit that the 35 branch environments
-``<branch>-dev`` of ``examples/releases-repo`` send to a ``k8s-*`` target (Deployment, Service and ConfigMap per
-component), rendered as the controller renders them, in fresh namespaces of a run-unique suffix. It measures
+Two workloads (``--shape``, default both):
 
-* cold: ``KubernetesDriver.apply`` of every unit on an empty cluster (inventory journal, server-side dry-run of
-  every object, server-side apply, inventory),
-* warm: the same applies again (nothing changes: reads and dry-runs only, no write),
+* ``configmap`` (issue #7's target shape, the CNOE study's): one ~2 KB ConfigMap per application, ``--apps``
+  applications (60) per environment, ``--environments`` environments (35: 2,100 applications). Target: >= 50
+  applications/s and within 1.5x of the floor.
+* ``realistic``: the Kubernetes share of the example fleet's dev stage: every unit that the 35 branch environments
+  ``<branch>-dev`` of ``examples/releases-repo`` send to a ``k8s-*`` target (Deployment, Service and ConfigMap per
+  component), rendered as the controller renders them.
+
+Both go into fresh namespaces of a run-unique suffix. Each run measures
+
+* cold: ``KubernetesDriver.apply`` of every unit on an empty cluster,
+* warm: the same applies again (nothing changes: reads only, no write),
 * floor cold / warm: the same objects sent as plain server-side apply PATCHes in a loop with the same client
-  (no reads, no dry-run, no inventory, no prune): what the API server costs at the least,
+  (``KubeApi.request``: no reads, no dry-run, no inventory, no prune): what the API server costs at the least,
 
 environments in parallel (``--concurrency``, like the controller's workers), the units of one environment one
-after the other. Without ``--kubeconfig`` it starts a private test API server (``tools/kube-test-server``) and
-stops it afterwards. It also checks that no two objects of one environment collide (same kind, namespace and
-name). The last line of stdout is a JSON summary (read by ``bench/run.py``).
+after the other, each environment inside ``driver.batch(environment)`` (what the engine is meant to do: the
+inventory is written once per environment instead of per application; ``--unbatched`` measures one call at a
+time, as the engine calls the driver today). Driver and floor alternate by groups of ``--concurrency``
+environments (each group of the driver followed by one of the floor, cold then warm), so both see the same machine
+load even on a shared machine whose load changes within seconds; the figures are medians over ``--runs`` runs
+(each on fresh namespaces) and the ratios are ratios of medians. Requests per application are counted by the
+driver's ``KubeApi``; client CPU per application is this process's CPU time (the driver's, or the floor loop's;
+not the API server's). Without ``--kubeconfig`` it starts a private test API server (``tools/kube-test-server``)
+and stops it afterwards. It also checks that no two objects of one environment collide and that an unchanged
+re-apply writes nothing.
+
+The last line of stdout is a JSON summary (read by ``bench/run.py``): its top-level keys are the realistic
+shape's figures (as before, so ``bench/report.py`` reads them unchanged) when that shape ran, and
+``"shapes": {"configmap": {...}, "realistic": {...}}`` holds every shape's figures, runs and verdicts.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,11 +52,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from reconciler.core.desired import DesiredUnit, render_unit, targets_of
+from reconciler.core.desired import DesiredComponent, DesiredUnit, fingerprint, render_unit, targets_of
 from reconciler.core.loader import load_repo
 from reconciler.drivers.k8s_api import APPLY_PATCH
 from reconciler.drivers.k8s_store import api_client_for
@@ -44,9 +67,13 @@ from reconciler.source.fstree import DirectoryTree
 PROJECT = Path(__file__).resolve().parents[1]
 EXAMPLE = PROJECT / "examples" / "releases-repo"
 SERVER = PROJECT / "tools" / "kube-test-server"
+TARGET_APPS_PER_S = 50.0  # issue #7, ConfigMap shape
+TARGET_RATIO = 1.5
+
+Units = dict[str, list[DesiredUnit]]
 
 
-def dev_units(environments: int, suffix: str) -> dict[str, list[DesiredUnit]]:
+def dev_units(environments: int, suffix: str) -> Units:
     """Environment -> its Kubernetes units, in namespaces and environment names ending in ``-suffix``."""
     tree = DirectoryTree.scan(EXAMPLE)
     repo = load_repo(tree).repo
@@ -55,7 +82,7 @@ def dev_units(environments: int, suffix: str) -> dict[str, list[DesiredUnit]]:
         (e for e in repo.environments.values() if e.stage == "dev" and e.labels.get("scope") == "branch"),
         key=lambda e: e.name,
     )[:environments]
-    units: dict[str, list[DesiredUnit]] = {}
+    units: Units = {}
     for env in envs:
         renamed = replace(
             env, name=f"{env.name}-{suffix}", parameters={**env.parameters, "namespace": f"{env.name}-{suffix}"}
@@ -70,7 +97,41 @@ def dev_units(environments: int, suffix: str) -> dict[str, list[DesiredUnit]]:
     return units
 
 
-def collisions(driver: KubernetesDriver, units: dict[str, list[DesiredUnit]]) -> list[str]:
+def configmap_document(name: str, environment: str, size: int = 2048) -> bytes:
+    """A ConfigMap manifest of about ``size`` bytes: 40 settings keys with values unique to the application."""
+    lines = [
+        f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}-settings\n  labels:\n    app: {name}\ndata:\n"
+    ]
+    i = 0
+    while sum(map(len, lines)) < size:
+        lines.append(f'  SETTING_{i:02d}: "{name}.{environment}.{i:02d}.' + "x" * 24 + '"\n')
+        i += 1
+    return "".join(lines).encode()
+
+
+def configmap_units(environments: int, apps: int, suffix: str) -> Units:
+    """``environments`` environments of ``apps`` applications, each one ~2 KB ConfigMap (the CNOE shape)."""
+    units: Units = {}
+    for e in range(environments):
+        env = f"cm{e:03d}-{suffix}"
+        for a in range(apps):
+            name = f"app{a:03d}"
+            components = (DesiredComponent("config", "kubernetes", {"configmap.yaml": configmap_document(name, env)}),)
+            units.setdefault(env, []).append(
+                DesiredUnit(
+                    env, name, "1.0.0", "k8s-bench", components, {"namespace": env}, fingerprint(components, "1.0.0")
+                )
+            )
+    return units
+
+
+SHAPES: dict[str, Callable[[argparse.Namespace, str], Units]] = {
+    "configmap": lambda args, suffix: configmap_units(args.environments, args.apps, suffix),
+    "realistic": lambda args, suffix: dev_units(args.environments, suffix),
+}
+
+
+def collisions(driver: KubernetesDriver, units: Units) -> list[str]:
     """Objects that two units (or two components) of one environment both define."""
     found = []
     for env, env_units in units.items():
@@ -84,18 +145,30 @@ def collisions(driver: KubernetesDriver, units: dict[str, list[DesiredUnit]]) ->
     return found
 
 
-def timed(units: dict[str, list[DesiredUnit]], concurrency: int, work: Callable[[DesiredUnit], None]) -> float:
-    def one_environment(env_units: list[DesiredUnit]) -> None:
-        for unit in env_units:
-            work(unit)
+def timed(
+    units: Units,
+    concurrency: int,
+    one_environment: Callable[[str, list[DesiredUnit]], None],
+    profiles: list[cProfile.Profile] | None = None,
+) -> float:
+    """Seconds to run ``one_environment`` on every environment, ``concurrency`` at a time (each worker thread
+    profiled into ``profiles`` when given: cProfile sees one thread only)."""
+
+    def work(item: tuple[str, list[DesiredUnit]]) -> None:
+        if profiles is None:
+            one_environment(*item)
+            return
+        profile = cProfile.Profile(time.thread_time)  # CPU of this thread: waiting for the server is not counted
+        profiles.append(profile)
+        profile.runcall(one_environment, *item)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one_environment, units.values()))
+        list(pool.map(work, units.items()))
     return time.perf_counter() - started
 
 
-def create_namespaces(driver: KubernetesDriver, units: dict[str, list[DesiredUnit]]) -> None:
+def create_namespaces(driver: KubernetesDriver, units: Units) -> None:
     for env in units:
         driver.api.request("POST", "/api/v1/namespaces", body={"metadata": {"name": env}})
 
@@ -114,65 +187,180 @@ def api_server(kubeconfig: str | None) -> Iterator[str]:
             subprocess.run([str(SERVER), "stop", tmp], check=False, capture_output=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kubeconfig", help="a running API server (default: start tools/kube-test-server)")
-    p.add_argument("--environments", type=int, default=35, help="how many <branch>-dev environments (35)")
-    p.add_argument("--concurrency", type=int, default=8, help="environments in parallel (8, the default workers)")
-    p.add_argument("--qps", type=float, default=0, help="the driver's rate limit (0: none; the target default is 50)")
-    args = p.parse_args(argv)
-    with api_server(args.kubeconfig) as kubeconfig:
-        client = api_client_for("bench", kubeconfig=kubeconfig, context=None)
-        client.configuration.connection_pool_maxsize = max(10, args.concurrency * 2)
-        driver = KubernetesDriver("bench", client, qps=args.qps or None, burst=max(1, int(args.qps)))
-        run = uuid.uuid4().hex[:6]
-        units = dev_units(args.environments, f"d{run}")
-        floor_units = dev_units(args.environments, f"f{run}")
-        apps = sum(len(u) for u in units.values())
-        clashes = collisions(driver, units)
-        create_namespaces(driver, units)
-        create_namespaces(driver, floor_units)
-        objects = {u.fingerprint + u.environment: driver._desired(u) for us in floor_units.values() for u in us}
-        n_objects = sum(len(v) for v in objects.values())
+def one_run(
+    driver: KubernetesDriver, shape: str, args: argparse.Namespace, profiles: list[cProfile.Profile] | None
+) -> dict[str, Any]:
+    """Cold, floor cold, warm, floor warm on fresh namespaces: seconds and requests of each."""
+    run = uuid.uuid4().hex[:6]
+    units = SHAPES[shape](args, f"d{run}")
+    floor_units = SHAPES[shape](args, f"f{run}")
+    apps = sum(len(u) for u in units.values())
+    clashes = collisions(driver, units)
+    create_namespaces(driver, units)
+    create_namespaces(driver, floor_units)
+    objects = {(u.environment, u.application): driver._desired(u) for us in floor_units.values() for u in us}
+    n_objects = sum(len(v) for v in objects.values())
+    batched = not args.unbatched and hasattr(driver, "batch")
 
-        def floor(unit: DesiredUnit) -> None:
-            for planned in objects[unit.fingerprint + unit.environment]:
+    def apply_environment(env: str, env_units: list[DesiredUnit]) -> None:
+        with driver.batch(env) if batched else nullcontext():
+            for unit in env_units:
+                driver.apply(unit)
+
+    def floor_environment(env: str, env_units: list[DesiredUnit]) -> None:
+        for unit in env_units:
+            for planned in objects[(unit.environment, unit.application)]:
                 path = planned.resource.path(planned.ref.namespace, planned.ref.name)
                 driver.api.request("PATCH", path, query=[("fieldManager", "reconciler")], body=planned.body,
                                    content_type=APPLY_PATCH)  # fmt: skip
 
-        rows = {}
-        for name, work, batch in (
-            ("cold", lambda u: driver.apply(u), units),
-            ("warm", lambda u: driver.apply(u), units),
-            ("floor_cold", floor, floor_units),
-            ("floor_warm", floor, floor_units),
-        ):
-            calls = driver.api.calls
-            seconds = timed(batch, args.concurrency, work)
-            rows[name] = (seconds, driver.api.calls - calls)
-        warm_changes = sum(driver.apply(u).changed for us in list(units.values())[:3] for u in us)
-    print(f"workload: {len(units)} environments, {apps} applications, {n_objects} objects; "
-          f"concurrency {args.concurrency}, qps limit {args.qps or 'none'}")  # fmt: skip
-    print(f"collisions (same kind/namespace/name in one environment): {len(clashes)}")
-    for clash in clashes[:10]:
-        print(f"  {clash}")
-    print(f"{'run':<11} {'seconds':>8} {'apps/s':>8} {'objects/s':>10} {'requests':>9} {'req/app':>8}")
-    for name, (seconds, calls) in rows.items():
-        print(f"{name:<11} {seconds:8.1f} {apps / seconds:8.1f} {n_objects / seconds:10.1f} {calls:9d} "
-              f"{calls / apps:8.1f}")  # fmt: skip
-    print(f"re-applying unchanged units wrote nothing: {warm_changes == 0}")
-    summary = {
+    # driver and floor alternate by groups of --concurrency environments (cold, then warm), so both see the same
+    # machine load even when it changes within seconds (a shared machine)
+    phases = ("cold", "floor_cold", "warm", "floor_warm")
+    rows = {name: {"seconds": 0.0, "requests": 0, "cpu_s": 0.0} for name in phases}
+    size = max(1, args.concurrency)
+    names, floor_names = list(units), list(floor_units)
+    groups = [(names[i : i + size], floor_names[i : i + size]) for i in range(0, len(names), size)]
+    for temperature in ("cold", "warm"):
+        for mine, theirs in groups:
+            for name, work, batch in (
+                (temperature, apply_environment, {env: units[env] for env in mine}),
+                (f"floor_{temperature}", floor_environment, {env: floor_units[env] for env in theirs}),
+            ):
+                calls, cpu = driver.api.calls, time.process_time()
+                seconds = timed(batch, args.concurrency, work, profiles if name in args.profile_phases else None)
+                rows[name]["seconds"] += seconds
+                rows[name]["requests"] += driver.api.calls - calls
+                rows[name]["cpu_s"] += time.process_time() - cpu
+    for row in rows.values():
+        row["seconds"], row["cpu_s"] = round(row["seconds"], 3), round(row["cpu_s"], 3)
+
+    def check(env: str, env_units: list[DesiredUnit]) -> int:
+        with driver.batch(env) if batched else nullcontext():
+            return sum(driver.apply(u).changed for u in env_units)
+
+    warm_changes = sum(check(env, us) for env, us in list(units.items())[:3])
+    return {
+        "environments": len(units),
         "applications": apps,
         "objects": n_objects,
-        "cold_apps_per_s": round(apps / rows["cold"][0], 2),
-        "warm_apps_per_s": round(apps / rows["warm"][0], 2),
-        "floor_cold_apps_per_s": round(apps / rows["floor_cold"][0], 2),
-        "floor_warm_apps_per_s": round(apps / rows["floor_warm"][0], 2),
-        "requests_per_app_cold": round(rows["cold"][1] / apps, 1),
-        "requests_per_app_warm": round(rows["warm"][1] / apps, 1),
         "collisions": len(clashes),
+        "clashes": clashes[:10],
+        "unchanged_reapply_wrote_nothing": warm_changes == 0,
+        "uptime": load_average(),
+        **rows,
     }
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def summarize(shape: str, runs: list[dict[str, Any]], args: argparse.Namespace, batched: bool) -> dict[str, Any]:
+    first = runs[0]
+    apps, objects = first["applications"], first["objects"]
+
+    def median(name: str, key: str) -> float:
+        return float(statistics.median(r[name][key] for r in runs))
+
+    rate = {name: apps / median(name, "seconds") for name in ("cold", "warm", "floor_cold", "floor_warm")}
+    out: dict[str, Any] = {
+        "shape": shape,
+        "environments": first["environments"],
+        "applications": apps,
+        "objects": objects,
+        "batched": batched,
+        "runs": len(runs),
+        "cold_apps_per_s": round(rate["cold"], 2),
+        "warm_apps_per_s": round(rate["warm"], 2),
+        "floor_cold_apps_per_s": round(rate["floor_cold"], 2),
+        "floor_warm_apps_per_s": round(rate["floor_warm"], 2),
+        "cold_ratio": round(rate["floor_cold"] / rate["cold"], 2),
+        "warm_ratio": round(rate["floor_warm"] / rate["warm"], 2),
+        "requests_per_app_cold": round(median("cold", "requests") / apps, 2),
+        "requests_per_app_warm": round(median("warm", "requests") / apps, 2),
+        "requests_per_app_floor": round(median("floor_cold", "requests") / apps, 2),
+        "client_cpu_ms_per_app": {
+            name: round(1000 * median(name, "cpu_s") / apps, 2) for name in ("cold", "floor_cold", "warm", "floor_warm")
+        },
+        "collisions": first["collisions"],
+        "unchanged_reapply_wrote_nothing": all(r["unchanged_reapply_wrote_nothing"] for r in runs),
+        "load_average": [r["uptime"] for r in runs],
+        "runs_s": {name: [r[name]["seconds"] for r in runs] for name in ("cold", "floor_cold", "warm", "floor_warm")},
+    }
+    if shape == "configmap":
+        out["target"] = f">= {TARGET_APPS_PER_S:g} apps/s and <= {TARGET_RATIO}x the floor (cold)"
+        out["target_met"] = rate["cold"] >= TARGET_APPS_PER_S and out["cold_ratio"] <= TARGET_RATIO
+    return out
+
+
+def print_table(summary: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"\n== shape {summary['shape']}: {summary['environments']} environments, {summary['applications']} "
+          f"applications, {summary['objects']} objects; concurrency {args.concurrency}, qps limit "
+          f"{args.qps or 'none'}, {'batched per environment' if summary['batched'] else 'unbatched'}, "
+          f"{summary['runs']} run(s), load {summary['load_average']}")  # fmt: skip
+    print(f"collisions (same kind/namespace/name in one environment): {summary['collisions']}")
+    print(f"{'figure':<11} {'median s':>9} {'apps/s':>8} {'objects/s':>10} {'req/app':>8} {'cpu ms/app':>10}  runs (s)")
+    for name in ("cold", "floor_cold", "warm", "floor_warm"):
+        runs = summary["runs_s"][name]
+        seconds = statistics.median(runs)
+        req = summary["requests_per_app_floor" if name.startswith("floor") else f"requests_per_app_{name}"]
+        cpu = summary["client_cpu_ms_per_app"][name]
+        print(f"{name:<11} {seconds:9.2f} {summary['applications'] / seconds:8.1f} "
+              f"{summary['objects'] / seconds:10.1f} {req:8.2f} {cpu:10.2f}  {runs}")  # fmt: skip
+    print(f"cold {summary['cold_ratio']}x the floor, warm {summary['warm_ratio']}x; "
+          f"re-applying unchanged units wrote nothing: {summary['unchanged_reapply_wrote_nothing']}")  # fmt: skip
+    if "target_met" in summary:
+        print(f"target ({summary['target']}): {'met' if summary['target_met'] else 'MISSED'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--shape", choices=("configmap", "realistic", "both"), default="both")
+    p.add_argument("--kubeconfig", help="a running API server (default: start tools/kube-test-server)")
+    p.add_argument("--environments", type=int, default=35, help="environments per shape (35)")
+    p.add_argument("--apps", type=int, default=60, help="applications per environment, configmap shape (60)")
+    p.add_argument("--concurrency", type=int, default=8, help="environments in parallel (8, the default workers)")
+    p.add_argument("--qps", type=float, default=0, help="the driver's rate limit (0: none; the target default is 50)")
+    p.add_argument("--runs", type=int, default=3, help="runs per shape, each on fresh namespaces (3)")
+    p.add_argument("--realistic-runs", type=int, help="runs of the realistic shape (default: --runs)")
+    p.add_argument("--unbatched", action="store_true", help="no driver.batch(): one driver call at a time")
+    p.add_argument("--profile", metavar="FILE", help="cProfile the worker threads of --profile-phases into FILE")
+    p.add_argument("--profile-phases", default="cold,warm", help="phases to profile (cold,warm; also floor_cold...)")
+    args = p.parse_args(argv)
+    args.profile_phases = set(args.profile_phases.split(","))
+    shapes = ["configmap", "realistic"] if args.shape == "both" else [args.shape]
+    profiles: list[cProfile.Profile] | None = [] if args.profile else None
+    summaries: dict[str, dict[str, Any]] = {}
+    with api_server(args.kubeconfig) as kubeconfig:
+        client = api_client_for("bench", kubeconfig=kubeconfig, context=None)
+        client.configuration.connection_pool_maxsize = max(10, args.concurrency * 2)
+        driver = KubernetesDriver("k8s-bench", client, qps=args.qps or None, burst=max(1, int(args.qps)))
+        batched = not args.unbatched and hasattr(driver, "batch")
+        for shape in shapes:
+            runs = []
+            count = args.realistic_runs if shape == "realistic" and args.realistic_runs else args.runs
+            for i in range(count):
+                runs.append(one_run(driver, shape, args, profiles))
+                phases = ("cold", "floor_cold", "warm", "floor_warm")
+                done = ", ".join(f"{k} {runs[-1][k]['seconds']:.1f}s" for k in phases)
+                print(f"[{shape} run {i + 1}/{count}] {done}", file=sys.stderr, flush=True)
+            summaries[shape] = summarize(shape, runs, args, batched)
+            print_table(summaries[shape], args)
+        driver.close()
+    if profiles:
+        stats = pstats.Stats(profiles[0])
+        for profile in profiles[1:]:
+            stats.add(profile)
+        stats.dump_stats(args.profile)
+    top = summaries.get("realistic") or summaries[shapes[0]]
+    keys = ("applications", "objects", "cold_apps_per_s", "warm_apps_per_s", "floor_cold_apps_per_s",
+            "floor_warm_apps_per_s", "requests_per_app_cold", "requests_per_app_warm", "collisions")  # fmt: skip
+    summary = {k: top[k] for k in keys}
+    summary["shapes"] = summaries
     print(json.dumps(summary))
     return 0
 

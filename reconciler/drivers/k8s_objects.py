@@ -1,19 +1,24 @@
-"""Kubernetes objects of a desired unit, the controller's ownership marks, and the per-application inventory.
+"""Kubernetes objects of a desired unit, the controller's ownership marks, and the per-environment inventory.
 
-* :func:`parse_documents_of` reads every YAML document of ``unit.files()`` with the hardened loader (no aliases,
-  no tags); empty documents are skipped and anything that is not an object (``apiVersion``, ``kind``,
-  ``metadata.name``) is a :class:`PermanentError` naming the file and line.
+* :func:`parse_documents_of` reads every YAML document of ``unit.files()`` as the hardened loader does (no
+  aliases, no tags; plain files through libyaml's composer, three times faster, anything else and every error
+  through the hardened loader itself); empty documents are skipped and anything that is not an object
+  (``apiVersion``, ``kind``, ``metadata.name``) is a :class:`PermanentError` naming the file and line.
 * Ownership: labels ``reconciler.io/environment``, ``reconciler.io/application``, ``reconciler.io/managed-by:
   reconciler`` (selectable) and annotations ``reconciler.io/target``, ``reconciler.io/version``,
   ``reconciler.io/fingerprint``, ``reconciler.io/component`` plus the full environment and application names. A
   name that is not a valid label value (over 63 characters...) is labelled ``h-<sha256 prefix>``; the
   annotation keeps it whole and is what :func:`owner_of` trusts. An object is *ours* only when the managed-by
   label, the target annotation and both names match: anything else is foreign and never touched.
-* :class:`Inventory`: what one (target, environment, application) holds, kept in a ConfigMap
-  ``reconciler-inventory-<hash>`` in the inventory namespace (see :mod:`reconciler.drivers.kubernetes`): the
-  applied version and fingerprint, the apply time and, per object, a digest of the fields this controller's field
-  manager owns (:func:`fields_digest`); another manager changing one of those fields takes its ownership, so the
-  digest changes and the object shows up as drifted.
+* :class:`EnvInventory`: what one (target, environment) holds, kept in one ConfigMap
+  ``reconciler-inventory-<hash>`` in the inventory namespace (see :mod:`reconciler.drivers.kubernetes`): one data
+  key per application (an :class:`Inventory`: the applied version and fingerprint, the apply time and, per object,
+  a digest of the fields this controller's field manager owns (:func:`fields_digest`; another manager changing one
+  of those fields takes its ownership, so the digest changes and the object shows up as drifted) and a digest of
+  their values (:func:`state_digest`)), plus ``environment.json`` whose ``pending`` list names the (kind,
+  namespace) pairs where an apply in progress may have created objects that no application's entry names yet.
+  Inventories of earlier versions (one ConfigMap per application, :func:`legacy_inventory_name`) are read and
+  folded into the environment's on its first write.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ import json
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import yaml
+from yaml.constructor import SafeConstructor
+
 from reconciler.core.problems import PermanentError
-from reconciler.core.yamlsafe import YamlError, parse_documents
+from reconciler.core.yamlsafe import DEFAULT_MAX_FILE_SIZE, YamlError, parse_documents
 from reconciler.drivers.k8s_api import Resource
 
 DOMAIN = "reconciler.io"
@@ -35,6 +43,7 @@ LABEL_ENVIRONMENT = f"{DOMAIN}/environment"
 LABEL_APPLICATION = f"{DOMAIN}/application"
 LABEL_MANAGED_BY = f"{DOMAIN}/managed-by"
 LABEL_INVENTORY = f"{DOMAIN}/inventory"
+LABEL_FORMAT = f"{DOMAIN}/inventory-format"  # on environment inventories (absent from the per-application ones)
 MANAGED_BY = "reconciler"
 ANN_TARGET = f"{DOMAIN}/target"
 ANN_VERSION = f"{DOMAIN}/version"
@@ -44,6 +53,7 @@ ANN_ENVIRONMENT = f"{DOMAIN}/environment-name"
 ANN_APPLICATION = f"{DOMAIN}/application-name"
 INVENTORY_KEY = "inventory.json"
 CRD_KIND = ("apiextensions.k8s.io", "CustomResourceDefinition")
+_CLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 # metadata the server owns or that changes on every write: ignored when comparing desired with live
 _VOLATILE = ("managedFields", "resourceVersion", "generation", "selfLink", "creationTimestamp", "uid")
@@ -104,22 +114,81 @@ def parse_documents_of(files: Mapping[str, bytes]) -> list[Document]:
     documents: list[Document] = []
     for path in sorted(files):
         component = path.split("/", 1)[0]
-        try:
-            docs = parse_documents(path, files[path])
-        except YamlError as exc:
-            where = f"{path}:{exc.line}" if exc.line else path
-            raise PermanentError(f"{where}: {exc.message}") from None
-        for doc in docs:
-            if doc.data is None:
+        parsed = _plain_documents(files[path])
+        if parsed is None or any(body is not None and _not_an_object(body) for _, _, body in parsed):
+            parsed = _hardened_documents(path, files[path])  # it decides, and says why with the exact line
+        for index, line, body in parsed:
+            if body is None:
                 continue
-            line = doc.line() or 1
             source = f"{path}:{line}"
-            body = doc.data
             problem = _not_an_object(body)
             if problem:
-                raise PermanentError(f"{source}: document {doc.index + 1} is not a Kubernetes object: {problem}")
-            documents.append(Document(component, source, _plain(body)))
+                raise PermanentError(f"{source}: document {index + 1} is not a Kubernetes object: {problem}")
+            documents.append(Document(component, source, body))
     return documents
+
+
+def _hardened_documents(path: str, data: bytes) -> list[tuple[int, int, Any]]:
+    """(index, line, plain value) of every document, read by :func:`reconciler.core.yamlsafe.parse_documents`."""
+    try:
+        docs = parse_documents(path, data)
+    except YamlError as exc:
+        where = f"{path}:{exc.line}" if exc.line else path
+        raise PermanentError(f"{where}: {exc.message}") from None
+    return [(doc.index, doc.line() or 1, None if doc.data is None else _plain(doc.data)) for doc in docs]
+
+
+# The common case, about three times faster: libyaml composes the documents and they are plain (no anchor, alias,
+# tag or merge key can be written without one of these bytes; no duplicate or non-scalar key, nothing else
+# unusual). Anything else, and any error, goes to the hardened reader, which accepts or refuses it and says why.
+_UNUSUAL = (b"&", b"*", b"!", b"<<", b"\xef\xbb\xbf")
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp"))
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_constructor = SafeConstructor()
+
+
+class _Unusual(Exception):
+    pass
+
+
+def _plain_documents(data: bytes) -> list[tuple[int, int, Any]] | None:
+    """(index, line, plain value) of every document of a plain YAML file, ``None`` when it is not that plain."""
+    if len(data) > DEFAULT_MAX_FILE_SIZE or any(marker in data for marker in _UNUSUAL):
+        return None
+    try:
+        text = data.decode("utf-8")
+        nodes = list(yaml.compose_all(text, Loader=_CLoader))
+        return [(i, node.start_mark.line + 1, _node_value(node)) for i, node in enumerate(nodes) if node is not None]
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError, TypeError, _Unusual):
+        return None
+
+
+def _node_value(node: yaml.Node) -> Any:
+    tag = node.tag
+    if isinstance(node, yaml.ScalarNode):
+        value = node.value
+        if tag == "tag:yaml.org,2002:str" or tag == "tag:yaml.org,2002:timestamp":
+            return value  # timestamps keep their text, as the hardened reader does
+        if tag == "tag:yaml.org,2002:null":
+            return None
+        if tag == "tag:yaml.org,2002:bool":
+            return value.lower() in ("yes", "true", "on", "y")
+        if tag == "tag:yaml.org,2002:int":
+            return int(_constructor.construct_yaml_int(node))
+        if tag == "tag:yaml.org,2002:float":
+            return float(_constructor.construct_yaml_float(node))
+        raise _Unusual(tag)
+    if isinstance(node, yaml.MappingNode) and tag == _MAP_TAG:
+        out: dict[str, Any] = {}
+        for key, item in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag not in _SCALAR_TAGS or key.value in out:
+                raise _Unusual("key")
+            out[key.value] = _node_value(item)  # keys keep their text, as the hardened reader does
+        return out
+    if isinstance(node, yaml.SequenceNode) and tag == _SEQ_TAG:
+        return [_node_value(item) for item in node.value]
+    raise _Unusual(tag)
 
 
 def _not_an_object(body: Any) -> str | None:
@@ -284,9 +353,29 @@ def same_state(dry_run: Mapping[str, Any], live: Mapping[str, Any], manager: str
 
 
 # -- the inventory -----------------------------------------------------------------------------------------------
-def inventory_name(owner: Owner) -> str:
+ENVIRONMENT_KEY = "environment.json"
+INVENTORY_FORMAT = 2
+_DATA_KEY = re.compile(r"[-._a-zA-Z0-9]{1,200}")
+Scope = tuple[str, str, str]  # apiVersion, kind, namespace ("" when cluster-scoped) where objects may be pending
+
+
+def inventory_name(target: str, environment: str) -> str:
+    """The ConfigMap holding the inventory of every application of ``environment`` on ``target``."""
+    key = f"environment\0{target}\0{environment}".encode()
+    return "reconciler-inventory-" + hashlib.sha256(key).hexdigest()[:24]
+
+
+def legacy_inventory_name(owner: Owner) -> str:
+    """The per-application inventory ConfigMap of earlier versions (read once, folded into the environment's)."""
     key = f"{owner.target}\0{owner.environment}\0{owner.application}".encode()
     return "reconciler-inventory-" + hashlib.sha256(key).hexdigest()[:24]
+
+
+def application_key(application: str) -> str:
+    """The inventory data key of ``application`` (``app.<name>.json``, hashed when the name is not a valid key)."""
+    if _DATA_KEY.fullmatch(application):
+        return f"app.{application}.json"
+    return "app.h-" + hashlib.sha256(application.encode()).hexdigest()[:24] + ".json"
 
 
 @dataclass(frozen=True)
@@ -294,23 +383,25 @@ class Entry:
     ref: Ref
     component: str = ""
     fields: str = ""  # fields_digest after the last apply ("" while pending)
+    state: str = ""  # state_digest after the last apply ("" while pending or unknown)
 
 
 @dataclass(frozen=True)
 class Inventory:
+    """What one application holds on one target (one record of the environment's inventory)."""
+
     owner: Owner
     version: str | None
     fingerprint: str | None
     applied_at: float = 0.0
     entries: tuple[Entry, ...] = ()
-    resource_version: str | None = None  # of the ConfigMap, for optimistic concurrency
     unreadable: str | None = field(default=None, compare=False)
 
     def refs(self) -> set[Ref]:
         return {e.ref for e in self.entries}
 
-    def encode(self, namespace: str) -> dict[str, Any]:
-        payload = {
+    def payload(self) -> dict[str, Any]:
+        return {
             "target": self.owner.target,
             "environment": self.owner.environment,
             "application": self.owner.application,
@@ -325,31 +416,23 @@ class Inventory:
                     "name": e.ref.name,
                     "component": e.component,
                     "fields": e.fields,
+                    "state": e.state,
                 }
                 for e in sorted(self.entries, key=lambda e: e.ref)
             ],
         }
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": inventory_name(self.owner), "namespace": namespace},
-            "data": {INVENTORY_KEY: json.dumps(payload, indent=1, sort_keys=True)},
-        }
-        mark(body, self.owner, "", self.version or "", self.fingerprint or "")
-        body["metadata"]["labels"][LABEL_INVENTORY] = "true"
-        if self.resource_version:
-            body["metadata"]["resourceVersion"] = self.resource_version
-        return body
+
+    def text(self) -> str:
+        return json.dumps(self.payload(), sort_keys=True, separators=(",", ":"))
 
 
-def decode_inventory(obj: Mapping[str, Any], owner: Owner) -> Inventory:
-    """The inventory in ConfigMap ``obj``; ``unreadable`` says why when it cannot be used."""
-    rv = (obj.get("metadata") or {}).get("resourceVersion")
+def decode_record(text: Any, owner: Owner, where: str) -> Inventory:
+    """One application's record; ``unreadable`` says why when it cannot be used."""
     try:
-        doc = json.loads(((obj.get("data") or {}).get(INVENTORY_KEY)) or "")
+        doc = json.loads(text or "")
         entries = tuple(
             Entry(Ref(o["apiVersion"], o["kind"], o.get("namespace") or "", o["name"]), o.get("component", ""),
-                  o.get("fields", ""))
+                  o.get("fields", ""), o.get("state", ""))
             for o in doc["objects"]
         )  # fmt: skip
         if (doc["target"], doc["environment"], doc["application"]) != (
@@ -360,7 +443,211 @@ def decode_inventory(obj: Mapping[str, Any], owner: Owner) -> Inventory:
             raise ValueError("owner mismatch")
         if not all(isinstance(x, str) for e in entries for x in (e.ref.api_version, e.ref.kind, e.ref.name)):
             raise ValueError("malformed object reference")
-        return Inventory(owner, doc["version"], doc["fingerprint"], float(doc.get("appliedAt") or 0), entries, rv)
+        if not all(isinstance(x, str) for e in entries for x in (e.ref.namespace, e.fields, e.state)):
+            raise ValueError("malformed object entry")
+        return Inventory(owner, doc["version"], doc["fingerprint"], float(doc.get("appliedAt") or 0), entries)
     except (ValueError, KeyError, TypeError, AttributeError):
-        name = (obj.get("metadata") or {}).get("name")
-        return Inventory(owner, None, None, resource_version=rv, unreadable=f"inventory ConfigMap {name} is unreadable")
+        return Inventory(owner, None, None, unreadable=f"{where} is unreadable")
+
+
+def decode_inventory(obj: Mapping[str, Any], owner: Owner) -> Inventory:
+    """The record in a per-application inventory ConfigMap of earlier versions."""
+    name = (obj.get("metadata") or {}).get("name")
+    return decode_record((obj.get("data") or {}).get(INVENTORY_KEY), owner, f"inventory ConfigMap {name}")
+
+
+@dataclass
+class EnvInventory:
+    """The inventory of one (target, environment): the text of each application's record (``texts``, by data key;
+    decoded when asked for, so a read or a write costs the same whatever the number of applications) and the
+    pending scopes. A record that cannot be decoded is kept as it is (never lost by a write for another application)
+    and reported unreadable; ``pending_unknown`` is set when ``environment.json`` itself is unreadable (then every
+    (kind, namespace) of every record counts as pending). ``legacy`` names per-application ConfigMaps of earlier
+    versions folded in (deleted once this inventory is written)."""
+
+    target: str
+    environment: str
+    texts: dict[str, str] = field(default_factory=dict)  # application key -> the record's text
+    pending: frozenset[Scope] = frozenset()
+    pending_unknown: bool = False
+    resource_version: str | None = None
+    legacy: tuple[str, ...] = ()
+    _decoded: dict[str, Inventory] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return inventory_name(self.target, self.environment)
+
+    def copy(self) -> EnvInventory:
+        return replace(self, texts=dict(self.texts), _decoded=dict(self._decoded))
+
+    def record(self, application: str) -> Inventory | None:
+        """``application``'s record, an ``unreadable`` one when it cannot be decoded, ``None`` when absent."""
+        key = application_key(application)
+        found = self._decoded.get(key)
+        if found is not None:
+            return found
+        text = self.texts.get(key)
+        if text is None:
+            return None
+        owner = Owner(self.target, self.environment, application)
+        found = decode_record(text, owner, f"the inventory of {application} ({self.name}: {key})")
+        self._decoded[key] = found
+        return found
+
+    def set_record(self, application: str, record: Inventory | None) -> bool:
+        """Replace (``None``: drop) ``application``'s record; whether that changed anything."""
+        key = application_key(application)
+        text = None if record is None else record.text()
+        if self.texts.get(key) == text:
+            return False
+        self._decoded.pop(key, None)
+        if record is None or text is None:
+            self.texts.pop(key, None)
+        else:
+            self.texts[key] = text
+            self._decoded[key] = record
+        return True
+
+    def applications(self) -> list[str]:
+        """Applications with a record (readable or not; a hashed key names its application only when readable)."""
+        names = {k[len("app.") : -len(".json")] for k in self.texts if not k.startswith("app.h-")}
+        names |= {a for k, t in self.texts.items() if k.startswith("app.h-") and (a := _application_of(t))}
+        return sorted(names)
+
+    def records(self) -> list[Inventory]:
+        """Every readable record."""
+        found = [self.record(a) for a in self.applications()]
+        return [r for r in found if r is not None and r.unreadable is None]
+
+    def all_scopes(self) -> frozenset[Scope]:
+        """Where objects may be pending: ``pending``, or every (kind, namespace) recorded when that is unknown."""
+        if not self.pending_unknown:
+            return self.pending
+        return self.pending | {(e.ref.api_version, e.ref.kind, e.ref.namespace) for r in self.records()
+                               for e in r.entries}  # fmt: skip
+
+    def empty(self) -> bool:
+        return not (self.texts or self.pending or self.pending_unknown)
+
+    def header(self) -> str:
+        header = {"format": INVENTORY_FORMAT, "target": self.target, "environment": self.environment,
+                  "pending": sorted(list(s) for s in self.all_scopes())}  # fmt: skip
+        return json.dumps(header, sort_keys=True, separators=(",", ":"))
+
+    def encode(self, namespace: str) -> dict[str, Any]:
+        labels = {
+            LABEL_MANAGED_BY: MANAGED_BY,
+            LABEL_ENVIRONMENT: label_value(self.environment),
+            LABEL_INVENTORY: "true",
+            LABEL_FORMAT: str(INVENTORY_FORMAT),
+        }
+        annotations = {ANN_TARGET: self.target, ANN_ENVIRONMENT: self.environment}
+        metadata: dict[str, Any] = {"name": self.name, "namespace": namespace, "labels": labels,
+                                    "annotations": annotations}  # fmt: skip
+        if self.resource_version:
+            metadata["resourceVersion"] = self.resource_version
+        data = {ENVIRONMENT_KEY: self.header(), **self.texts}
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+
+    def patch(self, base: EnvInventory, applications: set[str]) -> dict[str, Any]:
+        """A JSON merge patch turning ``base`` into this inventory, which differs from it in the records of
+        ``applications`` and the pending scopes only (conditional on ``resource_version``)."""
+        data: dict[str, str | None] = {}
+        for application in applications:
+            key = application_key(application)
+            if self.texts.get(key) != base.texts.get(key):
+                data[key] = self.texts.get(key)
+        if self.header() != base.header():
+            data[ENVIRONMENT_KEY] = self.header()
+        return {"metadata": {"resourceVersion": self.resource_version}, "data": data}
+
+
+def is_environment_inventory(obj: Mapping[str, Any], target: str, environment: str) -> bool:
+    """True when ConfigMap ``obj`` carries the marks of the inventory of (``target``, ``environment``)."""
+    metadata = obj.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    annotations = metadata.get("annotations") or {}
+    return (
+        labels.get(LABEL_MANAGED_BY) == MANAGED_BY
+        and labels.get(LABEL_INVENTORY) == "true"
+        and labels.get(LABEL_FORMAT) == str(INVENTORY_FORMAT)
+        and labels.get(LABEL_ENVIRONMENT) == label_value(environment)
+        and annotations.get(ANN_TARGET) == target
+        and annotations.get(ANN_ENVIRONMENT) == environment
+        and ANN_APPLICATION not in annotations
+    )
+
+
+def decode_env_inventory(obj: Mapping[str, Any], target: str, environment: str) -> EnvInventory:
+    """The inventory in ConfigMap ``obj`` (marks already checked); records are decoded when asked for."""
+    metadata = obj.get("metadata") or {}
+    data = obj.get("data") or {}
+    inventory = EnvInventory(target, environment, resource_version=metadata.get("resourceVersion"))
+    try:
+        header = json.loads(data.get(ENVIRONMENT_KEY) or "")
+        if (header["target"], header["environment"]) != (target, environment):
+            raise ValueError("owner mismatch")
+        scopes = [s for s in header.get("pending") or () if isinstance(s, list) and len(s) == 3]
+        inventory.pending = frozenset((str(s[0]), str(s[1]), str(s[2])) for s in scopes)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        inventory.pending_unknown = True
+    inventory.texts = {k: v for k, v in data.items() if k.startswith("app.") and isinstance(v, str)}
+    return inventory
+
+
+def _application_of(text: str) -> str | None:
+    try:
+        doc = json.loads(text)
+        name = doc.get("application") if isinstance(doc, dict) else None
+    except ValueError:
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+# -- digests of live objects -------------------------------------------------------------------------------------
+_MISSING = "\0missing"
+
+
+def _project(value: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of ``value`` at the paths of a ``fieldsV1`` set (``f:``, ``k:``, ``v:``, ``i:`` keys)."""
+    out: dict[str, Any] = {}
+    for key, sub in fields.items():
+        if key == ".":
+            continue
+        kind, _, name = key.partition(":")
+        child: Any = _MISSING
+        if kind == "f":
+            if isinstance(value, Mapping) and name in value:
+                child = value[name]
+        elif kind == "k":
+            wanted = json.loads(name)
+            if isinstance(value, list):
+                child = next((x for x in value if isinstance(x, Mapping)
+                              and all(x.get(k) == v for k, v in wanted.items())), _MISSING)  # fmt: skip
+        elif kind == "v":
+            wanted = json.loads(name)
+            child = wanted if isinstance(value, list) and wanted in value else _MISSING
+        elif kind == "i":
+            index = int(name)
+            child = value[index] if isinstance(value, list) and 0 <= index < len(value) else _MISSING
+        else:
+            raise ValueError(f"unknown fieldsV1 key {key!r}")
+        out[key] = _project(child, sub) if sub and child is not _MISSING and set(sub) != {"."} else child
+    return out
+
+
+def state_digest(obj: Mapping[str, Any], manager: str) -> str:
+    """A digest of the fields ``manager`` owns through server-side apply *and their values* ("" when unknown).
+
+    Equal digests before and after mean that applying the same configuration again changes nothing: the same
+    fields hold the same values (what other managers own, status and server-managed metadata do not count)."""
+    owned = managed_fields(obj, manager)
+    if not owned:
+        return ""
+    try:
+        values = [_project(obj, fields) for fields in owned]
+        text = json.dumps([owned, values], sort_keys=True, separators=(",", ":"))
+    except (ValueError, TypeError):
+        return ""
+    return hashlib.sha256(text.encode()).hexdigest()[:32]

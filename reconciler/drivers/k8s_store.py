@@ -13,7 +13,9 @@ service account; the bearer token is registered with the log redaction and never
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -21,17 +23,29 @@ from typing import Any
 
 from reconciler.core.durations import DurationError, parse_duration
 from reconciler.core.problems import PermanentError, TemporaryError
-from reconciler.drivers.k8s_api import ApiError, KubeApi, Resource
+from reconciler.drivers.k8s_api import MERGE_PATCH, ApiError, KubeApi, Resource
 from reconciler.drivers.k8s_objects import (
+    ANN_COMPONENT,
+    ANN_TARGET,
     CRD_KIND,
+    INVENTORY_KEY,
+    LABEL_FORMAT,
     LABEL_INVENTORY,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
     Entry,
+    EnvInventory,
     Inventory,
     Owner,
     Ref,
+    annotation,
+    application_key,
     apply_rank,
+    decode_env_inventory,
     decode_inventory,
     inventory_name,
+    is_environment_inventory,
+    legacy_inventory_name,
     owner_of,
     ref_of,
     selector,
@@ -41,6 +55,7 @@ INVENTORY_NAMESPACE = "reconciler-system"
 CONFIGMAPS = Resource("v1", "ConfigMap", "configmaps", True)
 NAMESPACES = Resource("v1", "Namespace", "namespaces", False)
 _RETRIES = 5
+POOL_SIZE = 32
 _KEPT = {
     "namespace": "deleting a namespace deletes everything in it",
     "crd": "custom resources of it remain",
@@ -54,6 +69,8 @@ class Store:
         self.namespace = namespace
         self.field_manager = field_manager
         self.propagation = propagation
+        self._legacy_by_env: dict[str, list[dict[str, Any]]] | None = None  # inventories of earlier versions
+        self._legacy_lock = threading.Lock()
 
     # -- objects -------------------------------------------------------------------------------------------------
     def get(self, resource: Resource, ref: Ref, source: str = "") -> dict[str, Any] | None:
@@ -61,6 +78,28 @@ class Store:
             return self.api.get(resource.path(ref.namespace, ref.name))
         except ApiError as exc:
             raise self.api.classify(exc, f"{source + ': ' if source else ''}read {ref}") from None
+
+    def list_objects(self, resource: Resource, namespace: str, limit: int) -> dict[str, dict[str, Any]] | None:
+        """Every object of ``resource`` in ``namespace`` (or the cluster), by name; ``None`` when there are more than
+        ``limit`` or listing is not allowed (then read them one by one)."""
+        path = resource.path(namespace or None) if resource.namespaced else resource.path()
+        try:
+            doc = self.api.request("GET", path, query=[("limit", str(limit))])
+        except ApiError as exc:
+            if exc.status == 404:  # the kind is not served: nothing of it exists
+                return {}
+            if exc.status in (401, 403, 405):
+                return None
+            raise self.api.classify(exc, f"list {resource.kind} in {namespace or 'the cluster'}") from None
+        if (doc.get("metadata") or {}).get("continue"):
+            return None
+        found: dict[str, dict[str, Any]] = {}
+        for item in doc.get("items") or []:
+            if isinstance(item, dict) and isinstance((item.get("metadata") or {}).get("name"), str):
+                item.setdefault("apiVersion", resource.api_version)
+                item.setdefault("kind", resource.kind)
+                found[item["metadata"]["name"]] = item
+        return found
 
     def wait_established(self, crds: list[tuple[Resource, Ref, dict[str, Any]]], timeout: float) -> None:
         """Poll until every CRD of ``crds`` (resource, ref, body) is Established; forget stale discovery."""
@@ -79,14 +118,6 @@ class Store:
 
     def _resource(self, ref: Ref) -> Resource | None:
         return self.api.resource(ref.api_version, ref.kind)
-
-    def live_objects(self, inventory: Inventory) -> list[tuple[Entry, dict[str, Any] | None]]:
-        """Every inventoried object as it is now (``None`` when missing or its kind is no longer served)."""
-        found = []
-        for entry in inventory.entries:
-            resource = self._resource(entry.ref)
-            found.append((entry, self.get(resource, entry.ref) if resource else None))
-        return found
 
     def sweep(self, owner: Owner, refs: Iterable[Ref], exclude: set[tuple[str, str, str, str]]) -> list[Ref]:
         """Objects marked as ``owner``'s, of the kinds and in the namespaces of ``refs``, minus ``exclude``."""
@@ -183,44 +214,118 @@ class Store:
         return bool(doc.get("items"))
 
     # -- the inventory -------------------------------------------------------------------------------------------
-    def read(self, owner: Owner) -> Inventory | None:
-        """The inventory of ``owner``, ``None`` when there is none (``unreadable`` set when it cannot be decoded).
+    def load(self, environment: str) -> EnvInventory | None:
+        """The inventory of ``environment`` on this target, ``None`` when there is none.
 
-        A ConfigMap of that name without our marks is refused (:class:`PermanentError`), never overwritten."""
-        obj = self.get(CONFIGMAPS, Ref("v1", "ConfigMap", self.namespace, inventory_name(owner)))
+        Without one, per-application inventories of earlier versions are folded into a new, unsaved one (its
+        ``legacy`` names them; :meth:`save` deletes them once the environment's is written). A ConfigMap of that
+        name without our marks is refused (:class:`PermanentError`), never overwritten."""
+        name = inventory_name(self.target, environment)
+        obj = self.get(CONFIGMAPS, Ref("v1", "ConfigMap", self.namespace, name))
         if obj is None:
-            return None
-        if owner_of(obj) != owner:
+            return self._legacy(environment)
+        if not is_environment_inventory(obj, self.target, environment):
             raise PermanentError(
-                f"kubernetes target {self.target}: ConfigMap {self.namespace}/{inventory_name(owner)} (the inventory "
-                f"of {owner.environment}/{owner.application}) is not marked as this controller's; refusing to use it"
+                f"kubernetes target {self.target}: ConfigMap {self.namespace}/{name} (the inventory of environment "
+                f"{environment}) is not marked as this controller's; refusing to use it"
             )
-        return decode_inventory(obj, owner)
+        return decode_env_inventory(obj, self.target, environment)
 
-    def save(self, inventory: Inventory, merge: bool = False) -> Inventory:
-        """Write ``inventory`` (create or replace); with ``merge``, keep entries a concurrent writer added."""
-        name = inventory_name(inventory.owner)
-        for _ in range(_RETRIES):
-            body = inventory.encode(self.namespace)
+    def _legacy(self, environment: str) -> EnvInventory | None:
+        items = self._legacy_inventories().get(environment)
+        if not items:
+            return None
+        inventory = EnvInventory(self.target, environment)
+        for item in items:
+            owner = owner_of(item)
+            assert owner is not None
+            record = decode_inventory(item, owner)
+            if record.unreadable is None:
+                inventory.set_record(owner.application, record)
+            else:  # kept as it is: reported unreadable
+                inventory.texts[application_key(owner.application)] = str((item.get("data") or {}).get(INVENTORY_KEY))
+        inventory.legacy = tuple(sorted(str(item["metadata"]["name"]) for item in items))
+        return inventory
+
+    def _legacy_inventories(self) -> dict[str, list[dict[str, Any]]]:
+        """Per-application inventories of earlier versions of this target, by environment: listed once per process
+        (one request; none are written any more), forgotten per environment once folded into its inventory."""
+        with self._legacy_lock:  # one list, however many environments start at once
+            if self._legacy_by_env is not None:
+                return self._legacy_by_env
+            query = [("labelSelector", f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_INVENTORY}=true,!{LABEL_FORMAT}")]
             try:
-                if inventory.resource_version is None:
-                    doc = self.api.request("POST", CONFIGMAPS.path(self.namespace), body=body)
+                doc = self.api.request("GET", CONFIGMAPS.path(self.namespace), query=query)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise self.api.classify(exc, f"list inventories in {self.namespace}") from None
+                doc = {}
+            found: dict[str, list[dict[str, Any]]] = {}
+            for item in doc.get("items") or []:
+                annotations = (item.get("metadata") or {}).get("annotations") or {}
+                if annotations.get(ANN_TARGET) != self.target:
+                    continue
+                owner = owner_of(item)
+                name = (item.get("metadata") or {}).get("name")
+                if owner is None or name != legacy_inventory_name(owner):
+                    continue
+                found.setdefault(owner.environment, []).append(item)
+            self._legacy_by_env = found
+            return found
+
+    def save(self, inventory: EnvInventory, base: EnvInventory | None, mine: set[str]) -> EnvInventory | None:
+        """Write ``inventory`` (create it, patch what changed, or delete it when empty): what is stored now
+        (``None``: nothing).
+
+        ``base`` is the version ``inventory`` was made from (as stored) and ``mine`` the applications whose records
+        were changed since; only those and the pending scopes are sent, on the condition that the stored version is
+        still ``base``. When someone else wrote in between (409), their records of other applications and their
+        pending scopes are kept and the write is retried (bounded)."""
+        name = inventory.name
+        for _ in range(_RETRIES):
+            try:
+                if inventory.empty():
+                    if inventory.resource_version is not None:
+                        preconditions = {"resourceVersion": inventory.resource_version}
+                        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions}
+                        self.api.request("DELETE", CONFIGMAPS.path(self.namespace, name), body=body)
+                    stored = None
                 else:
-                    doc = self.api.request("PUT", CONFIGMAPS.path(self.namespace, name), body=body)
-                return replace(inventory, resource_version=(doc.get("metadata") or {}).get("resourceVersion"))
+                    path = CONFIGMAPS.path(self.namespace, name)
+                    if inventory.resource_version is None:
+                        doc = self.api.request(
+                            "POST", CONFIGMAPS.path(self.namespace), body=inventory.encode(self.namespace)
+                        )
+                    elif base is None or base.resource_version != inventory.resource_version:
+                        doc = self.api.request("PUT", path, body=inventory.encode(self.namespace))
+                    else:
+                        patch = inventory.patch(base, mine)
+                        doc = self.api.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+                    rv = (doc.get("metadata") or {}).get("resourceVersion")
+                    stored = replace(inventory.copy(), resource_version=rv, legacy=())
+                    stored.pending, stored.pending_unknown = stored.all_scopes(), False  # as the header now says
+                if inventory.legacy:
+                    self._drop_legacy(inventory.environment, inventory.legacy)
+                return stored
             except ApiError as exc:
                 if exc.status == 404 and inventory.resource_version is None:
                     self._ensure_namespace()
+                elif exc.status == 404 and inventory.empty():
+                    return None
                 elif exc.status not in (404, 409):
                     raise self.api.classify(exc, f"write inventory {self.namespace}/{name}") from None
-            current = self.read(inventory.owner)  # 409/404: someone else wrote or deleted it: read and retry
-            rv = current.resource_version if current is not None else None
-            entries = inventory.entries
-            if merge and current is not None and current.unreadable is None:
-                mine = {e.ref.identity for e in entries}
-                entries += tuple(e for e in current.entries if e.ref.identity not in mine)
-            inventory = replace(inventory, entries=entries, resource_version=rv)
+            current = self.load(inventory.environment)  # 409/404: someone else wrote or deleted it: merge, retry
+            inventory = _merge(inventory, base, current, mine)
+            base = current
         raise TemporaryError(f"kubernetes target {self.target}: inventory {name} keeps changing; try again")
+
+    def _drop_legacy(self, environment: str, names: Iterable[str]) -> None:
+        with self._legacy_lock:
+            if self._legacy_by_env is not None:
+                self._legacy_by_env.pop(environment, None)
+        for name in names:  # folded into the environment's inventory, which is written: best effort
+            with contextlib.suppress(ApiError, TemporaryError):
+                self.api.request("DELETE", CONFIGMAPS.path(self.namespace, name))
 
     def _ensure_namespace(self) -> None:
         body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}}
@@ -230,24 +335,58 @@ class Store:
             if exc.status != 409:
                 raise self.api.classify(exc, f"create the inventory namespace {self.namespace}") from None
 
-    def drop(self, owner: Owner) -> None:
-        try:
-            self.api.request("DELETE", CONFIGMAPS.path(self.namespace, inventory_name(owner)))
-        except ApiError as exc:
-            if exc.status != 404:
-                raise self.api.classify(exc, f"delete inventory {inventory_name(owner)}") from None
+    def recover(self, inventory: EnvInventory) -> tuple[EnvInventory, set[str]]:
+        """``inventory`` plus the objects of its pending scopes that are marked as ours but named by no record
+        (an apply interrupted after the scope was recorded), each added to its application's record as a pending
+        entry; and the applications whose record so changed. Nothing is written."""
+        recovered = inventory.copy()
+        tracked = {e.ref.identity for r in recovered.records() for e in r.entries}
+        adopted: set[str] = set()
+        for api_version, kind, namespace in sorted(inventory.all_scopes()):
+            resource = self.api.resource(api_version, kind)
+            if resource is None:
+                continue  # not served (any more): nothing of it can exist
+            path = resource.path(namespace or None) if resource.namespaced else resource.path()
+            try:
+                doc = self.api.request("GET", path, query=[("labelSelector", selector(inventory.environment))])
+            except ApiError as exc:
+                if exc.status == 404:
+                    continue
+                raise self.api.classify(exc, f"list {kind} in {namespace or 'the cluster'}") from None
+            for item in doc.get("items") or []:
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
+                owner = owner_of(item)
+                if owner is None or (owner.target, owner.environment) != (self.target, inventory.environment):
+                    continue
+                ref = ref_of(item)
+                record = recovered.record(owner.application)
+                if ref.identity in tracked or (record is not None and record.unreadable is not None):
+                    continue  # tracked, or the record is unreadable (its next apply finds objects by label)
+                tracked.add(ref.identity)
+                record = record or Inventory(owner, None, None)
+                entry = Entry(ref, annotation(item, ANN_COMPONENT) or "")
+                recovered.set_record(owner.application, replace(record, entries=(*record.entries, entry)))
+                adopted.add(owner.application)
+        return recovered, adopted
 
-    def applications(self, environment: str) -> list[str]:
-        """Applications of ``environment`` with an inventory of this target."""
-        query = [("labelSelector", f"{selector(environment)},{LABEL_INVENTORY}=true")]
-        try:
-            doc = self.api.request("GET", CONFIGMAPS.path(self.namespace), query=query)
-        except ApiError as exc:
-            if exc.status == 404:
-                return []
-            raise self.api.classify(exc, f"list inventories of {environment}") from None
-        owners = [owner_of(item) for item in doc.get("items") or []]
-        return sorted({o.application for o in owners if o and o.target == self.target and o.environment == environment})
+
+def _merge(ours: EnvInventory, base: EnvInventory | None, current: EnvInventory | None, mine: set[str]) -> EnvInventory:
+    """``ours`` re-based on ``current``: our records of ``mine``, theirs of the others, both sides' pending scopes."""
+    if current is None:  # deleted meanwhile: ours, created again
+        return replace(ours.copy(), resource_version=None)
+    merged = current.copy()
+    for application in mine:
+        key = application_key(application)
+        merged.texts.pop(key, None)
+        merged._decoded.pop(key, None)
+        if key in ours.texts:
+            merged.texts[key] = ours.texts[key]
+    theirs = current.all_scopes() - (base.all_scopes() if base is not None else frozenset())
+    merged.pending = ours.pending | theirs
+    merged.pending_unknown = False
+    merged.legacy = ours.legacy
+    return merged
 
 
 def parse_timeout(value: object, default: float) -> float:
@@ -283,6 +422,9 @@ def api_client_for(name: str, *, kubeconfig: str | None, context: str | None, in
     for value in (configuration.api_key or {}).values():
         register_secret(str(value).removeprefix("Bearer ").strip())
     configuration.retries = transport_retries()
+    # one kept-alive connection per concurrent caller (environment workers, lease renewals): a full pool would
+    # drop connections and pay a new TLS handshake per request
+    configuration.connection_pool_maxsize = max(int(configuration.connection_pool_maxsize or 0), POOL_SIZE)
     return client.ApiClient(configuration)
 
 

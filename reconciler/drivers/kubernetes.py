@@ -6,20 +6,34 @@ Created by :func:`build_kubernetes_driver` from a target of the operator config 
 namespace get the environment's ``namespace`` parameter. A target limited to ``namespaces`` refuses objects in
 other namespaces and cluster-scoped objects (except those Namespaces).
 
-**Inventory.** What an application holds on a target is recorded in a ConfigMap ``reconciler-inventory-<hash of
-target, environment, application>`` in the inventory namespace (default ``reconciler-system``, created on first
-use; reserved: manifests may not write there): version, fingerprint, apply time and every object with a digest of
-the fields our field manager owns. It is written *before* new objects are created (a journal: a crash mid-apply
-leaves nothing untracked) and rewritten after, so ``observe``, ``owned_applications``, prune and ``remove`` work
-after a controller restart with one read, whatever kinds (custom resources included) the application used. When
-the inventory is unreadable at apply time, and always on ``remove``, owned objects are also found by label
-selector across the kinds and namespaces involved (a missing inventory means nothing was deployed: the journal
-comes first; only deleting it by hand orphans objects, which then stay in place).
+**Inventory.** What the applications of one environment hold on a target is recorded in one ConfigMap
+``reconciler-inventory-<hash of target, environment>`` in the inventory namespace (default ``reconciler-system``,
+created on first use; reserved: manifests may not write there): per application (one data key each) version,
+fingerprint, apply time and every object with digests of the fields our field manager owns and of their values.
+Before an apply creates an object that no record names, the inventory records the (kind, namespace) as *pending*
+(a journal: a crash mid-apply leaves nothing untracked; whoever reads the inventory next finds such objects by
+their marks with a label selector and adds them to their application's record); the records are written after the
+apply and the pending scopes cleared. So ``observe``, ``owned_applications``, prune and ``remove`` work after a
+controller restart with one read, whatever kinds (custom resources included) the applications used. When an
+application's record is unreadable at apply time, and always on ``remove``, its objects are also found by label
+selector across the kinds and namespaces involved (only deleting the inventory by hand orphans objects, which then
+stay in place). Writes carry the ``resourceVersion`` read: on a conflict the other writer's records of other
+applications and its pending scopes are kept. Per-application inventories of earlier versions are folded in.
+
+**Batches.** ``with driver.batch(environment):`` makes the calls inside share one read of the inventory and one
+write at the end (plus one when something is first created), and read objects by listing their kind in their
+namespace (``LISTING_TTL``; the batch's own writes keep the listing current) instead of one GET each: a cold apply
+of a one-object application is one request, an unchanged one none. Without a batch each call reads and writes the
+inventory itself.
 
 **Apply** runs in order CRDs (then waits until Established, bounded), Namespaces, other cluster-scoped objects,
-namespaced objects. An object whose fingerprint annotation already matches is compared through a server-side
-dry-run apply and skipped when neither a value nor our field ownership would change, so re-applying what runs
-writes nothing (no apply loop from server defaulting). Objects that left the desired set are pruned, but only
+namespaced objects. An object exactly as our last apply of the same fingerprint left it (the values of the fields
+we own, recorded in the inventory) is unchanged and not written. When more than one object is to be written, each
+is first validated by a server-side dry-run apply (a 422 or a conflict leaves nothing half-applied; an object
+whose dry-run changes neither a value nor our field ownership is unchanged, so server defaulting causes no apply
+loop); a single write is atomic by itself and is sent directly (unchanged when the server did not change it).
+Writes to an existing object carry its ``uid``: one deleted or replaced since it was read is not written.
+Objects that left the desired set are pruned, but only
 when their marks name this target, environment and application (``managed-by: reconciler``): anything else is
 never deleted. Namespaces are never deleted (that would delete every object inside, ours or not) and a CRD only
 when no custom resource of it remains; such objects are left in place (orphaned) and the message says so.
@@ -32,14 +46,18 @@ back. ``observe`` reports such drift: an object missing, no longer ours, or whos
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler.core.config import TargetConfig
 from reconciler.core.desired import DesiredUnit
-from reconciler.core.problems import PermanentError
+from reconciler.core.problems import PermanentError, TemporaryError
 from reconciler.core.state import HEALTH_SEVERITY, worst
 from reconciler.core.yamlsafe import scalar_text
 from reconciler.drivers.base import ApplyResult, Driver, Health, HealthReport, LiveUnit
@@ -48,9 +66,11 @@ from reconciler.drivers.k8s_health import assess
 from reconciler.drivers.k8s_objects import (
     ANN_FINGERPRINT,
     Entry,
+    EnvInventory,
     Inventory,
     Owner,
     Ref,
+    Scope,
     annotation,
     apply_rank,
     crd_resources,
@@ -61,11 +81,16 @@ from reconciler.drivers.k8s_objects import (
     owner_of,
     parse_documents_of,
     same_state,
+    state_digest,
     summary,
 )
 from reconciler.drivers.k8s_store import INVENTORY_NAMESPACE, Store
 
 FIELD_MANAGER = "reconciler"
+LISTING_TTL = 5.0  # seconds a batch trusts a listing of a kind in a namespace (its own writes keep it current)
+LISTING_LIMIT = 500  # more objects of a kind in a namespace than this: read them one by one
+LISTING_AFTER = 2  # objects of a kind in a namespace a batch reads one by one before it lists them all
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,8 +112,47 @@ class Planned:
 @dataclass
 class Step:
     planned: Planned
-    action: str  # created | configured | unchanged (what applying does)
+    action: str  # created | configured | unchanged (what applying does) | apply (to be found out by applying)
     live: dict[str, Any] | None
+
+
+@dataclass
+class _Session:
+    """One environment's inventory while a call (or a batch of calls) works on it."""
+
+    environment: str
+    inventory: EnvInventory  # as this process knows it: read, plus what the session applied
+    persisted: EnvInventory | None  # as last read or written (the base of a merge after a write conflict)
+    mine: set[str] = field(default_factory=set)  # applications whose record changed since the last write
+    must_write: bool = False
+    batched: bool = False
+    seen: dict[tuple[str, str, str, str], dict[str, Any] | None] = field(default_factory=dict)  # objects as read
+    listings: dict[tuple[str, str, str], _Listing] = field(default_factory=dict)  # (apiVersion, kind, namespace)
+
+
+@dataclass
+class _Listing:
+    """The objects of one kind in one namespace as a batch listed them (and then wrote them)."""
+
+    reads: int = 0  # objects read one by one so far
+    at: float = 0.0  # time.monotonic() of the list
+    objects: dict[str, dict[str, Any]] | None = None  # by name; None: not listed (yet)
+    refused: bool = False  # too many objects, or listing not allowed: read them one by one
+
+
+class Replaced(TemporaryError):
+    """An object was deleted or replaced by another one between reading and writing it (nothing was written)."""
+
+
+def _uid_refused(exc: ApiError) -> bool:
+    """The server refused a write because the object no longer has the ``uid`` sent as a precondition."""
+    if exc.status == 409 and "uid mismatch" in exc.message:  # deleted
+        return True
+    if exc.status != 422:
+        return False
+    details = exc.body.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    return isinstance(causes, list) and any(isinstance(c, dict) and c.get("field") == "metadata.uid" for c in causes)
 
 
 class KubernetesDriver:
@@ -120,6 +184,9 @@ class KubernetesDriver:
         self.health_timeout = health_timeout
         self.store = Store(self.api, target, inventory_namespace, field_manager, propagation)
         self.establish_timeout = establish_timeout
+        self._sessions: dict[str, _Session] = {}
+        self._locks: dict[str, threading.RLock] = {}
+        self._guard = threading.Lock()
 
     # -- desired objects -------------------------------------------------------------------------------------------
     def _desired(self, unit: DesiredUnit) -> list[Planned]:
@@ -178,88 +245,272 @@ class KubernetesDriver:
                 f"(it may only write to namespaces {allowed})"
             )
 
+    # -- sessions: one read of the environment's inventory, one write ------------------------------------------
+    @contextmanager
+    def batch(self, environment: str) -> Iterator[None]:
+        """Calls for ``environment`` inside the block share one read of its inventory and write it once, at the end.
+
+        Without a batch every call is a batch of its own (reads the inventory; ``apply`` and ``remove`` write it
+        before returning). Inside one, ``observe``, ``owned_applications`` and ``health`` answer from the inventory
+        read when the block began (as updated by the block's own applies), ``health`` looks at the objects as the
+        block last read or applied them, and the records of the applications applied or removed are written when
+        the block ends (also when it raises). Objects are still never created before the inventory names where they
+        are (the pending scopes), so a crash inside a batch leaves nothing untracked. Calls for the environment from
+        other threads wait until the block ends. Raises what writing the inventory raised."""
+        with self._session(environment, batched=True):
+            yield
+
+    def _env_lock(self, environment: str) -> threading.RLock:
+        with self._guard:
+            return self._locks.setdefault(environment, threading.RLock())
+
+    @contextmanager
+    def _session(self, environment: str, batched: bool = False) -> Iterator[_Session]:
+        with self._env_lock(environment):
+            current = self._sessions.get(environment)
+            if current is not None:  # inside a batch
+                yield current
+                return
+            session = self._open(environment)
+            session.batched = batched
+            self._sessions[environment] = session
+            try:
+                yield session
+            except Exception:
+                self._sessions.pop(environment, None)
+                try:  # what was applied before the failure is recorded; the failure is what the caller sees
+                    self._flush(session)
+                except Exception as exc:  # noqa: BLE001 - the pending scopes keep everything findable
+                    log.warning("kubernetes target %s: inventory of %s not written: %s", self.target, environment, exc)
+                raise
+            except BaseException:  # interrupted (KeyboardInterrupt, SystemExit): no more requests
+                self._sessions.pop(environment, None)
+                raise
+            self._sessions.pop(environment, None)
+            self._flush(session)
+
+    def _open(self, environment: str) -> _Session:
+        loaded = self.store.load(environment)
+        if loaded is None:
+            return _Session(environment, EnvInventory(self.target, environment), None)
+        session = _Session(environment, loaded.copy(), loaded if loaded.resource_version is not None else None)
+        session.mine |= set(loaded.applications()) if loaded.legacy else set()
+        if loaded.pending or loaded.pending_unknown:  # an apply was interrupted: find what it may have created
+            session.inventory, adopted = self.store.recover(session.inventory)
+            session.mine |= adopted
+        return session
+
+    def _flush(self, session: _Session) -> None:
+        if not session.must_write:
+            return
+        inventory = replace(session.inventory.copy(), pending=frozenset(), pending_unknown=False)
+        stored = self.store.save(inventory, session.persisted, session.mine)
+        session.persisted = stored
+        session.inventory = stored.copy() if stored is not None else EnvInventory(self.target, session.environment)
+        session.mine.clear()
+        session.must_write = False
+
+    def _cover(self, session: _Session, scopes: set[Scope]) -> None:
+        """Record ``scopes`` as pending before anything is created there (the journal of a crash-safe apply)."""
+        persisted = session.persisted.all_scopes() if session.persisted is not None else frozenset()
+        if scopes <= persisted:
+            return
+        inventory = session.inventory.copy()
+        inventory.pending = inventory.pending | persisted | scopes
+        stored = self.store.save(inventory, session.persisted, session.mine)
+        assert stored is not None  # it has pending scopes: never empty
+        session.persisted = stored
+        session.inventory = stored.copy()
+        session.mine.clear()
+        session.must_write = True  # the pending scopes are cleared by the session's last write
+
+    def _record(self, session: _Session, application: str, record: Inventory | None) -> None:
+        """Set (or with ``None`` drop) ``application``'s record; written when the session ends."""
+        if session.inventory.set_record(application, record):
+            session.mine.add(application)
+            session.must_write = True
+
+    # -- reading objects ------------------------------------------------------------------------------------------
+    def _read(self, session: _Session, resource: Resource, ref: Ref, source: str = "") -> dict[str, Any] | None:
+        """``ref`` as it is now (``None``: missing). Inside a batch, once it has read ``LISTING_AFTER`` objects of a
+        namespaced kind in one namespace, from a listing of them all (one request for the objects of many
+        applications), made at most ``LISTING_TTL`` seconds ago and kept current with the batch's own writes."""
+        if session.batched and resource.namespaced:
+            listing = session.listings.setdefault((ref.api_version, ref.kind, ref.namespace), _Listing())
+            now = time.monotonic()
+            if listing.objects is not None and now - listing.at > LISTING_TTL:
+                listing.objects = None  # too old: list again
+            if listing.objects is None and listing.reads >= LISTING_AFTER and not listing.refused:
+                listing.objects = self.store.list_objects(resource, ref.namespace, LISTING_LIMIT)
+                listing.at, listing.refused = now, listing.objects is None
+            if listing.objects is not None:
+                live = listing.objects.get(ref.name)
+                session.seen[ref.identity] = live
+                return live
+            listing.reads += 1
+        live = self.store.get(resource, ref, source)
+        session.seen[ref.identity] = live
+        return live
+
+    def _saw(self, session: _Session, ref: Ref, live: dict[str, Any] | None) -> None:
+        """``ref`` is now ``live`` (``None``: deleted): what the session read of it is updated."""
+        session.seen[ref.identity] = live
+        listing = session.listings.get((ref.api_version, ref.kind, ref.namespace))
+        if listing is not None and listing.objects is not None:
+            if live is None:
+                listing.objects.pop(ref.name, None)
+            else:
+                listing.objects[ref.name] = live
+
     # -- applying ------------------------------------------------------------------------------------------------
     def apply(self, unit: DesiredUnit, dry_run: bool = False) -> ApplyResult:
         planned = self._desired(unit)
         owner = Owner(self.target, unit.environment, unit.application)
-        inventory = self.store.read(owner)
-        steps = self._check(planned, owner, unit.fingerprint)  # every object checked before anything is written
-        usable = inventory is not None and inventory.unreadable is None
-        inventory_was_unreadable = inventory is not None and not usable
-        previous = list(inventory.entries) if inventory is not None and usable else []
+        with self._session(unit.environment) as session:
+            return self._apply(session, unit, planned, owner, dry_run)
+
+    def _apply(
+        self, session: _Session, unit: DesiredUnit, planned: list[Planned], owner: Owner, dry_run: bool
+    ) -> ApplyResult:
+        record = session.inventory.record(unit.application)
+        usable = record is not None and record.unreadable is None
+        previous = list(record.entries) if record is not None and usable else []
+        steps = self._check(planned, owner, unit.fingerprint, previous, session, dry_run)  # before any write
         wanted = {p.ref.identity for p in planned}
         stale = [e for e in previous if e.ref.identity not in wanted]
         if dry_run:
             return self._describe(steps, owner, stale)
+        if record is not None and not usable:  # it may have missed objects: find them by label
+            found = self.store.sweep(owner, [p.ref for p in planned], set(wanted))
+            stale += [Entry(ref) for ref in found]
+            previous = [*stale]
         known = {e.ref.identity for e in previous}
-        if not usable or not wanted <= known:  # journal first: every object we may create is tracked
-            journal = [*previous, *(Entry(p.ref, p.component) for p in planned if p.ref.identity not in known)]
-            base = inventory or Inventory(owner, None, None)
-            inventory = self.store.save(replace(base, entries=tuple(journal), unreadable=None), merge=True)
-        assert inventory is not None
+        untracked = [p for p in planned if p.ref.identity not in known]
+        if untracked:  # the inventory names where they may be created before they are
+            self._cover(session, {(p.ref.api_version, p.ref.kind, p.ref.namespace) for p in untracked})
         counts: Counter[str] = Counter()
         entries: list[Entry] = []
-        for rank in sorted({step.planned.rank for step in steps}):
-            batch = [step for step in steps if step.planned.rank == rank]
-            for step in batch:
-                p = step.planned
-                live = step.live if step.action == "unchanged" else self._ssa(p, step.live, owner)
-                counts[step.action] += 1
-                entries.append(Entry(p.ref, p.component, fields_digest(live or {}, self.field_manager)))
-            if rank == 0:  # CRDs: wait until they serve their kinds
-                crds = [(s.planned.resource, s.planned.ref, s.planned.body) for s in batch]
-                self.store.wait_established(crds, self.establish_timeout)
-        if inventory_was_unreadable:  # it may have missed objects: find them by label too
-            found = self.store.sweep(owner, [p.ref for p in planned], {e.ref.identity for e in stale} | wanted)
-            stale += [Entry(ref) for ref in found]
+        attempted: list[Planned] = []
+        sending: Planned | None = None
+        try:
+            for rank in sorted({step.planned.rank for step in steps}):
+                batch = [step for step in steps if step.planned.rank == rank]
+                for step in batch:
+                    p = step.planned
+                    if step.action == "unchanged":
+                        live = step.live or {}
+                    else:
+                        attempted.append(p)
+                        sending = p
+                        live = self._ssa(p, step.live, owner)
+                        sending = None
+                        self._saw(session, p.ref, live)
+                        if step.action == "apply":  # not dry-run first: the server said whether it changed
+                            rv = (step.live or {}).get("metadata", {}).get("resourceVersion")
+                            step.action = "unchanged" if live["metadata"].get("resourceVersion") == rv else "configured"
+                    counts[step.action] += 1
+                    fm = self.field_manager
+                    entries.append(Entry(p.ref, p.component, fields_digest(live, fm), state_digest(live, fm)))
+                if rank == 0:  # CRDs: wait until they serve their kinds
+                    crds = [(s.planned.resource, s.planned.ref, s.planned.body) for s in batch]
+                    self.store.wait_established(crds, self.establish_timeout)
+        except Exception as exc:
+            # what was (or may have been) written stays tracked: the previous version, plus the new objects pending;
+            # a refusal (4xx: PermanentError, Replaced) wrote nothing, an outage (timeout, 5xx) may have
+            if isinstance(exc, PermanentError | Replaced) and sending is not None:
+                attempted.remove(sending)
+            new = [Entry(p.ref, p.component) for p in attempted if p.ref.identity not in known]
+            if new or (record is not None and not usable):  # (an unreadable record: replaced by what was found)
+                base = record if record is not None and usable else Inventory(owner, None, None)
+                self._record(session, unit.application, replace(base, entries=(*previous, *new), unreadable=None))
+            raise
         pruned, notes = self.store.prune(owner, stale)
+        for ref in pruned:
+            self._saw(session, ref, None)
         counts["pruned"] = len(pruned)
         wrote = bool(counts["created"] or counts["configured"] or pruned)
-        applied_at = time.time() if wrote or not inventory.applied_at else inventory.applied_at
-        final = Inventory(owner, unit.version, unit.fingerprint, applied_at, tuple(entries), inventory.resource_version)
-        if final.encode("") != inventory.encode(""):
-            self.store.save(final)
+        applied_at = record.applied_at if record is not None and usable else 0.0
+        applied_at = time.time() if wrote or not applied_at else applied_at
+        final = Inventory(owner, unit.version, unit.fingerprint, applied_at, tuple(entries))
+        self._record(session, unit.application, final)
         return ApplyResult(wrote, summary(counts, notes))
 
-    def _check(self, planned: list[Planned], owner: Owner, fingerprint: str) -> list[Step]:
-        """What to do with each object, validated by a server-side dry-run apply (nothing is written)."""
-        creating = {(p.ref.group, p.ref.kind, p.ref.name) for p in planned}
+    def _check(
+        self,
+        planned: list[Planned],
+        owner: Owner,
+        fingerprint: str,
+        previous: list[Entry],
+        session: _Session,
+        dry_run: bool,
+    ) -> list[Step]:
+        """What to do with each object. An object exactly as our last apply of this fingerprint left it is
+        unchanged (no request beyond reading it). When more than one object is to be written, each is validated
+        by a server-side dry-run apply first, so a refusal (422, conflict...) leaves nothing half-applied; a single
+        write is atomic by itself and is sent directly."""
+        recorded = {e.ref.identity: e for e in previous}
         steps: list[Step] = []
         for p in planned:
-            live = self.store.get(p.resource, p.ref, p.source)
+            live = self._read(session, p.resource, p.ref, p.source)
             theirs = owner_of(live) if live is not None else None
             if theirs is not None and theirs != owner:
                 raise PermanentError(
                     f"{p.source}: {p.ref} already belongs to environment {theirs.environment}, application "
                     f"{theirs.application} on target {theirs.target}; not applied"
                 )
+            entry = recorded.get(p.ref.identity)
+            if live is None:
+                steps.append(Step(p, "created", None))
+            elif (
+                entry is not None
+                and entry.state
+                and annotation(live, ANN_FINGERPRINT) == fingerprint
+                and state_digest(live, self.field_manager) == entry.state
+            ):
+                steps.append(Step(p, "unchanged", live))
+            else:
+                steps.append(Step(p, "apply", live))
+        if not dry_run and sum(1 for s in steps if s.action != "unchanged") <= 1:
+            return steps
+        creating = {(p.ref.group, p.ref.kind, p.ref.name) for p in planned}
+        for step in steps:
+            if step.action == "unchanged":
+                continue
+            p, live = step.planned, step.live
             try:
                 dry = self._ssa(p, live, owner, dry_run=True)
             except NotServed:
                 if live is None and (("", "Namespace", p.ref.namespace) in creating or p.new_kind):
-                    steps.append(Step(p, "created", None))  # its namespace or CRD comes with this apply
-                    continue
+                    continue  # its namespace or CRD comes with this apply
                 raise
-            if live is None:
-                steps.append(Step(p, "created", None))
-            elif annotation(live, ANN_FINGERPRINT) == fingerprint and same_state(dry, live, self.field_manager):
-                steps.append(Step(p, "unchanged", live))
-            else:
-                steps.append(Step(p, "configured", live))
+            if live is not None:
+                same = annotation(live, ANN_FINGERPRINT) == fingerprint and same_state(dry, live, self.field_manager)
+                step.action = "unchanged" if same else "configured"
         return steps
 
     def _ssa(
         self, p: Planned, live: dict[str, Any] | None, owner: Owner, dry_run: bool = False, force: bool = False
     ) -> dict[str, Any]:
+        """Server-side apply of ``p``; when ``live`` is given, only to that very object (its ``uid`` is sent as a
+        precondition: an object deleted or replaced since it was read is not written, :class:`Replaced`)."""
         force = force or self.force_conflicts
         query = [("fieldManager", self.field_manager)]
         query += [("force", "true")] if force else []
         query += [("dryRun", "All")] if dry_run else []
         path = p.resource.path(p.ref.namespace, p.ref.name)
+        uid = ((live or {}).get("metadata") or {}).get("uid")
+        body = p.body
+        if isinstance(uid, str) and uid:
+            body = {**p.body, "metadata": {**p.body["metadata"], "uid": uid}}
         for attempt in range(20):
             try:
-                return self.api.request("PATCH", path, query=query, body=p.body, content_type=APPLY_PATCH)
+                return self.api.request("PATCH", path, query=query, body=body, content_type=APPLY_PATCH)
             except ApiError as exc:
+                if body is not p.body and _uid_refused(exc):
+                    raise Replaced(
+                        f"kubernetes target {self.target}: {p.source}: {p.ref} was deleted or replaced while being "
+                        "applied; not written (will retry)"
+                    ) from None
                 conflicts = exc.conflicts if exc.status == 409 else {}
                 if conflicts and not force:
                     self._refuse_conflict(p, live, owner, conflicts)
@@ -308,18 +559,35 @@ class KubernetesDriver:
     # -- reading -------------------------------------------------------------------------------------------------
     def observe(self, environment: str, application: str, check_drift: bool = True) -> LiveUnit | None:
         owner = Owner(self.target, environment, application)
-        inventory = self.store.read(owner)
-        if inventory is None:
-            return None
-        if inventory.unreadable is not None:
-            return LiveUnit(environment, application, self.target, None, None, (inventory.unreadable,))
-        drifted: list[str] = []
-        if check_drift:
-            for entry, live in self.store.live_objects(inventory):
-                problem = self._drift(entry, live, inventory, owner)
-                if problem:
-                    drifted.append(f"{entry.ref}: {problem}")
+        with self._session(environment) as session:
+            inventory = session.inventory.record(application)
+            if inventory is None:
+                return None
+            if inventory.unreadable is not None:
+                return LiveUnit(environment, application, self.target, None, None, (inventory.unreadable,))
+            drifted: list[str] = []
+            if check_drift:
+                for entry, live in self._live_objects(inventory, session, fresh=True):
+                    problem = self._drift(entry, live, inventory, owner)
+                    if problem:
+                        drifted.append(f"{entry.ref}: {problem}")
         return LiveUnit(environment, application, self.target, inventory.version, inventory.fingerprint, tuple(drifted))
+
+    def _live_objects(
+        self, inventory: Inventory, session: _Session, fresh: bool
+    ) -> list[tuple[Entry, dict[str, Any] | None]]:
+        """Every inventoried object as it is now (``None`` when missing or its kind is no longer served); with
+        ``fresh=False``, as the session last read or applied it when it did."""
+        found = []
+        for entry in inventory.entries:
+            identity = entry.ref.identity
+            if not fresh and identity in session.seen:
+                found.append((entry, session.seen[identity]))
+                continue
+            resource = self.api.resource(entry.ref.api_version, entry.ref.kind)
+            live = self._read(session, resource, entry.ref) if resource else None
+            found.append((entry, live))
+        return found
 
     def _drift(self, entry: Entry, live: dict[str, Any] | None, inventory: Inventory, owner: Owner) -> str | None:
         if live is None:
@@ -334,17 +602,19 @@ class KubernetesDriver:
         return None
 
     def owned_applications(self, environment: str) -> list[str]:
-        return self.store.applications(environment)
+        with self._session(environment) as session:
+            return session.inventory.applications()
 
     def health(self, environment: str, application: str) -> HealthReport:
-        owner = Owner(self.target, environment, application)
-        inventory = self.store.read(owner)
-        if inventory is None:
-            return HealthReport(Health.MISSING, "not deployed")
-        if inventory.unreadable is not None:
-            return HealthReport(Health.DEGRADED, inventory.unreadable)
+        with self._session(environment) as session:
+            inventory = session.inventory.record(application)
+            if inventory is None:
+                return HealthReport(Health.MISSING, "not deployed")
+            if inventory.unreadable is not None:
+                return HealthReport(Health.DEGRADED, inventory.unreadable)
+            objects = self._live_objects(inventory, session, fresh=False)
         status, reasons = Health.HEALTHY, []
-        for entry, live in self.store.live_objects(inventory):
+        for entry, live in objects:
             found, why = (Health.MISSING, "missing") if live is None else assess(live)
             status = worst(status, found)
             if found is not Health.HEALTHY:
@@ -360,17 +630,21 @@ class KubernetesDriver:
     # -- removing ------------------------------------------------------------------------------------------------
     def remove(self, environment: str, application: str, dry_run: bool = False) -> ApplyResult:
         owner = Owner(self.target, environment, application)
-        inventory = self.store.read(owner)
-        if inventory is None:
-            return ApplyResult(False, "nothing deployed")
-        if inventory.unreadable is not None:
-            raise PermanentError(f"kubernetes target {self.target}: {inventory.unreadable}; refusing to remove")
-        refs = [e.ref for e in inventory.entries]
-        extra = self.store.sweep(owner, refs, {r.identity for r in refs})
-        removed, notes = self.store.prune(owner, [*inventory.entries, *(Entry(r) for r in extra)], dry_run=dry_run)
-        if dry_run:
-            return ApplyResult(bool(removed), f"dry-run: would remove {len(removed)} ({names(removed)})")
-        self.store.drop(owner)
+        with self._session(environment) as session:
+            inventory = session.inventory.record(application)
+            if inventory is None:
+                return ApplyResult(False, "nothing deployed")
+            if inventory.unreadable is not None:
+                raise PermanentError(f"kubernetes target {self.target}: {inventory.unreadable}; refusing to remove")
+            refs = [e.ref for e in inventory.entries]
+            extra = self.store.sweep(owner, refs, {r.identity for r in refs})
+            entries = [*inventory.entries, *(Entry(r) for r in extra)]
+            removed, notes = self.store.prune(owner, entries, dry_run=dry_run)
+            if dry_run:
+                return ApplyResult(bool(removed), f"dry-run: would remove {len(removed)} ({names(removed)})")
+            for ref in removed:
+                self._saw(session, ref, None)
+            self._record(session, application, None)
         return ApplyResult(True, summary(Counter(pruned=len(removed)), notes))
 
     def close(self) -> None:

@@ -19,7 +19,8 @@ import pytest
 
 from reconciler.core.config import TargetConfig
 from reconciler.core.desired import DesiredUnit
-from reconciler.drivers.k8s_api import MERGE_PATCH, KubeApi
+from reconciler.drivers.k8s_api import APPLY_PATCH, MERGE_PATCH, KubeApi
+from reconciler.drivers.k8s_objects import application_key, inventory_name
 from reconciler.drivers.k8s_store import api_client_for, transport_retries
 from reconciler.drivers.kubernetes import KubernetesDriver, build_kubernetes_driver
 from tests.drivers import make_unit
@@ -140,9 +141,42 @@ def cm_path(ns: str, name: str) -> str:
     return f"/api/v1/namespaces/{ns}/configmaps/{name}"
 
 
+def inventory_path(environment: str, target: str = TARGET) -> str:
+    """The inventory ConfigMap of (``target``, ``environment``)."""
+    return cm_path("reconciler-system", inventory_name(target, environment))
+
+
+def inventory_record(api: KubeApi, environment: str, app: str = "shop") -> dict[str, Any] | None:
+    """``app``'s record in the inventory of ``environment`` (``None`` when there is none)."""
+    obj = api.get(inventory_path(environment))
+    text = None if obj is None else (obj.get("data") or {}).get(application_key(app))
+    return None if text is None else dict(json.loads(text))
+
+
 def edit(api: KubeApi, path: str, patch: dict[str, Any], manager: str = "kubectl-edit") -> dict[str, Any]:
     """An imperative edit as kubectl does it (a merge patch: an ``Update`` of field manager ``manager``)."""
     return api.request("PATCH", path, query=[("fieldManager", manager)], body=patch, content_type=MERGE_PATCH)
+
+
+class Killed(BaseException):
+    """The controller process dies here: nothing after it runs (no inventory write, no clean-up)."""
+
+
+def kill_after_applies(driver: KubernetesDriver, monkeypatch: pytest.MonkeyPatch, applies: int) -> list[str]:
+    """Make ``driver`` die (:class:`Killed`) just before its server-side apply number ``applies + 1`` (dry-runs
+    do not count); returns the paths applied until then."""
+    real = driver.api.request
+    applied: list[str] = []
+
+    def request(method: str, path: str, **kw: Any) -> dict[str, Any]:
+        if kw.get("content_type") == APPLY_PATCH and ("dryRun", "All") not in list(kw.get("query") or ()):
+            if len(applied) >= applies:
+                raise Killed(path)
+            applied.append(path)
+        return real(method, path, **kw)
+
+    monkeypatch.setattr(driver.api, "request", request)
+    return applied
 
 
 class Peer:

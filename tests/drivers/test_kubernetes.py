@@ -19,14 +19,13 @@ from reconciler.drivers.k8s_objects import (
     LABEL_APPLICATION,
     LABEL_ENVIRONMENT,
     LABEL_MANAGED_BY,
-    Owner,
-    inventory_name,
     label_value,
 )
 from reconciler.drivers.kubernetes import KubernetesDriver
 from tests.drivers import k8s_support, wait_until
 from tests.drivers.k8s_support import (
     TARGET,
+    Killed,
     cm_path,
     configmap,
     crd,
@@ -34,6 +33,9 @@ from tests.drivers.k8s_support import (
     deployment,
     driver_for,
     edit,
+    inventory_path,
+    inventory_record,
+    kill_after_applies,
     service,
     unit,
 )
@@ -51,9 +53,7 @@ def rv(api: KubeApi, path: str) -> str:
 
 
 def inventory(api: KubeApi, ns: str, app: str = "shop") -> dict[str, Any] | None:
-    name = inventory_name(Owner(TARGET, ns, app))
-    obj = api.get(f"/api/v1/namespaces/reconciler-system/configmaps/{name}")
-    return None if obj is None else json.loads(obj["data"]["inventory.json"])
+    return inventory_record(api, ns, app)
 
 
 def test_apply_update_and_prune_a_multi_resource_application(
@@ -114,8 +114,7 @@ def test_unchanged_desired_state_makes_no_write(driver: KubernetesDriver, api: K
     desired = unit(ns, files)
     driver.apply(desired)
     paths = [cm_path(ns, "settings"), f"/apis/apps/v1/namespaces/{ns}/deployments/web",
-             f"/api/v1/namespaces/{ns}/services/web",
-             f"/api/v1/namespaces/reconciler-system/configmaps/{inventory_name(Owner(TARGET, ns, 'shop'))}"]  # fmt: skip
+             f"/api/v1/namespaces/{ns}/services/web", inventory_path(ns)]  # fmt: skip
     before = {p: api.get(p) for p in paths}
     result = driver.apply(desired)
     assert not result.changed and result.message == "3 unchanged"
@@ -240,25 +239,26 @@ def test_drift_is_detected_by_observe_and_repaired_by_apply(driver: KubernetesDr
     assert (driver.observe(ns, "shop") or pytest.fail()).drifted == ()
 
 
-def test_objects_of_an_interrupted_apply_stay_tracked(driver: KubernetesDriver, api: KubeApi, ns: str) -> None:
-    """The inventory names new objects before they are created: a crash half-way through leaves none untracked."""
+def test_objects_of_an_interrupted_apply_stay_tracked(
+    kube_server: KubeServer, driver: KubernetesDriver, api: KubeApi, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inventory names where new objects go before they are created: a crash half-way leaves none untracked."""
     v1 = unit(ns, {"a.yaml": configmap("a", x="1")})
     driver.apply(v1)
-    path = f"/api/v1/namespaces/reconciler-system/configmaps/{inventory_name(Owner(TARGET, ns, 'shop'))}"
-    journal = api.get(path) or {}
-    doc = json.loads(journal["data"]["inventory.json"])
-    doc["objects"].append({"apiVersion": "v1", "kind": "ConfigMap", "namespace": ns, "name": "b", "fields": ""})
-    journal["data"]["inventory.json"] = json.dumps(doc)
-    # what a controller killed during the apply of version 2 leaves: both objects written, only the journal
-    driver.apply(unit(ns, {"a.yaml": configmap("a", x="2"), "b.yaml": configmap("b", x="2")}, version="2"))
-    journal["metadata"]["resourceVersion"] = rv(api, path)
-    api.request("PUT", path, body=journal)
-    live = driver.observe(ns, "shop")
+    v2 = unit(ns, {"a.yaml": configmap("a", x="2"), "b.yaml": configmap("b", x="2"), "c.yaml": configmap("c", x="2")},
+              version="2")  # fmt: skip
+    kill_after_applies(driver, monkeypatch, 2)  # the controller dies after writing a and b, before c
+    with pytest.raises(Killed):
+        driver.apply(v2)
+    assert api.get(cm_path(ns, "b")) is not None and api.get(cm_path(ns, "c")) is None
+    restarted = driver_for(kube_server)
+    live = restarted.observe(ns, "shop")
     assert live is not None and live.version == "1.0.0" and live.fingerprint == v1.fingerprint
     assert live.drifted == (
         f"ConfigMap/{ns}/a: not at the applied fingerprint",
         f"ConfigMap/{ns}/b: not at the applied fingerprint",
     )
-    result = driver.remove(ns, "shop")
+    result = restarted.remove(ns, "shop")
     assert result.message == "2 pruned"
     assert api.get(cm_path(ns, "a")) is None and api.get(cm_path(ns, "b")) is None
+    assert api.get(inventory_path(ns)) is None  # the environment's last application: its inventory is deleted

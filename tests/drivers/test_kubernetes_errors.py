@@ -3,6 +3,7 @@ from a scripted HTTP peer (429, 5xx, 401/403, timeouts), optimistic-concurrency 
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import replace
 
@@ -11,11 +12,17 @@ import pytest
 from reconciler.core.problems import PermanentError, TemporaryError
 from reconciler.drivers.k8s_api import KubeApi, RateLimiter
 from reconciler.drivers.k8s_objects import (
+    ANN_APPLICATION,
     ANN_ENVIRONMENT,
+    ANN_TARGET,
+    LABEL_APPLICATION,
     LABEL_ENVIRONMENT,
+    LABEL_MANAGED_BY,
     Entry,
+    Inventory,
     Owner,
     Ref,
+    application_key,
     inventory_name,
     label_value,
 )
@@ -28,6 +35,7 @@ from tests.drivers.k8s_support import (
     cm_path,
     configmap,
     driver_for,
+    inventory_path,
     unit,
 )
 from tests.support.kube import KubeServer
@@ -98,20 +106,34 @@ def test_long_environment_names_are_hashed_in_labels(driver: KubernetesDriver, a
     assert (driver.observe(environment, "shop") or pytest.fail()).drifted == ()
 
 
-def test_an_inventory_write_conflict_is_retried(driver: KubernetesDriver, api: KubeApi, ns: str) -> None:
-    """409 on a stale resourceVersion: read again and retry; a journal write keeps the entries written meanwhile."""
+def test_an_inventory_write_conflict_is_merged_and_retried(driver: KubernetesDriver, api: KubeApi, ns: str) -> None:
+    """409 on a stale resourceVersion: read again, keep the other writer's records and pending scopes, retry."""
     driver.apply(unit(ns, {"a.yaml": configmap("a", x="1")}))
-    owner = Owner(TARGET, ns, "shop")
-    stale = driver.store.read(owner) or pytest.fail()
-    meanwhile = replace(stale, entries=(*stale.entries, Entry(Ref("v1", "ConfigMap", ns, "other"))))
-    driver.store.save(meanwhile)  # someone else wrote it: our copy's resourceVersion is stale now
-    journal = replace(stale, entries=(*stale.entries, Entry(Ref("v1", "ConfigMap", ns, "mine"))))
-    saved = driver.store.save(journal, merge=True)
+    stale = driver.store.load(ns) or pytest.fail()
+    meanwhile = stale.copy()
+    meanwhile.set_record(
+        "other", Inventory(Owner(TARGET, ns, "other"), "9", "f", 1.0, (Entry(Ref("v1", "ConfigMap", ns, "o")),))
+    )
+    meanwhile.pending = frozenset({("v1", "Secret", ns)})
+    driver.store.save(meanwhile, stale, {"other"})  # someone else wrote it: our copy's resourceVersion is stale now
+    ours = stale.copy()
+    shop = ours.record("shop") or pytest.fail()
+    ours.set_record("shop", replace(shop, entries=(*shop.entries, Entry(Ref("v1", "ConfigMap", ns, "mine")))))
+    saved = driver.store.save(ours, stale, {"shop"}) or pytest.fail()
     assert saved.resource_version != stale.resource_version
-    names = sorted(e.ref.name for e in (driver.store.read(owner) or pytest.fail()).entries)
-    assert names == ["a", "mine", "other"]
-    driver.store.save(replace(stale, entries=stale.entries))  # a plain save wins after a re-read too
-    assert [e.ref.name for e in (driver.store.read(owner) or pytest.fail()).entries] == ["a"]
+    now = driver.store.load(ns) or pytest.fail()
+    assert sorted(e.ref.name for e in (now.record("shop") or pytest.fail()).entries) == ["a", "mine"]
+    assert (now.record("other") or pytest.fail()).version == "9" and now.pending == {("v1", "Secret", ns)}
+    # a record we drop is dropped, theirs stay; without records and pending scopes the ConfigMap is deleted
+    ours.set_record("shop", None)
+    assert driver.store.save(ours, stale, {"shop"}) is not None
+    now = driver.store.load(ns) or pytest.fail()
+    assert now.applications() == ["other"]
+    empty = now.copy()
+    empty.set_record("other", None)
+    empty.pending = frozenset()
+    assert driver.store.save(empty, now, {"other"}) is None
+    assert api.get(inventory_path(ns)) is None
 
 
 def _peer_driver(peer: Peer) -> KubernetesDriver:
@@ -198,13 +220,15 @@ def test_the_rate_limiter_allows_a_burst_then_qps() -> None:
 def test_an_inventory_that_is_not_ours_is_refused_and_left_alone(
     driver: KubernetesDriver, api: KubeApi, ns: str
 ) -> None:
-    name = inventory_name(Owner(TARGET, ns, "shop"))
+    name = inventory_name(TARGET, ns)
     api.request(
         "POST", "/api/v1/namespaces/reconciler-system/configmaps", body={"metadata": {"name": name}, "data": {"x": "1"}}
     )
     for call in (lambda: driver.apply(unit(ns, {"a.yaml": configmap("a", x="1")})), lambda: driver.observe(ns, "shop"),
-                 lambda: driver.remove(ns, "shop")):  # fmt: skip
-        with pytest.raises(PermanentError, match=rf"inventory of {ns}/shop\) is not marked as this controller's"):
+                 lambda: driver.remove(ns, "shop"), lambda: driver.owned_applications(ns)):  # fmt: skip
+        with pytest.raises(
+            PermanentError, match=rf"inventory of environment {ns}\) is not marked as this controller's"
+        ):
             call()
     assert (api.get(f"/api/v1/namespaces/reconciler-system/configmaps/{name}") or {})["data"] == {"x": "1"}
     assert api.get(cm_path(ns, "a")) is None
@@ -214,16 +238,41 @@ def test_a_corrupt_inventory_is_drift_and_the_next_apply_finds_objects_by_label(
     driver: KubernetesDriver, api: KubeApi, ns: str
 ) -> None:
     driver.apply(unit(ns, {"a.yaml": configmap("a", x="1"), "b.yaml": configmap("b", x="1")}))
-    path = f"/api/v1/namespaces/reconciler-system/configmaps/{inventory_name(Owner(TARGET, ns, 'shop'))}"
-    corrupt = api.get(path) or {}
-    corrupt["data"]["inventory.json"] = "{not json"
-    api.request("PUT", path, body=corrupt)
+    driver.apply(unit(ns, {"a.yaml": configmap("other", x="1")}, app="billing"))
+    corrupt = api.get(inventory_path(ns)) or {}
+    corrupt["data"][application_key("shop")] = "{not json"
+    api.request("PUT", inventory_path(ns), body=corrupt)
     live = driver.observe(ns, "shop")
     assert live is not None and live.fingerprint is None and "is unreadable" in live.drifted[0]
+    assert driver.owned_applications(ns) == ["billing", "shop"]
     assert driver.health(ns, "shop").status.value == "Degraded"
     with pytest.raises(PermanentError, match="is unreadable; refusing to remove"):
         driver.remove(ns, "shop")
+    assert (driver.observe(ns, "billing") or pytest.fail()).drifted == ()  # the other records are intact
+    driver.apply(unit(ns, {"a.yaml": configmap("other", x="2")}, app="billing"), dry_run=False)
+    assert (api.get(inventory_path(ns)) or {})["data"][application_key("shop")] == "{not json"  # kept as it was
     result = driver.apply(unit(ns, {"a.yaml": configmap("a", x="1")}))
     assert result.message == "1 configured, 1 pruned", result.message  # b found by its labels
     assert api.get(cm_path(ns, "b")) is None
     assert (driver.observe(ns, "shop") or pytest.fail()).drifted == ()
+
+
+def test_an_unreadable_environment_header_counts_every_recorded_kind_as_pending(
+    kube_server: KubeServer, driver: KubernetesDriver, api: KubeApi, ns: str
+) -> None:
+    driver.apply(unit(ns, {"a.yaml": configmap("a", x="1")}))
+    corrupt = api.get(inventory_path(ns)) or {}
+    corrupt["data"]["environment.json"] = "[broken"
+    api.request("PUT", inventory_path(ns), body=corrupt)
+    # an object of ours that no record names (as a crash would leave it), in a kind and namespace recorded
+    api.request("POST", f"/api/v1/namespaces/{ns}/configmaps", body={
+        "metadata": {"name": "stray", "labels": {LABEL_ENVIRONMENT: ns, LABEL_MANAGED_BY: "reconciler",
+                                                 LABEL_APPLICATION: "shop"},
+                     "annotations": {ANN_TARGET: TARGET, ANN_ENVIRONMENT: ns, ANN_APPLICATION: "shop"}}})  # fmt: skip
+    restarted = driver_for(kube_server)
+    live = restarted.observe(ns, "shop")
+    assert live is not None and f"ConfigMap/{ns}/stray: not at the applied fingerprint" in live.drifted
+    result = restarted.apply(unit(ns, {"a.yaml": configmap("a", x="1")}))
+    assert result.message == "1 unchanged, 1 pruned", result.message
+    header = json.loads((api.get(inventory_path(ns)) or {})["data"]["environment.json"])
+    assert header["pending"] == [] and header["environment"] == ns
