@@ -33,6 +33,7 @@ from tests.drivers.k8s_support import (
     configmap,
     deployment,
     driver_for,
+    edit,
     inventory_path,
     inventory_record,
     kill_after_applies,
@@ -105,6 +106,29 @@ def test_a_batch_writes_the_inventory_once_and_reads_objects_by_listing(
             assert not result.changed and result.message == "1 unchanged"
     assert [m for m, _, _ in requests] == ["GET"] * 4, requests
     assert (api.get(inventory_path(ns)) or {})["metadata"]["resourceVersion"] == rv
+
+
+def test_observing_an_environment_reads_its_inventory_once_and_lists_objects(
+    driver: KubernetesDriver, api: KubeApi, ns: str, requests: list[Request]
+) -> None:
+    """The engine's batch observe (``observe_environment``): the same answers as one ``observe`` per application."""
+    apps = [f"app{i}" for i in range(4)]
+    with driver.batch(ns):
+        for app in apps:
+            driver.apply(unit(ns, {"c.yaml": configmap(f"{app}-settings", x="1")}, app=app))
+    edit(api, cm_path(ns, "app2-settings"), {"data": {"x": "hacked"}})
+    requests.clear()
+    found = driver.observe_environment(ns, ["app0", "missing"], True)
+    assert [m for m, _, _ in requests] == ["GET"] * 4, requests  # the inventory, two objects, one listing
+    assert sorted(found) == [*apps, "missing"] and found["missing"] is None
+    assert found == {name: driver.observe(ns, name) for name in found}
+    assert (found["app2"] or pytest.fail()).drifted == (
+        f"ConfigMap/{ns}/app2-settings: managed fields changed by kubectl-edit",
+    )
+    assert all((found[a] or pytest.fail()).version == "1.0.0" for a in apps)
+    requests.clear()
+    assert driver.observe_environment(ns, [], False) == {a: driver.observe(ns, a, check_drift=False) for a in apps}
+    assert [m for m, _, _ in requests][:1] == ["GET"] and len(requests) == 1 + len(apps)  # no object read
 
 
 def test_outside_a_batch_each_call_reads_and_writes_the_inventory(
