@@ -275,16 +275,8 @@ def atomic_write(path: str, data: bytes, sync_dir: bool = True, durable: bool = 
     """
     parent = os.path.dirname(path)
     tmp = os.path.join(parent, f"{TMP_PREFIX}{os.getpid()}-{next(_TMP_NAMES)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_new(tmp, data, durable)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.http import poll as wait_for
+
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 DOM = "document.documentElement.outerHTML"
@@ -37,17 +39,6 @@ FCP = """new Promise(done => {
   }).observe({type: "paint", buffered: true});
 })"""
 MISSING = "chromium not found: apt-get install chromium (./dev deps installs it)"
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)  # polling interval, not synchronisation
 
 
 def _high(fd: int) -> int:
