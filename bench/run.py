@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": sizes,
         "scaling": scaling,
         "kubernetes": k8s,
-        "targets": check_targets(sizes, scaling),
+        "targets": check_targets(sizes, scaling, k8s),
     }
     missing = missing_fields(doc)
     if missing:

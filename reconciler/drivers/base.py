@@ -11,6 +11,12 @@ A driver may also offer ``observe_environment(environment, applications, check_d
 plus one ``observe`` per application give, in one call (``local`` does: one directory scan per environment
 instead of a lookup per application); :func:`observe_environment` uses it when present.
 
+A driver may also offer ``batch(environment)``, a context manager: the engine enters it (for every target of the
+environment) before observing and leaves it after the last prune, so a driver can read its own records of the
+environment once and write them once (``kubernetes`` does: one inventory read and one write per environment
+instead of one of each per application). Leaving the block may raise (the records could not be written); the
+engine then reports the environment as failed, transient unless the error is a ``PermanentError``.
+
 A driver may set the class attribute ``observe_is_health = True`` when its health is nothing more than "observed
 without drift" (``local``): the engine then does not ask for the health of a unit that a drift-checking observe
 has just found unchanged.
@@ -19,6 +25,7 @@ has just found unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -78,6 +85,7 @@ class Driver(Protocol):
 
 
 BatchObserve = Callable[[str, list[str], bool], dict[str, LiveUnit | None]]
+Batch = Callable[[str], AbstractContextManager[None]]
 
 
 def observe_environment(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from reconciler.core.desired import DesiredUnit
@@ -17,6 +19,20 @@ class MemoryDriver:
     health_of: dict[tuple[str, str], HealthReport] = field(default_factory=dict)
     fail_with: dict[tuple[str, str], Exception] = field(default_factory=dict)
     calls: list[tuple[str, str, str]] = field(default_factory=list)
+    fail_batch: dict[tuple[str, str], Exception] = field(default_factory=dict)  # (environment, "begin"/"end")
+
+    @contextmanager
+    def batch(self, environment: str) -> Iterator[None]:
+        """Records the batch's begin and end in ``calls``; raises ``fail_batch[(environment, "begin" or "end")]``."""
+        if (environment, "begin") in self.fail_batch:
+            raise self.fail_batch[(environment, "begin")]
+        self.calls.append(("batch", environment, "begin"))
+        try:
+            yield
+        finally:
+            self.calls.append(("batch", environment, "end"))
+        if (environment, "end") in self.fail_batch:
+            raise self.fail_batch[(environment, "end")]
 
     def observe(self, environment: str, application: str, check_drift: bool = True) -> LiveUnit | None:
         unit = self.units.get((environment, application))

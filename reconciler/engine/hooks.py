@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.plan import Phase
-from reconciler.drivers.base import ApplyResult, BatchObserve, Driver, HealthReport, LiveUnit
+from reconciler.drivers.base import ApplyResult, Batch, BatchObserve, Driver, HealthReport, LiveUnit
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -84,6 +84,7 @@ class InstrumentedDriver:
         self.observe_environment: BatchObserve | None = (
             None if batch is None else lambda env, apps, drift: self._call("observe", batch, env, apps, drift)
         )
+        self.batch: Batch | None = getattr(inner, "batch", None)
 
     def _call(self, operation: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of
 from reconciler.core.model import Environment, ReleasesRepo
@@ -22,7 +23,7 @@ from reconciler.core.policy import requirement_hold
 from reconciler.core.problems import PermanentError, ReconcilerError, TemporaryError
 from reconciler.core.state import Health, LiveUnit, worst
 from reconciler.core.tree import SourceTree
-from reconciler.drivers.base import Driver, observe_environment
+from reconciler.drivers.base import Batch, Driver, observe_environment
 from reconciler.engine.targets import DriverPool
 
 HEALTH_PHASE = {
@@ -208,7 +209,30 @@ def _invalid(job: Job, errors: Mapping[str, str], started: float, clock: Callabl
 
 
 def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float] = time.monotonic) -> EnvOutcome:
+    """Render, observe, pair, apply in dependency order, prune, and look at health: one environment's reconcile.
+
+    Drivers that offer ``batch(environment)`` are inside it from before the observe to after the last prune; a
+    batch that cannot write its records when it ends fails the environment (the applies stay in the audit)."""
     started = clock()
+    with ExitStack() as batches:
+        outcome = _reconcile(job, pool, batches, started, clock)
+        try:
+            batches.close()
+        except Exception as exc:  # noqa: BLE001 - a driver could not record what it did: report, retry
+            note = f"records not written: {_safe(exc)}"
+            outcome = replace(
+                outcome,
+                phase=Phase.FAILED,
+                message=note if outcome.phase is not Phase.FAILED else f"{outcome.message}; {note}",
+                transient=outcome.transient or not isinstance(exc, PermanentError),
+                duration=clock() - started,
+            )
+    return outcome
+
+
+def _reconcile(
+    job: Job, pool: DriverPool, batches: ExitStack, started: float, clock: Callable[[], float]
+) -> EnvOutcome:
     env = job.env
     desired_versions = job.repo.desired_versions(env)
     stubs: set[tuple[str, str]] = set()
@@ -221,8 +245,12 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
     targets = sorted(set(env.targets.values()) | {t for _, t in units})
     try:
         for target in targets:
+            driver = pool.get(target)
+            opener = cast(Batch | None, getattr(driver, "batch", None))
+            if opener is not None:
+                batches.enter_context(opener(env.name))
             wanted = [a for a, t in units if t == target]
-            found = observe_environment(pool.get(target), env.name, wanted, job.check_drift)
+            found = observe_environment(driver, env.name, wanted, job.check_drift)
             live.update(((app, target), unit) for app, unit in found.items())
     except Exception as exc:  # noqa: BLE001 - a target we cannot even observe: nothing is applied in this environment
         transient = not isinstance(exc, PermanentError)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import FIGURE_FIELDS, missing_fields
+from bench.report import FIGURE_FIELDS, check_targets, k8s_summary, missing_fields
+from tests.support.kube import KubeServer
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -57,3 +58,25 @@ def test_quick_run_writes_every_field(tmp_path: Path) -> None:
     for row in ("load + validate", "cold cycle", "no-op cycle, no drift check", "commit-to-live", "peak RSS"):
         assert row in table
     assert not work.exists() or not any(work.glob("fleet-*")), "scratch fleets are removed"
+
+
+@pytest.mark.kube
+@pytest.mark.timeout(300)
+def test_kubernetes_throughput_runs_both_shapes_through_the_engine(kube_server: KubeServer) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.k8s_throughput", "--kubeconfig", str(kube_server.kubeconfig),
+         "--environments", "2", "--apps", "3", "--runs", "1"],
+        cwd=PROJECT, capture_output=True, text=True, timeout=280,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result["shapes"]) == {"configmap", "realistic"}
+    for shape, figures in result["shapes"].items():
+        assert figures["via"] == "engine" and figures["failures"] == [], (shape, figures["failures"])
+        assert figures["collisions"] == 0 and figures["unchanged_reapply_wrote_nothing"] is True
+        assert figures["cold_apps_per_s"] > 0 and figures["floor_cold_apps_per_s"] > 0
+    assert result["shapes"]["configmap"]["applications"] == 6
+    targets = {t["target"]: t for t in check_targets([], {}, {"status": "ok", "result": result})}
+    assert set(targets) == {"Kubernetes ConfigMap shape, cold", "Kubernetes ConfigMap shape / raw SSA loop"}
+    assert targets["Kubernetes ConfigMap shape, cold"]["value"] == result["shapes"]["configmap"]["cold_apps_per_s"]
+    assert "configmap (one ~2 KB ConfigMap per application)" in k8s_summary({"result": result})

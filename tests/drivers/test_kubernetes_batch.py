@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
+from reconciler.core.config import ControllerConfig
+from reconciler.core.loader import load_repo
 from reconciler.core.problems import PermanentError, TemporaryError
+from reconciler.core.tree import MemoryTree
 from reconciler.drivers import kubernetes
 from reconciler.drivers.k8s_api import APPLY_PATCH, KubeApi
 from reconciler.drivers.k8s_objects import (
@@ -25,6 +28,8 @@ from reconciler.drivers.k8s_objects import (
     state_digest,
 )
 from reconciler.drivers.kubernetes import KubernetesDriver
+from reconciler.engine.reconcile import Job, reconcile_environment
+from reconciler.engine.targets import DriverPool
 from tests.drivers import k8s_support
 from tests.drivers.k8s_support import (
     TARGET,
@@ -287,3 +292,62 @@ def test_the_state_digest_covers_the_values_of_owned_fields_only() -> None:
     assert state_digest(obj(image="web:2"), "reconciler") != base
     assert state_digest(obj(replicas=3), "reconciler") != base
     assert state_digest({"metadata": {}}, "reconciler") == ""  # nothing applied by us: no fast path
+
+
+def fleet_of(ns: str, apps: list[str]) -> dict[str, bytes]:
+    """A releases repo with one environment (named and namespaced ``ns``) of ``apps``, one ConfigMap each."""
+    files: dict[str, bytes] = {}
+    for app in apps:
+        files[f"applications/{app}/application.yaml"] = (
+            f"apiVersion: reconciler.io/v1\nkind: Application\nmetadata: {{name: {app}}}\nspec:\n  owner: t\n"
+            "  components:\n    - {name: api, target: kubernetes, templates: [templates/cm.yaml]}\n"
+        ).encode()
+        files[f"applications/{app}/templates/cm.yaml"] = (
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ${app.name}-settings\n"
+            b'  namespace: ${params.namespace}\ndata:\n  version: "${release.version}"\n'
+        )
+        files[f"releases/{app}/1.0.yaml"] = (
+            f"apiVersion: reconciler.io/v1\nkind: Release\nmetadata: {{name: {app}-1.0}}\n"
+            f"spec: {{application: {app}, version: '1.0', components: {{api: {{image: r.example.org/{app}:1.0}}}}}}\n"
+        ).encode()
+    releases = ", ".join(f"{app}: '1.0'" for app in apps)
+    files["stages/dev.yaml"] = (
+        f"apiVersion: reconciler.io/v1\nkind: Stage\nmetadata: {{name: dev}}\nspec:\n  releases: {{{releases}}}\n".encode()
+    )
+    files["environments/env.yaml"] = (
+        f"apiVersion: reconciler.io/v1\nkind: Environment\nmetadata: {{name: {ns}}}\n"
+        f"spec: {{stage: dev, targets: {{kubernetes: {TARGET}}}, parameters: {{namespace: {ns}}}}}\n"
+    ).encode()
+    return files
+
+
+def test_the_engine_reconciles_an_environment_inside_one_batch(
+    driver: KubernetesDriver, api: KubeApi, ns: str, requests: list[Request]
+) -> None:
+    """The engine enters ``batch``: one inventory read and (with creations) two writes per environment, not per
+    application; an unchanged environment is read, never written."""
+    driver.store._ensure_namespace()
+    apps = [f"app{i}" for i in range(5)]
+    tree = MemoryTree(fleet_of(ns, apps))
+    repo = load_repo(tree).repo or pytest.fail("the test repo does not load")
+    config = ControllerConfig(
+        path="/etc/reconciler.yaml", source_url="unused", patterns=({"match": "*", "driver": "kubernetes"},)
+    )
+    pool = DriverPool(config, factory=lambda target: driver)
+    job = Job(env=repo.environments[ns], repo=repo, tree=tree, revision="r1")
+    requests.clear()
+    outcome = reconcile_environment(job, pool)
+    assert outcome.phase == "Synced" and outcome.changed, outcome.message
+    writes = [m for m, p, _ in requests if "reconciler-system" in p and m != "GET"]
+    assert len(writes) == 2, requests  # the pending scope before the first creation, the records at the end
+    assert [p for m, p, _ in requests if m == "GET"].count(inventory_path(ns)) == 1, requests
+    applies = [p for m, p, _ in requests if m == "PATCH" and "reconciler-system" not in p]
+    assert len(applies) == len(apps) and dry_runs(requests) == 0
+    for app in apps:
+        assert (inventory_record(api, ns, app) or pytest.fail(app))["version"] == "1.0"
+
+    requests.clear()
+    outcome = reconcile_environment(job, pool)  # nothing changed: read the inventory and the objects, write nothing
+    assert outcome.phase == "Synced" and not outcome.changed and not outcome.audit
+    assert all(m == "GET" for m, _, _ in requests), requests
+    assert [p for _, p, _ in requests].count(inventory_path(ns)) == 1, requests

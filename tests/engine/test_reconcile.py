@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from reconciler.core.config import ControllerConfig
 from reconciler.core.loader import load_repo
-from reconciler.core.problems import TemporaryError
+from reconciler.core.problems import PermanentError, TemporaryError
 from reconciler.core.tree import MemoryTree
 from reconciler.drivers.memory import MemoryDriver
 from reconciler.engine.reconcile import Job, reconcile_environment
@@ -93,3 +93,41 @@ def test_a_policy_hold_blocks_changes_but_allows_drift_repair() -> None:
         outcome.applications["ref"].phase == "Blocked"
         and outcome.applications["ref"].message == "frozen until tomorrow"
     )
+
+
+def test_each_target_is_inside_one_batch_from_observe_to_the_last_prune() -> None:
+    job, drivers, pool = setup()
+    reconcile_environment(job, pool)
+    for driver in drivers.values():
+        driver.calls.clear()
+    reconcile_environment(replace(job, env=replace(job.env, applications=("ref",))), pool)  # famille is pruned
+    for name, driver in drivers.items():
+        assert driver.calls[0] == ("batch", "lille-dev", "begin"), name
+        assert driver.calls[-1] == ("batch", "lille-dev", "end"), name
+        assert driver.calls.count(("batch", "lille-dev", "begin")) == 1, name
+    assert ("remove", "lille-dev", "famille") in drivers["aix-lille"].calls[1:-1]
+
+
+def test_records_a_batch_cannot_write_fail_the_environment_and_keep_the_audit() -> None:
+    job, drivers, pool = setup()
+    pool.get("k8s-nord")
+    drivers["k8s-nord"].fail_batch[("lille-dev", "end")] = TemporaryError("inventory write refused: 503")
+    outcome = reconcile_environment(job, pool)
+    assert outcome.phase == "Failed" and outcome.transient
+    assert outcome.message == "records not written: inventory write refused: 503"
+    assert [(e["application"], e["result"]) for e in outcome.audit] == [("ref", "succeeded"), ("famille", "succeeded")]
+    drivers["k8s-nord"].fail_batch[("lille-dev", "end")] = PermanentError("inventory is not ours")
+    outcome = reconcile_environment(job, pool)
+    assert outcome.phase == "Failed" and not outcome.transient and "inventory is not ours" in outcome.message
+
+
+def test_a_batch_that_cannot_begin_is_an_observe_failure_and_nothing_is_applied() -> None:
+    job, drivers, pool = setup()
+    pool.get("k8s-nord")
+    drivers["k8s-nord"].fail_batch[("lille-dev", "begin")] = TemporaryError("inventory unreadable")
+    outcome = reconcile_environment(job, pool)
+    assert outcome.phase == "Failed" and outcome.transient
+    assert outcome.message == "observe failed: inventory unreadable" and not outcome.audit
+    assert all(not d.units for d in drivers.values())
+    for driver in drivers.values():  # every batch begun has ended
+        assert driver.calls.count(("batch", "lille-dev", "begin")) == driver.calls.count(("batch", "lille-dev", "end"))
