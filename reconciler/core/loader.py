@@ -107,6 +107,7 @@ class _Builder:
         self.freezes: dict[str, FreezeWindow] = {}
         self.sets: dict[str, Origin] = {}
         self.broken: set[str] = set()  # names of documents that failed their schema: no cascade of "unknown" errors
+        self.parsed: dict[tuple[str, str, int], Parsed] = {}
 
     def error(self, doc: Document, where: tuple[str | int, ...], message: str) -> None:
         self.problems.append(Problem(doc.path, doc.line(where), message))
@@ -132,7 +133,12 @@ class _Builder:
                     Problem(path, None, f"repository manifests exceed the limit of {self.limits.max_repo_size} bytes")
                 )
                 break
-            found, problems = parse_file(path, self.tree.read(path), self.limits.max_file_size)
+            key = (path, self.tree.digest(path), self.limits.max_file_size)
+            parsed = _PARSED.get(key)
+            if parsed is None:
+                parsed = parse_file(path, self.tree.read(path), self.limits.max_file_size)
+            self.parsed[key] = parsed
+            found, problems = parsed
             self.problems.extend(problems)
             docs.extend(d for d in found if d.data is not None)
         return docs, len(paths)
@@ -369,12 +375,20 @@ class _Builder:
             self.freezes[freeze.name] = freeze
 
 
+Parsed = tuple[list[Document], list[Problem]]
+# the files of the last load, parsed, by (path, content digest, size limit): the next revision of a repo differs
+# in a few files, so a load parses only those (documents are never modified after parsing, so they can be shared)
+_PARSED: dict[tuple[str, str, int], Parsed] = {}
+
+
 def load_repo(tree: SourceTree, limits: Limits | None = None) -> LoadResult:
     """Load and validate ``tree``. Never raises for bad input: every finding is a :class:`Problem`."""
+    global _PARSED
     from reconciler.core.validate import validate_repo
 
     builder = _Builder(tree, limits or Limits())
     docs, files = builder.read_documents()
+    _PARSED = builder.parsed  # what this load read: the cache of the next
     for doc in docs:
         builder.dispatch(doc)
     repo = ReleasesRepo(

@@ -18,10 +18,12 @@ import json
 import random
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
 
@@ -573,10 +575,10 @@ class Controller:
             replace["controller.yaml"] = statusdoc.dump(controller)
         if self.dry_run or self.store is None or (not replace and not self.pending_audit):
             return
-        lines: dict[str, list[str]] = {}
-        for entry in self.pending_audit:
-            lines.setdefault(statusdoc.audit_path(entry["time"]), []).append(json.dumps(entry, sort_keys=True))
-        append = {path: ("\n".join(chunk) + "\n").encode() for path, chunk in lines.items()}
+        append: dict[str, bytes] = {}
+        if self.pending_audit:  # a new file per commit (the token: replicas never write the same name)
+            path = statusdoc.audit_path(datetime.now(UTC), uuid.uuid4().hex[:8])
+            append[path] = "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.pending_audit).encode()
         changed_envs = sum(1 for p in replace if p.startswith("environments/"))
         message = (
             f"reconciler: {(self.head or 'unknown')[:12]}: {changed_envs} environment(s), "

@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import yaml
@@ -27,13 +28,20 @@ _RESERVED = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "nul
 
 
 def _scalar(value: Any) -> str:
+    if isinstance(value, str):
+        return _text(value)
     if value is None:
         return "null"
     if value is True or value is False:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return json.dumps(value)
-    text = str(value)
+    return _text(str(value))
+
+
+@lru_cache(maxsize=1 << 16)
+def _text(text: str) -> str:
+    """``text`` as a YAML scalar (cached: status documents repeat the same names, versions and phases)."""
     if _PLAIN.fullmatch(text) and text.lower() not in _RESERVED:
         return text
     # a JSON string is a valid YAML double-quoted scalar; anything not printable (line separators too) escaped
@@ -96,6 +104,10 @@ def environment_path(name: str) -> str:
     return f"environments/{name}.yaml"
 
 
-def audit_path(entry_time: str) -> str:
-    """Audit entries go to one JSON-lines file per month: ``audit/2026-11.jsonl``."""
-    return f"audit/{entry_time[:7]}.jsonl"
+def audit_path(written: datetime, token: str) -> str:
+    """Where the audit entries of one status commit, made at ``written``, go: a new file,
+    ``audit/2026-11/29/031502.123456-<token>.jsonl`` (UTC), never rewritten, so a commit costs the same however long
+    the trail is. Names sort in the order they were written (after the month's single file of earlier versions,
+    ``audit/2026-11.jsonl``, which readers still read)."""
+    utc = written.astimezone(UTC)
+    return f"audit/{utc:%Y-%m}/{utc:%d}/{utc:%H%M%S.%f}-{token}.jsonl"

@@ -378,9 +378,11 @@ class GitTree:
         return path in self._files
 
 
-def load_tree(repo: BareRepo, blobs: BlobReader, sha: str) -> GitTree:
-    """The tree of commit ``sha`` from one ``git ls-tree``; symlinks resolved, submodules skipped."""
-    done = repo.run("ls-tree", "-r", "-z", "--full-tree", "-l", sha)
+def load_tree(repo: BareRepo, blobs: BlobReader, sha: str, paths: Sequence[str] = ()) -> GitTree:
+    """The tree of commit ``sha`` from one ``git ls-tree``; symlinks resolved, submodules skipped.
+
+    ``paths``: only the files at or under these paths (the whole tree when empty)."""
+    done = repo.run("ls-tree", "-r", "-z", "--full-tree", "-l", sha, *(("--", *paths) if paths else ()))
     if done.returncode:
         raise TemporaryError(f"cannot list {sha}: {repo.tail(done)}")
     entries: dict[str, _Entry] = {}

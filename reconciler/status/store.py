@@ -4,9 +4,10 @@ The engine writes one commit per cycle with :meth:`StatusStore.write` (``environ
 ``audit/*.jsonl`` lines appended); ``reconciler status`` and ``reconciler history`` read it with :meth:`read` and
 :meth:`audit_lines`. The branch lives in the same remote as the tracked branch but is never the tracked branch, and
 it is only ever fast-forwarded (invariant 4): when someone else pushed in between, we fetch, rebuild our change on
-their head (appends land after their lines, their files survive) and push again. No working tree: commits are made
-with plumbing (``read-tree`` into a temporary index, ``hash-object``, ``update-index``, ``write-tree``,
-``commit-tree``) in the bare repo ``cache_dir/status.git``. This module moves bytes; callers produce the YAML/JSON.
+their head (appends land after their lines, their files survive) and push again. No working tree and no index: each
+commit is built by one ``git fast-import`` in the bare repo ``cache_dir/status.git``, which reads only the trees
+on the changed paths, so a write costs the same however long the audit trail has grown. This module moves bytes;
+callers produce the YAML/JSON (the engine writes each cycle's audit entries as new files, never rewriting old ones).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,6 +27,8 @@ from reconciler.core.tree import blob_id
 from reconciler.source.gitrepo import BareRepo, BlobReader, check_branch_name, load_tree
 
 DEFAULT_BRANCH = "reconciler-status"
+GC_EVERY = 50  # status commits between two ``git gc --auto`` of the cache
+_BUILD_REF = b"refs/reconciler/status-build"  # where fast-import leaves the commit it built (the cache only)
 log = logging.getLogger(__name__)
 
 
@@ -69,6 +71,7 @@ class StatusStore:
         self._head: str | None = None
         self._fetched = False
         self.skipped_audit_lines = 0
+        self._writes = 0
         self.before_push: Callable[[], None] | None = None  # test hook: runs just before every push attempt
 
     # reading
@@ -84,7 +87,7 @@ class StatusStore:
             head = self._fetch()
             if head is None:
                 return StatusSnapshot(None, {})
-            tree = load_tree(self.repo, self._blobs, head)
+            tree = load_tree(self.repo, self._blobs, head, ("environments", "controller.yaml"))
             wanted = [p for p in tree.paths() if p.startswith("environments/") and p.count("/") == 1]
             wanted += [p for p in ("controller.yaml",) if p in tree]
             return StatusSnapshot(head, {p: tree.read(p) for p in sorted(wanted) if p.endswith(".yaml")})
@@ -101,7 +104,7 @@ class StatusStore:
             return None if head is None else self._blobs.read(f"{head}:{path}")
 
     def audit_lines(self, prefix: str = "audit/") -> Iterator[dict[str, Any]]:
-        """Every JSON object of every ``<prefix>*.jsonl`` at the last fetched head, files in name order.
+        """Every JSON object of every ``.jsonl`` file under ``<prefix>`` at the last fetched head, files in name order.
 
         Lines that are not a JSON object are skipped and counted in :attr:`skipped_audit_lines`.
         """
@@ -125,11 +128,14 @@ class StatusStore:
                     log.warning("skipping malformed audit line %s:%d", name, number)
 
     def _list(self, head: str, prefix: str) -> list[str]:
-        done = self.repo.run("ls-tree", "-z", "--name-only", "--full-tree", head, "--", prefix)
+        """The ``.jsonl`` files at any depth under ``prefix``, in name order: the order they were written in, for
+        the engine's ``audit/YYYY-MM/DD/HHMMSS.micros-*.jsonl``, after the month's file of earlier versions,
+        ``YYYY-MM.jsonl``."""
+        done = self.repo.run("ls-tree", "-r", "-z", "--name-only", "--full-tree", head, "--", prefix)
         if done.returncode:
             raise TemporaryError(f"cannot list {prefix} of the status branch: {self.repo.tail(done)}")
         names = (n.decode("utf-8", "replace") for n in done.stdout.split(b"\x00") if n)
-        return sorted(n for n in names if n.endswith(".jsonl") and "/" not in n[len(prefix) :])
+        return sorted(n for n in names if n.endswith(".jsonl") and n.startswith(prefix))
 
     # writing
 
@@ -165,10 +171,10 @@ class StatusStore:
     def _build(
         self, head: str | None, replace: Mapping[str, bytes], append: Mapping[str, bytes], message: str
     ) -> str | None:
-        current = load_tree(self.repo, self._blobs, head) if head is not None else None
+        current = self._blob_ids(head, list(replace)) if head is not None and replace else {}
         contents: dict[str, bytes] = {}
         for path, data in replace.items():
-            if current is None or path not in current or current.digest(path) != blob_id(data):
+            if current.get(path) != blob_id(data):
                 contents[path] = data
         for path, data in append.items():
             base = contents.get(path, replace.get(path))
@@ -179,25 +185,32 @@ class StatusStore:
             contents[path] = base + data + (b"" if data.endswith(b"\n") else b"\n")
         if not contents:  # otherwise some path gets new bytes, so the tree differs from the head's
             return None
-        with tempfile.TemporaryDirectory(dir=self.repo.path, prefix="tmp-write-") as tmp:
-            index = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-            self._git(("read-tree", head) if head else ("read-tree", "--empty"), env=index)
-            names = list(contents)
-            for i, path in enumerate(names):
-                (Path(tmp) / str(i)).write_bytes(contents[path])
-            paths = "".join(f"{Path(tmp) / str(i)}\n" for i in range(len(names))).encode()
-            oids = self._git(("hash-object", "-w", "--no-filters", "--stdin-paths"), stdin=paths).split()
-            info = b"".join(b"100644 %s\t%s\x00" % (oid, p.encode()) for oid, p in zip(oids, names, strict=True))
-            self._git(("update-index", "-z", "--index-info"), stdin=info, env=index)
-            tree = self._git(("write-tree",), env=index).strip().decode()
-        now = f"{int(time.time())} +0000"
-        who = {"GIT_AUTHOR_NAME": self.author_name, "GIT_AUTHOR_EMAIL": self.author_email, "GIT_AUTHOR_DATE": now,
-               "GIT_COMMITTER_NAME": self.author_name, "GIT_COMMITTER_EMAIL": self.author_email,
-               "GIT_COMMITTER_DATE": now}  # fmt: skip
-        parents = ("-p", head) if head else ()
-        body = message if message.endswith("\n") else message + "\n"
-        sha = self._git(("commit-tree", "--no-gpg-sign", tree, *parents), stdin=body.encode(), env=who)
-        return sha.strip().decode()
+        return self._commit(head, contents, message)
+
+    def _blob_ids(self, head: str, paths: list[str]) -> dict[str, str]:
+        """Blob id of each of ``paths`` that exists at ``head``: one ``ls-tree`` of their directories only (the
+        audit trail, which grows without end, is not listed)."""
+        scopes = sorted({p.rsplit("/", 1)[0] if "/" in p else p for p in paths})
+        tree = load_tree(self.repo, self._blobs, head, scopes)
+        return {p: tree.digest(p) for p in paths if p in tree}
+
+    def _commit(self, head: str | None, contents: Mapping[str, bytes], message: str) -> str:
+        """A commit of ``contents`` on ``head`` from one ``git fast-import``: blobs, trees and the commit are
+        written without an index, and only the trees on the changed paths are read, however large the branch."""
+        who = f"{_ident(self.author_name)} <{_ident(self.author_email)}> {int(time.time())} +0000"
+        body = (message if message.endswith("\n") else message + "\n").encode()
+        stream = [b"reset %s\ncommit %s\nmark :1\n" % (_BUILD_REF, _BUILD_REF),
+                  f"author {who}\ncommitter {who}\n".encode(), b"data %d\n%s\n" % (len(body), body)]  # fmt: skip
+        if head is not None:
+            stream.append(f"from {head}\n".encode())
+        for path, data in contents.items():
+            stream.append(b"M 100644 inline %s\ndata %d\n%s\n" % (_quoted(path), len(data), data))
+        stream.append(b"\nget-mark :1\ndone\n")
+        out = self._git(("fast-import", "--quiet", "--done", "--force", "--date-format=raw"), stdin=b"".join(stream))
+        self._writes += 1
+        if self._writes % GC_EVERY == 0:  # fast-import leaves small imports as loose objects: pack them now and then
+            self.repo.run("gc", "--auto", "--quiet")
+        return out.strip().decode()
 
     def _git(self, args: tuple[str, ...], stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> bytes:
         done = self.repo.run(*args, stdin=stdin, env=env)
@@ -219,6 +232,16 @@ class StatusStore:
 
     def close(self) -> None:
         self._blobs.close()
+
+
+def _ident(text: str) -> str:
+    """A name or e-mail as a commit header takes it (no angle brackets or line breaks)."""
+    return "".join(c for c in text if c not in "<>\n\r").strip() or "reconciler"
+
+
+def _quoted(path: str) -> bytes:
+    """``path`` as fast-import reads it: C-style quoted (checked paths hold no newline or NUL)."""
+    return b'"%s"' % path.encode().replace(b"\\", b"\\\\").replace(b'"', b'\\"')
 
 
 def _check_path(path: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,9 +46,15 @@ def test_a_release_bump_in_one_stage_changes_exactly_that_stage(
     fleet.commit({"releases/ref/3.11.yaml": NEW_REF_RELEASE}, "add ref 3.11")
     head = fleet.edit("stages/dev.yaml", "ref: 3.10", "ref: 3.11", "promote ref 3.11 to dev",
                       GIT_AUTHOR_NAME="Carol Dev", GIT_AUTHOR_EMAIL="carol@example.org")  # fmt: skip
-    audit_before = len(fleet.audit())
+    audit_before, status_before = len(fleet.audit()), fleet.status_head()
     assert fleet.once() == 0
     new = [e for e in fleet.audit()[audit_before:]]
+    # the trail grows by new files only (a status commit never rewrites the trail): audit/YYYY-MM/DD/HHMMSS.micros-x.jsonl
+    diff = git(
+        "diff", "--name-status", f"{status_before}", "reconciler-status", "--", "audit/", cwd=fleet.upstream.bare
+    )
+    assert [line.split("\t")[0] for line in diff.splitlines()] == ["A"], diff
+    assert re.fullmatch(r"A\taudit/\d{4}-\d\d/\d\d/\d{6}\.\d{6}-[0-9a-f]{8}\.jsonl", diff), diff
     assert sorted({e["environment"] for e in new}) == ["lille-dev", "rennes-dev"]
     assert {(e["application"], e["from"], e["to"], e["result"]) for e in new} == {("ref", "3.10", "3.11", "succeeded")}
     assert all(e["revision"] == head and e["author"] == "Carol Dev <carol@example.org>" for e in new)

@@ -180,3 +180,33 @@ def test_invalid_paths_are_refused(store: StatusStore) -> None:
     for bad in ("/abs", "../up", "a//b", ".git/config", ""):
         with pytest.raises(ValueError, match="invalid status file path"):
             store.write({bad: b"x"}, {}, "bad")
+
+
+def test_audit_files_at_any_depth_are_read_in_time_order_after_the_months_file(store: StatusStore) -> None:
+    """Earlier versions appended to ``audit/YYYY-MM.jsonl``; the engine now adds ``audit/YYYY-MM/DD/HHMMSS-x.jsonl``
+    per commit: both are read, the month's single file first."""
+    store.write({}, {"audit/2024-03.jsonl": b'{"n": 1}\n{"n": 2}\n'}, "an earlier version's trail")
+    store.write({}, {"audit/2024-03/07/101500-bbbb.jsonl": b'{"n": 4}\n'}, "later")
+    store.write({}, {"audit/2024-03/07/090000-aaaa.jsonl": b'{"n": 3}\n'}, "earlier, pushed late")
+    store.write({}, {"audit/2024-04/01/000001-cccc.jsonl": b'{"n": 5}\n', "audit/2024-02.jsonl": b'{"n": 0}\n'}, "x")
+    assert [e["n"] for e in store.audit_lines()] == [0, 1, 2, 3, 4, 5]
+
+
+def test_paths_with_quotes_spaces_and_backslashes_round_trip(store: StatusStore, upstream: Upstream) -> None:
+    odd = 'environments/we "ird" \\ name.yaml'
+    store.write({odd: ENV_A, "environments/a.yaml": ENV_B}, {}, "odd names")
+    names = git("ls-tree", "-r", "-z", "--name-only", f"refs/heads/{DEFAULT_BRANCH}", cwd=upstream.bare).split("\0")
+    assert odd in names and store.read().files[odd] == ENV_A
+
+
+def test_a_commit_carries_exactly_the_changed_files_and_its_author(store: StatusStore, upstream: Upstream) -> None:
+    first = store.write({"environments/a.yaml": ENV_A, "environments/b.yaml": ENV_B}, {}, "two")
+    assert store.write({"environments/a.yaml": ENV_A}, {}, "nothing new") is None
+    second = store.write({"environments/a.yaml": ENV_B, "environments/b.yaml": ENV_B}, {"audit/x.jsonl": b"{}"}, "one")
+    assert second is not None and first is not None
+    changed = git("diff", "--name-status", first, second, cwd=upstream.bare).splitlines()
+    assert changed == ["A\taudit/x.jsonl", "M\tenvironments/a.yaml"]
+    assert git("log", "-1", "--format=%an <%ae>|%cn <%ce>|%s", second, cwd=upstream.bare) == (
+        "Reconciler <reconciler@example.org>|Reconciler <reconciler@example.org>|one"
+    )
+    assert git("rev-list", "--parents", "-n", "1", second, cwd=upstream.bare).split()[1:] == [first]

@@ -1,0 +1,69 @@
+"""The loader's parse cache: a revision that differs in one file parses that file only, and loads the same model
+(and the same problems, with their lines) as a load from scratch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.core import loader
+from reconciler.core.loader import load_repo
+from reconciler.core.tree import MemoryTree
+from reconciler.core.yamlsafe import parse_file
+from tests.minirepo import minimal_repo
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "releases-repo"
+
+
+def example_files() -> dict[str, bytes]:
+    return {str(p.relative_to(EXAMPLE)): p.read_bytes() for p in EXAMPLE.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+
+    def counting(path: str, data: bytes, max_size: int):  # type: ignore[no-untyped-def]
+        seen.append(path)
+        return parse_file(path, data, max_size)
+
+    monkeypatch.setattr(loader, "parse_file", counting)
+    monkeypatch.setattr(loader, "_PARSED", {})
+    return seen
+
+
+def test_the_next_revision_parses_only_what_changed_and_loads_the_same_model(parses: list[str]) -> None:
+    files = example_files()
+    first = load_repo(MemoryTree(dict(files)))
+    assert first.repo is not None and len(parses) > 100
+    parses.clear()
+    stage = "stages/dev.yaml"
+    changed = {**files, stage: files[stage].replace(b"releases:", b"releases:  # bumped", 1)}
+    second = load_repo(MemoryTree(changed))
+    assert parses == [stage]
+    loader._PARSED.clear()
+    fresh = load_repo(MemoryTree(changed))
+    assert second.repo == fresh.repo and second.problems == fresh.problems
+    assert second.environment_problems == fresh.environment_problems
+
+
+def test_cached_problems_keep_their_file_and_line(parses: list[str]) -> None:
+    files = minimal_repo()
+    files["stages/dev.yaml"] = files["stages/dev.yaml"].replace(b"releases:", b"releases: [unclosed", 1)
+    first = load_repo(MemoryTree(dict(files)))
+    again = load_repo(MemoryTree(dict(files)))
+    assert first.problems and again.problems == first.problems
+    assert first.problems[0].path == "stages/dev.yaml" and first.problems[0].line is not None
+    assert parses.count("stages/dev.yaml") == 1
+
+
+def test_a_file_moved_to_another_path_is_parsed_again_under_its_new_name(parses: list[str]) -> None:
+    files = minimal_repo()
+    load_repo(MemoryTree(dict(files)))
+    parses.clear()
+    moved = dict(files)
+    moved["stages/development.yaml"] = moved.pop("stages/dev.yaml")
+    result = load_repo(MemoryTree(moved))
+    assert parses == ["stages/development.yaml"]  # same bytes, other path: its problems would name the new path
+    assert result.repo is not None and result.repo.stages["dev"].origin.path == "stages/development.yaml"
