@@ -202,6 +202,8 @@ class Controller:
                 serving=self.good.revision[:12] if self.good else None,
             )
             return
+        self.memo.retain(result.repo.environments)  # environments that are gone: their renders are forgotten
+        self._app_digests.clear()  # keyed by revision: those of earlier revisions are never asked for again
         info = self.source.commit(head)
         self.good = Loaded(
             revision=head,

@@ -10,7 +10,7 @@ stops the whole environment before anything is applied: no partial apply of bad 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -67,6 +67,23 @@ class RenderMemo:
 
     def __init__(self) -> None:
         self._known: dict[tuple[str, str, str], tuple[str, str]] = {}
+        self._settled: dict[str, Settled] = {}
+
+    def settled(self, environment: str, token: Hashable) -> Settled | None:
+        """The environment's last drift check that found it wholly in sync, if its inputs are still ``token``."""
+        found = self._settled.get(environment)
+        return found if found is not None and found.token == token else None
+
+    def settle(self, environment: str, settled: Settled) -> None:
+        self._settled[environment] = settled
+
+    def retain(self, environments: Collection[str]) -> None:
+        """Forget environments that no longer exist (the controller calls this when it loads a revision)."""
+        keep = set(environments)
+        for key in [k for k in self._known if k[0] not in keep]:
+            self._known.pop(key, None)
+        for name in [n for n in self._settled if n not in keep]:
+            self._settled.pop(name, None)
 
     def get(self, environment: str, application: str, target: str, token: str) -> str | None:
         known = self._known.get((environment, application, target))
@@ -77,6 +94,19 @@ class RenderMemo:
 
     def __len__(self) -> int:
         return len(self._known)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """An environment found wholly in sync by a drift check: its inputs, what was observed where, the outcome.
+
+    The next drift check with the same inputs observes the same targets; if every live unit is exactly as then,
+    the outcome is the same, and nothing is rendered, paired or ordered."""
+
+    token: Hashable
+    wanted: tuple[tuple[str, tuple[str, ...]], ...]  # (target, applications desired there), in observe order
+    live: Mapping[tuple[str, str], LiveUnit | None]
+    outcome: EnvOutcome
 
 
 @dataclass(frozen=True)
@@ -236,21 +266,28 @@ def _reconcile(
     env = job.env
     desired_versions = job.repo.desired_versions(env)
     stubs: set[tuple[str, str]] = set()
-    units, render_errors = render_desired(job, stubs)
-    if render_errors:
-        return _invalid(job, render_errors, started, clock)
+    # inputs unchanged since a drift check found everything in sync: observe as then, compare, done
+    token = (tuple(sorted(env.targets.items())), frozenset(job.render_tokens.items())) if job.render_tokens else None
+    settled = job.memo.settled(env.name, token) if job.memo and token and job.check_drift and not job.dry_run else None
+    units: dict[tuple[str, str], DesiredUnit] | None = None
+    if settled is not None:
+        wanted = settled.wanted
+    else:
+        units, render_errors = render_desired(job, stubs)
+        if render_errors:
+            return _invalid(job, render_errors, started, clock)
+        # observe: every target the environment maps, plus targets of desired units
+        targets = sorted(set(env.targets.values()) | {t for _, t in units})
+        wanted = tuple((target, tuple(a for a, t in units if t == target)) for target in targets)
 
-    # observe: every target the environment maps, plus targets of desired units
     live: dict[tuple[str, str], LiveUnit | None] = {}
-    targets = sorted(set(env.targets.values()) | {t for _, t in units})
     try:
-        for target in targets:
+        for target, applications in wanted:
             driver = pool.get(target)
             opener = cast(Batch | None, getattr(driver, "batch", None))
             if opener is not None:
                 batches.enter_context(opener(env.name))
-            wanted = [a for a, t in units if t == target]
-            found = observe_environment(driver, env.name, wanted, job.check_drift)
+            found = observe_environment(driver, env.name, applications, job.check_drift)
             live.update(((app, target), unit) for app, unit in found.items())
     except Exception as exc:  # noqa: BLE001 - a target we cannot even observe: nothing is applied in this environment
         transient = not isinstance(exc, PermanentError)
@@ -264,6 +301,13 @@ def _reconcile(
             duration=clock() - started,
         )
 
+    if settled is not None:
+        if live == settled.live:
+            return replace(settled.outcome, duration=clock() - started)
+        units, render_errors = render_desired(job, stubs)  # something changed: the whole reconcile
+        if render_errors:
+            return _invalid(job, render_errors, started, clock)
+    assert units is not None
     plans = guard_empty(pair(units, live), env.allow_empty)
     if stubs:
         plans, render_errors = realise(job, plans, stubs)
@@ -274,8 +318,11 @@ def _reconcile(
     ):  # the common drift check: everything observed in full and unchanged, so there is nothing to order or ask
         synced = {p.application: AppStatus(p.to_version, p.to_version, Phase.SYNCED) for p in plans}
         count = len(synced)
-        return EnvOutcome(env.name, Phase.SYNCED, f"{count} application{'s' if count != 1 else ''} in sync",
-                          dict(sorted(synced.items())), plans=_light(plans), duration=clock() - started)  # fmt: skip
+        outcome = EnvOutcome(env.name, Phase.SYNCED, f"{count} application{'s' if count != 1 else ''} in sync",
+                             dict(sorted(synced.items())), plans=_light(plans), duration=clock() - started)  # fmt: skip
+        if job.memo is not None and token is not None and not job.dry_run:
+            job.memo.settle(env.name, Settled(token, wanted, live, outcome))
+        return outcome
     stage = job.repo.stages.get(env.stage)
     self_heal = stage.self_heal if stage else True
     by_app: dict[str, list[UnitPlan]] = {}

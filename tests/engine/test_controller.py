@@ -397,3 +397,52 @@ def test_a_drift_check_renders_only_what_drifted_and_new_inputs_render_again(
         assert {(env, app) for env, app, _ in rendered} == {(env, "ref") for env in ENVIRONMENTS}
     finally:
         controller.close()
+
+
+def test_a_drift_check_of_an_environment_found_in_sync_before_only_observes_it(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.commands.common import load_config
+    from reconciler.commands.run import build_controller
+    from reconciler.engine import reconcile as reconcile_module
+
+    controller = build_controller(load_config(str(fleet.config)))
+    try:
+        controller.cycle()  # cold: everything applied
+        controller.last_drift_check = None
+        first = controller.cycle()  # a drift check finds every environment in sync (and remembers it)
+        calls: list[str] = []
+        real_render = reconcile_module.render_desired
+        monkeypatch.setattr(reconcile_module, "render_desired",
+                            lambda job, *a: calls.append(job.env.name) or real_render(job, *a))  # fmt: skip
+        observed: list[str] = []
+        real_observe = reconcile_module.observe_environment
+        monkeypatch.setattr(reconcile_module, "observe_environment",
+                            lambda d, env, *a: observed.append(env) or real_observe(d, env, *a))  # fmt: skip
+
+        controller.last_drift_check = None
+        again = controller.cycle()
+        # observed, and rendered only where a target's health is more than what observing shows (the aix agents)
+        assert sorted(calls) == ["lille-dev", "rennes-dev"] and sorted(set(observed)) == sorted(ENVIRONMENTS)
+        assert {n: (o.phase, o.message, o.applications) for n, o in again.outcomes.items()} == {
+            n: (o.phase, o.message, o.applications) for n, o in first.outcomes.items()
+        }
+
+        # a hand edit: that environment (only) is reconciled in full and repaired
+        calls.clear()
+        path = deployed(fleet, "k8s-ouest", "rennes-production")
+        original = path.read_text()
+        path.write_text(original + "# hand edit\n")
+        controller.last_drift_check = None
+        repaired = controller.cycle()
+        assert path.read_text() == original and repaired.outcomes["rennes-production"].drifted == 1
+        assert sorted(calls) == ["lille-dev", "rennes-dev", "rennes-production"]
+
+        # a new revision of an input: the environments it renders in are reconciled in full again
+        calls.clear()
+        fleet.edit("applications/ref/templates/deployment.yaml", "kind: ConfigMap", "kind: ConfigMap\n# v2")
+        controller.last_drift_check = None
+        controller.cycle()
+        assert "# v2" in path.read_text() and sorted(calls) == sorted(ENVIRONMENTS)
+    finally:
+        controller.close()
