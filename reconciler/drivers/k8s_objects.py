@@ -53,7 +53,7 @@ ANN_ENVIRONMENT = f"{DOMAIN}/environment-name"
 ANN_APPLICATION = f"{DOMAIN}/application-name"
 INVENTORY_KEY = "inventory.json"
 CRD_KIND = ("apiextensions.k8s.io", "CustomResourceDefinition")
-_CLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_CLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 # metadata the server owns or that changes on every write: ignored when comparing desired with live
 _VOLATILE = ("managedFields", "resourceVersion", "generation", "selfLink", "creationTimestamp", "uid")
@@ -152,13 +152,38 @@ class _Unusual(Exception):
     pass
 
 
+class _PlainLoader(_CLoader):  # type: ignore[valid-type, misc]
+    """The C loader, resolving tags as it does with less Python per node: it has no path resolvers (descending and
+    ascending track nothing), and a scalar that is quoted, or plain with a first character that no implicit resolver
+    is registered for, is a string (what ``Resolver.resolve`` answers for it, without looking up the resolvers)."""
+
+    _STR = "tag:yaml.org,2002:str"
+    _FIRST = frozenset(k for k in _CLoader.yaml_implicit_resolvers if k)
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is yaml.ScalarNode and (not implicit[0] or (value and value[0] not in self._FIRST)):
+            return self._STR
+        return super().resolve(kind, value, implicit)
+
+
+# the shortcuts hold for the loader they come from (no path resolver, no resolver for any first character)
+_FAST_RESOLVE = not _PlainLoader.yaml_path_resolvers and None not in _PlainLoader.yaml_implicit_resolvers
+_Loader = _PlainLoader if _FAST_RESOLVE and _PlainLoader.DEFAULT_SCALAR_TAG == _PlainLoader._STR else _CLoader
+
+
 def _plain_documents(data: bytes) -> list[tuple[int, int, Any]] | None:
     """(index, line, plain value) of every document of a plain YAML file, ``None`` when it is not that plain."""
     if len(data) > DEFAULT_MAX_FILE_SIZE or any(marker in data for marker in _UNUSUAL):
         return None
     try:
         text = data.decode("utf-8")
-        nodes = list(yaml.compose_all(text, Loader=_CLoader))
+        nodes = list(yaml.compose_all(text, Loader=_Loader))
         return [(i, node.start_mark.line + 1, _node_value(node)) for i, node in enumerate(nodes) if node is not None]
     except (UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError, TypeError, _Unusual):
         return None
@@ -315,7 +340,7 @@ def names(refs: Sequence[Ref], limit: int = 5) -> str:
 
 
 # -- comparing desired with live ---------------------------------------------------------------------------------
-def managed_fields(obj: Mapping[str, Any], manager: str) -> Any:
+def managed_fields(obj: Mapping[str, Any], manager: str) -> list[Any]:
     """The fields ``manager`` owns through server-side apply (``fieldsV1``), merged over its entries."""
     owned: list[Any] = []
     for entry in (obj.get("metadata") or {}).get("managedFields") or []:
@@ -325,7 +350,11 @@ def managed_fields(obj: Mapping[str, Any], manager: str) -> Any:
 
 
 def fields_digest(obj: Mapping[str, Any], manager: str) -> str:
-    return hashlib.sha256(json.dumps(managed_fields(obj, manager), sort_keys=True).encode()).hexdigest()[:32]
+    return _fields_digest(managed_fields(obj, manager))
+
+
+def _fields_digest(owned: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(owned, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def other_managers(obj: Mapping[str, Any], manager: str) -> dict[str, str]:
@@ -615,12 +644,14 @@ def _project(value: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
     for key, sub in fields.items():
         if key == ".":
             continue
-        kind, _, name = key.partition(":")
         child: Any = _MISSING
-        if kind == "f":
-            if isinstance(value, Mapping) and name in value:
-                child = value[name]
-        elif kind == "k":
+        if key[:2] == "f:":  # the common case first: a field of a mapping
+            if isinstance(value, Mapping):
+                child = value.get(key[2:], _MISSING)
+            out[key] = _project(child, sub) if sub and child is not _MISSING and not _leaf(sub) else child
+            continue
+        kind, _, name = key.partition(":")
+        if kind == "k":
             wanted = json.loads(name)
             if isinstance(value, list):
                 child = next((x for x in value if isinstance(x, Mapping)
@@ -633,8 +664,13 @@ def _project(value: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
             child = value[index] if isinstance(value, list) and 0 <= index < len(value) else _MISSING
         else:
             raise ValueError(f"unknown fieldsV1 key {key!r}")
-        out[key] = _project(child, sub) if sub and child is not _MISSING and set(sub) != {"."} else child
+        out[key] = _project(child, sub) if sub and child is not _MISSING and not _leaf(sub) else child
     return out
+
+
+def _leaf(fields: Mapping[str, Any]) -> bool:
+    """A non-empty ``fieldsV1`` set naming only the value itself (``{".": {}}``)."""
+    return len(fields) == 1 and "." in fields
 
 
 def state_digest(obj: Mapping[str, Any], manager: str) -> str:
@@ -642,7 +678,16 @@ def state_digest(obj: Mapping[str, Any], manager: str) -> str:
 
     Equal digests before and after mean that applying the same configuration again changes nothing: the same
     fields hold the same values (what other managers own, status and server-managed metadata do not count)."""
+    return _state_digest(obj, managed_fields(obj, manager))
+
+
+def digests(obj: Mapping[str, Any], manager: str) -> tuple[str, str]:
+    """``(fields_digest(obj, manager), state_digest(obj, manager))``, reading the managed fields once."""
     owned = managed_fields(obj, manager)
+    return _fields_digest(owned), _state_digest(obj, owned)
+
+
+def _state_digest(obj: Mapping[str, Any], owned: list[Any]) -> str:
     if not owned:
         return ""
     try:
