@@ -29,7 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -144,6 +144,7 @@ def _hardened_documents(path: str, data: bytes) -> list[tuple[int, int, Any]]:
 _UNUSUAL = (b"&", b"*", b"!", b"<<", b"\xef\xbb\xbf")
 _SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp"))
 _MAP_TAG = "tag:yaml.org,2002:map"
+_STR_TAG = "tag:yaml.org,2002:str"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _constructor = SafeConstructor()
 
@@ -157,8 +158,10 @@ class _PlainLoader(_CLoader):  # type: ignore[valid-type, misc]
     ascending track nothing), and a scalar that is quoted, or plain with a first character that no implicit resolver
     is registered for, is a string (what ``Resolver.resolve`` answers for it, without looking up the resolvers)."""
 
-    _STR = "tag:yaml.org,2002:str"
-    _FIRST = frozenset(k for k in _CLoader.yaml_implicit_resolvers if k)
+    _STR = _STR_TAG
+    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = dict(_CLoader.yaml_implicit_resolvers)  # its own (_FIRST)
+    yaml_path_resolvers: ClassVar[dict[Any, Any]] = {}
+    _FIRST = frozenset(k for k in yaml_implicit_resolvers if k)
 
     def descend_resolver(self, current_node: Any, current_index: Any) -> None:
         pass
@@ -209,7 +212,8 @@ def _node_value(node: yaml.Node) -> Any:
         for key, item in node.value:
             if not isinstance(key, yaml.ScalarNode) or key.tag not in _SCALAR_TAGS or key.value in out:
                 raise _Unusual("key")
-            out[key.value] = _node_value(item)  # keys keep their text, as the hardened reader does
+            # keys keep their text, as the hardened reader does; string values (most) without a call
+            out[key.value] = item.value if type(item) is yaml.ScalarNode and item.tag == _STR_TAG else _node_value(item)
         return out
     if isinstance(node, yaml.SequenceNode) and tag == _SEQ_TAG:
         return [_node_value(item) for item in node.value]
@@ -641,12 +645,13 @@ _MISSING = "\0missing"
 def _project(value: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of ``value`` at the paths of a ``fieldsV1`` set (``f:``, ``k:``, ``v:``, ``i:`` keys)."""
     out: dict[str, Any] = {}
+    mapping = isinstance(value, Mapping)
     for key, sub in fields.items():
         if key == ".":
             continue
         child: Any = _MISSING
         if key[:2] == "f:":  # the common case first: a field of a mapping
-            if isinstance(value, Mapping):
+            if mapping:
                 child = value.get(key[2:], _MISSING)
             out[key] = _project(child, sub) if sub and child is not _MISSING and not _leaf(sub) else child
             continue
