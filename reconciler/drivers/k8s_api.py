@@ -186,6 +186,10 @@ class KubeApi:
             headers["Content-Type"] = content_type
         with self._lock:
             self.calls += 1
+        if content_type == APPLY_PATCH and isinstance(body, dict):
+            # sent as it is (the client passes a str or bytes body of a YAML content type unchanged): JSON is YAML,
+            # and the C encoder spares the client's walk of the body in Python (sanitize_for_serialization)
+            body = _json_bytes(body)
         try:
             verb, url, sent_headers, payload, _ = self.client.param_serialize(
                 method, path, query_params=list(query), header_params=headers, body=body, auth_settings=["BearerToken"]
@@ -274,6 +278,14 @@ class KubeApi:
         close = getattr(self.client, "close", None)
         if callable(close):
             close()
+
+
+def _json_bytes(body: dict[str, Any]) -> dict[str, Any] | bytes:
+    """``body`` as JSON bytes; ``body`` itself when it holds values that only the client serializes (dates...)."""
+    try:
+        return json.dumps(body, separators=(",", ":")).encode()
+    except (TypeError, ValueError):
+        return body
 
 
 def _cause(exc: urllib3.exceptions.HTTPError) -> str:

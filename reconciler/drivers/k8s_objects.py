@@ -29,7 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -53,7 +53,7 @@ ANN_ENVIRONMENT = f"{DOMAIN}/environment-name"
 ANN_APPLICATION = f"{DOMAIN}/application-name"
 INVENTORY_KEY = "inventory.json"
 CRD_KIND = ("apiextensions.k8s.io", "CustomResourceDefinition")
-_CLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_CLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 # metadata the server owns or that changes on every write: ignored when comparing desired with live
 _VOLATILE = ("managedFields", "resourceVersion", "generation", "selfLink", "creationTimestamp", "uid")
@@ -144,6 +144,7 @@ def _hardened_documents(path: str, data: bytes) -> list[tuple[int, int, Any]]:
 _UNUSUAL = (b"&", b"*", b"!", b"<<", b"\xef\xbb\xbf")
 _SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp"))
 _MAP_TAG = "tag:yaml.org,2002:map"
+_STR_TAG = "tag:yaml.org,2002:str"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _constructor = SafeConstructor()
 
@@ -152,13 +153,40 @@ class _Unusual(Exception):
     pass
 
 
+class _PlainLoader(_CLoader):  # type: ignore[valid-type, misc]
+    """The C loader, resolving tags as it does with less Python per node: it has no path resolvers (descending and
+    ascending track nothing), and a scalar that is quoted, or plain with a first character that no implicit resolver
+    is registered for, is a string (what ``Resolver.resolve`` answers for it, without looking up the resolvers)."""
+
+    _STR = _STR_TAG
+    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = dict(_CLoader.yaml_implicit_resolvers)  # its own (_FIRST)
+    yaml_path_resolvers: ClassVar[dict[Any, Any]] = {}
+    _FIRST = frozenset(k for k in yaml_implicit_resolvers if k)
+
+    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
+        pass
+
+    def ascend_resolver(self) -> None:
+        pass
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is yaml.ScalarNode and (not implicit[0] or (value and value[0] not in self._FIRST)):
+            return self._STR
+        return super().resolve(kind, value, implicit)
+
+
+# the shortcuts hold for the loader they come from (no path resolver, no resolver for any first character)
+_FAST_RESOLVE = not _PlainLoader.yaml_path_resolvers and None not in _PlainLoader.yaml_implicit_resolvers
+_Loader = _PlainLoader if _FAST_RESOLVE and _PlainLoader.DEFAULT_SCALAR_TAG == _PlainLoader._STR else _CLoader
+
+
 def _plain_documents(data: bytes) -> list[tuple[int, int, Any]] | None:
     """(index, line, plain value) of every document of a plain YAML file, ``None`` when it is not that plain."""
     if len(data) > DEFAULT_MAX_FILE_SIZE or any(marker in data for marker in _UNUSUAL):
         return None
     try:
         text = data.decode("utf-8")
-        nodes = list(yaml.compose_all(text, Loader=_CLoader))
+        nodes = list(yaml.compose_all(text, Loader=_Loader))
         return [(i, node.start_mark.line + 1, _node_value(node)) for i, node in enumerate(nodes) if node is not None]
     except (UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError, TypeError, _Unusual):
         return None
@@ -184,7 +212,8 @@ def _node_value(node: yaml.Node) -> Any:
         for key, item in node.value:
             if not isinstance(key, yaml.ScalarNode) or key.tag not in _SCALAR_TAGS or key.value in out:
                 raise _Unusual("key")
-            out[key.value] = _node_value(item)  # keys keep their text, as the hardened reader does
+            # keys keep their text, as the hardened reader does; string values (most) without a call
+            out[key.value] = item.value if type(item) is yaml.ScalarNode and item.tag == _STR_TAG else _node_value(item)
         return out
     if isinstance(node, yaml.SequenceNode) and tag == _SEQ_TAG:
         return [_node_value(item) for item in node.value]
@@ -315,7 +344,7 @@ def names(refs: Sequence[Ref], limit: int = 5) -> str:
 
 
 # -- comparing desired with live ---------------------------------------------------------------------------------
-def managed_fields(obj: Mapping[str, Any], manager: str) -> Any:
+def managed_fields(obj: Mapping[str, Any], manager: str) -> list[Any]:
     """The fields ``manager`` owns through server-side apply (``fieldsV1``), merged over its entries."""
     owned: list[Any] = []
     for entry in (obj.get("metadata") or {}).get("managedFields") or []:
@@ -325,7 +354,11 @@ def managed_fields(obj: Mapping[str, Any], manager: str) -> Any:
 
 
 def fields_digest(obj: Mapping[str, Any], manager: str) -> str:
-    return hashlib.sha256(json.dumps(managed_fields(obj, manager), sort_keys=True).encode()).hexdigest()[:32]
+    return _fields_digest(managed_fields(obj, manager))
+
+
+def _fields_digest(owned: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(owned, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def other_managers(obj: Mapping[str, Any], manager: str) -> dict[str, str]:
@@ -612,15 +645,18 @@ _MISSING = "\0missing"
 def _project(value: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of ``value`` at the paths of a ``fieldsV1`` set (``f:``, ``k:``, ``v:``, ``i:`` keys)."""
     out: dict[str, Any] = {}
+    mapping = isinstance(value, Mapping)
     for key, sub in fields.items():
         if key == ".":
             continue
-        kind, _, name = key.partition(":")
         child: Any = _MISSING
-        if kind == "f":
-            if isinstance(value, Mapping) and name in value:
-                child = value[name]
-        elif kind == "k":
+        if key[:2] == "f:":  # the common case first: a field of a mapping
+            if mapping:
+                child = value.get(key[2:], _MISSING)
+            out[key] = _project(child, sub) if sub and child is not _MISSING and not _leaf(sub) else child
+            continue
+        kind, _, name = key.partition(":")
+        if kind == "k":
             wanted = json.loads(name)
             if isinstance(value, list):
                 child = next((x for x in value if isinstance(x, Mapping)
@@ -633,8 +669,13 @@ def _project(value: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
             child = value[index] if isinstance(value, list) and 0 <= index < len(value) else _MISSING
         else:
             raise ValueError(f"unknown fieldsV1 key {key!r}")
-        out[key] = _project(child, sub) if sub and child is not _MISSING and set(sub) != {"."} else child
+        out[key] = _project(child, sub) if sub and child is not _MISSING and not _leaf(sub) else child
     return out
+
+
+def _leaf(fields: Mapping[str, Any]) -> bool:
+    """A non-empty ``fieldsV1`` set naming only the value itself (``{".": {}}``)."""
+    return len(fields) == 1 and "." in fields
 
 
 def state_digest(obj: Mapping[str, Any], manager: str) -> str:
@@ -642,7 +683,16 @@ def state_digest(obj: Mapping[str, Any], manager: str) -> str:
 
     Equal digests before and after mean that applying the same configuration again changes nothing: the same
     fields hold the same values (what other managers own, status and server-managed metadata do not count)."""
+    return _state_digest(obj, managed_fields(obj, manager))
+
+
+def digests(obj: Mapping[str, Any], manager: str) -> tuple[str, str]:
+    """``(fields_digest(obj, manager), state_digest(obj, manager))``, reading the managed fields once."""
     owned = managed_fields(obj, manager)
+    return _fields_digest(owned), _state_digest(obj, owned)
+
+
+def _state_digest(obj: Mapping[str, Any], owned: list[Any]) -> str:
     if not owned:
         return ""
     try:

@@ -14,6 +14,7 @@ service account; the bearer token is registered with the log redaction and never
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import threading
 import time
@@ -421,11 +422,34 @@ def api_client_for(name: str, *, kubeconfig: str | None, context: str | None, in
         raise PermanentError(f"kubernetes target {name}: cannot load {where}: {detail}") from None
     for value in (configuration.api_key or {}).values():
         register_secret(str(value).removeprefix("Bearer ").strip())
+    if not in_cluster and not credentials_expire(configuration):
+        # the loader's hook runs before every request and re-sets the token, host, proxy... (the host's setter scans
+        # the environment for proxies: ~0.2 ms a request); with credentials that never expire it changes nothing
+        configuration.refresh_api_key_hook = None
     configuration.retries = transport_retries()
     # one kept-alive connection per concurrent caller (environment workers, lease renewals): a full pool would
     # drop connections and pay a new TLS handshake per request
     configuration.connection_pool_maxsize = max(int(configuration.connection_pool_maxsize or 0), POOL_SIZE)
     return client.ApiClient(configuration)
+
+
+def credentials_expire(configuration: Any) -> bool:
+    """Whether the kubeconfig loader's refresh hook of ``configuration`` may ever change its credentials.
+
+    The loader (``kubernetes.config.kube_config``) installs a hook that reloads the credentials when they have an
+    ``expiry`` (an exec plugin's ``expirationTimestamp``, a gcp auth provider's) and otherwise sets the very same
+    values again. The loader is the hook's closure variable ``self``; when it cannot be found (another client
+    version), the credentials are taken to expire and the hook is kept."""
+    hook = getattr(configuration, "refresh_api_key_hook", None)
+    if hook is None:
+        return False
+    from kubernetes.config.kube_config import KubeConfigLoader
+
+    try:
+        loader = inspect.getclosurevars(hook).nonlocals.get("self")
+    except TypeError:  # not a Python function
+        return True
+    return not isinstance(loader, KubeConfigLoader) or "expiry" in vars(loader)
 
 
 def transport_retries() -> Any:

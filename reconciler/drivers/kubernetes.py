@@ -74,6 +74,7 @@ from reconciler.drivers.k8s_objects import (
     annotation,
     apply_rank,
     crd_resources,
+    digests,
     fields_digest,
     mark,
     names,
@@ -409,8 +410,7 @@ class KubernetesDriver:
                             rv = (step.live or {}).get("metadata", {}).get("resourceVersion")
                             step.action = "unchanged" if live["metadata"].get("resourceVersion") == rv else "configured"
                     counts[step.action] += 1
-                    fm = self.field_manager
-                    entries.append(Entry(p.ref, p.component, fields_digest(live, fm), state_digest(live, fm)))
+                    entries.append(Entry(p.ref, p.component, *digests(live, self.field_manager)))
                 if rank == 0:  # CRDs: wait until they serve their kinds
                     crds = [(s.planned.resource, s.planned.ref, s.planned.body) for s in batch]
                     self.store.wait_established(crds, self.establish_timeout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.k8s_throughput import configmap_units, dev_units
+from bench.k8s_throughput import configmap_fleet, dev_fleet
 from reconciler.core.problems import PermanentError
 from reconciler.drivers.k8s_objects import _hardened_documents, _plain_documents, parse_documents_of
 
@@ -59,8 +59,8 @@ def test_anything_unusual_is_left_to_the_hardened_reader(data: bytes) -> None:
 
 
 def test_rendered_units_read_the_same_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    units = [u for us in dev_units(3, "t").values() for u in us] + [
-        u for us in configmap_units(1, 5, "t").values() for u in us
+    units = [u for us in dev_fleet(3, "t").units.values() for u in us] + [
+        u for us in configmap_fleet(1, 5, "t").units.values() for u in us
     ]
     files = {f"{u.application}/{path}": data for u in units for path, data in u.files().items()}
     assert len(files) > 20
