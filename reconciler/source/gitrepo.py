@@ -163,7 +163,17 @@ class BareRepo:
                 self.run("update-ref", "-d", ref)
                 return None
             raise TemporaryError(f"cannot fetch {self.display_url} (branch {branch}): {self.tail(done)}")
-        return self.resolve(ref)
+        return self.loose_ref(ref) or self.resolve(ref)
+
+    def loose_ref(self, ref: str) -> str | None:
+        """The object id in ``ref``'s file, when the ref is stored loose (as ``git fetch`` leaves what it updated):
+        a file read instead of a ``git rev-parse`` process on every poll. None when it is packed (or not a plain
+        object id): then ask git."""
+        try:
+            text = (self.path / ref).read_bytes().decode("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if _OBJECT_ID.fullmatch(text) else None
 
     def resolve(self, revision: str) -> str | None:
         """The commit sha ``revision`` names in this repo, or None when unknown."""
@@ -171,6 +181,9 @@ class BareRepo:
             return None
         done = self.run("rev-parse", "--verify", "--quiet", "--end-of-options", f"{revision}^{{commit}}")
         return done.stdout.decode().strip() if done.returncode == 0 else None
+
+
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def check_branch_name(branch: str) -> None:

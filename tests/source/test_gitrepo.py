@@ -132,6 +132,24 @@ def test_force_push_is_followed(upstream: Upstream, source: GitSource) -> None:
     assert not source.is_ancestor("0" * 40, new)
 
 
+def test_fetch_reads_the_loose_ref_and_asks_git_when_refs_are_packed(
+    upstream: Upstream, source: GitSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = upstream.commit({"v.yaml": b"1\n"})
+    upstream.push()
+    processes: list[tuple[str, ...]] = []
+    real = source.repo.run
+    monkeypatch.setattr(source.repo, "run", lambda *a, **k: processes.append(a) or real(*a, **k))
+    assert source.fetch() == first
+    assert [a[0] for a in processes] == ["fetch"]  # the updated ref is a file: no rev-parse
+    git("pack-refs", "--all", "--prune", cwd=source.repo.path)  # what gc does: the ref is no longer a file
+    processes.clear()
+    assert source.fetch() == first and [a[0] for a in processes] == ["fetch", "rev-parse"]
+    second = upstream.commit({"v.yaml": b"2\n"})
+    upstream.push()
+    assert source.fetch() == second  # fetch writes the updated ref loose again, over the packed one
+
+
 # reading trees
 
 
