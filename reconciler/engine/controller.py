@@ -149,6 +149,7 @@ class Controller:
         self.recent_audit: dict[str, deque[dict[str, Any]]] = {}
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="env")
         self._app_digests: dict[tuple[str, str, str], str] = {}
+        self._input_keys: dict[tuple[str, str], str] = {}  # (revision, environment) -> input key
         self.memo = RenderMemo()
         self.gov = Governance(config, source)
         # sharding: which environments this replica reconciles, and a check that it still does (see sharding.py)
@@ -204,6 +205,7 @@ class Controller:
             return
         self.memo.retain(result.repo.environments)  # environments that are gone: their renders are forgotten
         self._app_digests.clear()  # keyed by revision: those of earlier revisions are never asked for again
+        self._input_keys.clear()
         info = self.source.commit(head)
         self.good = Loaded(
             revision=head,
@@ -244,7 +246,15 @@ class Controller:
         return found
 
     def input_key(self, loaded: Loaded, env: Environment) -> str:
-        """A digest of everything the environment's reconcile reads; equal keys mean equal desired state."""
+        """A digest of everything the environment's reconcile reads; equal keys mean equal desired state.
+        Computed once per revision (a cycle without a new revision asks again for every environment)."""
+        cached = self._input_keys.get((loaded.revision, env.name))
+        if cached is not None:
+            return cached
+        key = self._input_keys[(loaded.revision, env.name)] = self._compute_input_key(loaded, env)
+        return key
+
+    def _compute_input_key(self, loaded: Loaded, env: Environment) -> str:
         versions = loaded.repo.desired_versions(env)
         stage = loaded.repo.stages.get(env.stage)
         payload = [

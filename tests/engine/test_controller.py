@@ -446,3 +446,28 @@ def test_a_drift_check_of_an_environment_found_in_sync_before_only_observes_it(
         assert "# v2" in path.read_text() and sorted(calls) == sorted(ENVIRONMENTS)
     finally:
         controller.close()
+
+
+def test_input_keys_are_computed_once_per_revision(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.commands.common import load_config
+    from reconciler.commands.run import build_controller
+    from reconciler.engine.controller import Controller
+
+    computed: list[str] = []
+    real = Controller._compute_input_key
+    monkeypatch.setattr(Controller, "_compute_input_key",
+                        lambda self, loaded, env: computed.append(env.name) or real(self, loaded, env))  # fmt: skip
+    controller = build_controller(load_config(str(fleet.config)))
+    try:
+        controller.cycle()
+        assert sorted(computed) == sorted(ENVIRONMENTS)
+        computed.clear()
+        controller.cycle()  # the same head: every key known
+        assert computed == []
+        fleet.commit({"releases/ref/3.11.yaml": NEW_REF_RELEASE}, "add ref 3.11")
+        fleet.edit("stages/dev.yaml", "ref: 3.10", "ref: 3.11")
+        report = controller.cycle()  # a new revision: every key again, and the dev environments act on theirs
+        assert sorted(computed) == sorted(ENVIRONMENTS)
+        assert sorted(n for n, o in report.outcomes.items() if o.changed) == ["lille-dev", "rennes-dev"]
+    finally:
+        controller.close()
