@@ -13,15 +13,17 @@ Used by ``reconciler run`` and ``reconciler demo``; the HTTP server reads :attr:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import queue
 import random
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -150,6 +152,7 @@ class Controller:
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="env")
         self._app_digests: dict[tuple[str, str, str], str] = {}
         self._input_keys: dict[tuple[str, str], str] = {}  # (revision, environment) -> input key
+        self._render_tokens: dict[tuple[str, str], dict[str, str]] = {}  # (revision, environment) -> app -> token
         self.memo = RenderMemo()
         self.gov = Governance(config, source)
         # sharding: which environments this replica reconciles, and a check that it still does (see sharding.py)
@@ -206,6 +209,7 @@ class Controller:
         self.memo.retain(result.repo.environments)  # environments that are gone: their renders are forgotten
         self._app_digests.clear()  # keyed by revision: those of earlier revisions are never asked for again
         self._input_keys.clear()
+        self._render_tokens.clear()
         info = self.source.commit(head)
         self.good = Loaded(
             revision=head,
@@ -265,9 +269,15 @@ class Controller:
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 
     def render_tokens(self, loaded: Loaded, env: Environment) -> dict[str, str]:
-        """Per application, a digest of everything rendering it in ``env`` reads (keys of the render memo)."""
-        own = hashlib.sha256(json.dumps(environment_payload(env)).encode()).hexdigest()[:32]
-        return {a: own + self._app_digest(loaded, a, v)[:32] for a, v in loaded.repo.desired_versions(env).items()}
+        """Per application, a digest of everything rendering it in ``env`` reads (keys of the render memo).
+        Computed once per revision, like :meth:`input_key`."""
+        cached = self._render_tokens.get((loaded.revision, env.name))
+        if cached is None:
+            own = hashlib.sha256(json.dumps(environment_payload(env)).encode()).hexdigest()[:32]
+            versions = loaded.repo.desired_versions(env).items()
+            cached = {a: own + self._app_digest(loaded, a, v)[:32] for a, v in versions}
+            self._render_tokens[(loaded.revision, env.name)] = cached
+        return cached
 
     # --- the cycle -----------------------------------------------------------------------------------------------
     def cycle(self, trigger: str = "poll", stop: threading.Event | None = None) -> CycleReport:
@@ -453,12 +463,27 @@ class Controller:
             started[job.env.name] = self.clock()
             return reconcile_environment(job, self.pool)
 
-        futures: dict[Future[EnvOutcome], Job] = {self._executor.submit(work, job): job for job, _ in jobs}
+        # finished futures arrive in a queue: waiting on the whole pending set after every completion would cost
+        # O(environments) waiter installs each time (quadratic over a cycle, with the workers waiting for the GIL)
+        finished: queue.SimpleQueue[Future[EnvOutcome]] = queue.SimpleQueue()
+        futures: dict[Future[EnvOutcome], Job] = {}
+        for job, _ in jobs:
+            future = self._executor.submit(work, job)
+            futures[future] = job
+            future.add_done_callback(finished.put)
         pending = set(futures)
         done_count = 0
+        checked = self.clock()
         while pending:
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            done: list[Future[EnvOutcome]] = []
+            with contextlib.suppress(queue.Empty):
+                done.append(finished.get(timeout=0.5))
+                while True:
+                    done.append(finished.get_nowait())
             for future in done:
+                if future not in pending:  # timed out or cancelled before: already reported
+                    continue
+                pending.discard(future)
                 job = futures[future]
                 done_count += 1
                 try:
@@ -468,9 +493,12 @@ class Controller:
                     outcomes[job.env.name] = EnvOutcome(
                         job.env.name, Phase.FAILED, f"internal error: {type(exc).__name__}: {exc}", {}, transient=True
                     )
-            if self.progress:
+            if self.progress and done:
                 self.progress(done_count, len(futures))
             now = self.clock()
+            if done and pending and now - checked < 0.5:
+                continue
+            checked = now
             for future in list(pending):
                 job = futures[future]
                 began = started.get(job.env.name)

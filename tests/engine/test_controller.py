@@ -448,7 +448,9 @@ def test_a_drift_check_of_an_environment_found_in_sync_before_only_observes_it(
         controller.close()
 
 
-def test_input_keys_are_computed_once_per_revision(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_input_keys_and_render_tokens_are_computed_once_per_revision(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from reconciler.commands.common import load_config
     from reconciler.commands.run import build_controller
     from reconciler.engine.controller import Controller
@@ -462,12 +464,16 @@ def test_input_keys_are_computed_once_per_revision(fleet: Fleet, monkeypatch: py
         controller.cycle()
         assert sorted(computed) == sorted(ENVIRONMENTS)
         computed.clear()
-        controller.cycle()  # the same head: every key known
+        tokens = dict(controller._render_tokens)  # the render tokens likewise, by (revision, environment)
+        controller.last_drift_check = None
+        controller.cycle()  # the same head: every key known (and a drift check: every environment's job built)
         assert computed == []
+        assert len(tokens) == len(ENVIRONMENTS) and all(controller._render_tokens[k] is v for k, v in tokens.items())
         fleet.commit({"releases/ref/3.11.yaml": NEW_REF_RELEASE}, "add ref 3.11")
         fleet.edit("stages/dev.yaml", "ref: 3.10", "ref: 3.11")
         report = controller.cycle()  # a new revision: every key again, and the dev environments act on theirs
         assert sorted(computed) == sorted(ENVIRONMENTS)
         assert sorted(n for n, o in report.outcomes.items() if o.changed) == ["lille-dev", "rennes-dev"]
+        assert {revision for revision, _ in controller._render_tokens} == {report.revision}
     finally:
         controller.close()
