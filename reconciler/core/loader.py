@@ -108,6 +108,7 @@ class _Builder:
         self.sets: dict[str, Origin] = {}
         self.broken: set[str] = set()  # names of documents that failed their schema: no cascade of "unknown" errors
         self.parsed: dict[tuple[str, str, int], Parsed] = {}
+        self.expanded: dict[tuple[int, int], tuple[Document, list[Environment | Problem]]] = {}
 
     def error(self, doc: Document, where: tuple[str | int, ...], message: str) -> None:
         self.problems.append(Problem(doc.path, doc.line(where), message))
@@ -316,22 +317,33 @@ class _Builder:
             self.duplicate(doc, "EnvironmentSet", name, self.sets[name])
             return
         self.sets[name] = _origin(doc)
+        key = (id(doc), self.limits.max_environments)
+        known = _EXPANDED.get(key)
+        generated = known[1] if known is not None and known[0] is doc else self._expand(doc, name, spec)
+        self.expanded[key] = (doc, generated)
+        for item in generated:
+            if isinstance(item, Environment):
+                self.add_environment(doc, item, ("spec", "template", "metadata", "name"))
+            else:
+                self.problems.append(item)
+
+    def _expand(self, doc: Document, name: str, spec: dict[str, Any]) -> list[Environment | Problem]:
+        """The environments an EnvironmentSet generates, and the problems of those it cannot (in order)."""
         origin = Origin(doc.path, doc.line(("spec", "template", "metadata", "name")))
+        out: list[Environment | Problem] = []
         try:
             for gen in expand(spec, self.limits.max_environments):
                 body = {"apiVersion": API_VERSION, "kind": "Environment", "metadata": gen.metadata, "spec": gen.spec}
                 problems = schemas.check("environment", body, doc, ("spec", "template"))
                 if problems:
                     params = ", ".join(f"{k}={v}" for k, v in gen.params.items())
-                    self.problems.extend(
-                        Problem(p.path, p.line, f"{p.message} (in the environment generated for {params})")
-                        for p in problems
-                    )
+                    out += [Problem(p.path, p.line, f"{p.message} (in the environment generated for {params})")
+                            for p in problems]  # fmt: skip
                     continue
-                env = self._environment(gen.metadata, gen.spec, origin, name, dict(gen.params))
-                self.add_environment(doc, env, ("spec", "template", "metadata", "name"))
+                out.append(self._environment(gen.metadata, gen.spec, origin, name, dict(gen.params)))
         except ExpansionError as exc:
-            self.error(doc, ("spec", *exc.where), str(exc))
+            out.append(Problem(doc.path, doc.line(("spec", *exc.where)), str(exc)))
+        return out
 
     def build_freezewindow(self, doc: Document, meta: dict[str, Any], spec: dict[str, Any]) -> None:
         absolute = []
@@ -379,11 +391,14 @@ Parsed = tuple[list[Document], list[Problem]]
 # the files of the last load, parsed, by (path, content digest, size limit): the next revision of a repo differs
 # in a few files, so a load parses only those (documents are never modified after parsing, so they can be shared)
 _PARSED: dict[tuple[str, str, int], Parsed] = {}
+# EnvironmentSets of the last load, expanded, by (id of their parsed document, limit): a set whose file did not
+# change is the same document object (from _PARSED), and expands to the same environments and problems
+_EXPANDED: dict[tuple[int, int], tuple[Document, list[Environment | Problem]]] = {}
 
 
 def load_repo(tree: SourceTree, limits: Limits | None = None) -> LoadResult:
     """Load and validate ``tree``. Never raises for bad input: every finding is a :class:`Problem`."""
-    global _PARSED
+    global _PARSED, _EXPANDED
     from reconciler.core.validate import validate_repo
 
     builder = _Builder(tree, limits or Limits())
@@ -391,6 +406,7 @@ def load_repo(tree: SourceTree, limits: Limits | None = None) -> LoadResult:
     _PARSED = builder.parsed  # what this load read: the cache of the next
     for doc in docs:
         builder.dispatch(doc)
+    _EXPANDED = builder.expanded
     repo = ReleasesRepo(
         applications=dict(sorted(builder.applications.items())),
         releases=dict(sorted(builder.releases.items())),

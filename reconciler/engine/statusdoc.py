@@ -51,7 +51,11 @@ def _text(text: str) -> str:
 def _emit(value: Any, indent: str, out: list[str]) -> None:
     """Block-style YAML for the status documents' shapes: mappings with string keys, lists, scalars."""
     if isinstance(value, Mapping):
-        for key, item in value.items():
+        items = tuple(value.items())
+        if len(items) <= 8 and all(type(k) is str and (type(v) is str or v is None) for k, v in items):
+            out.append(_flat(indent, items))  # an application's entry: mostly the same as in the last document
+            return
+        for key, item in items:
             name = _scalar(key)
             if isinstance(item, Mapping) and item:
                 out.append(f"{indent}{name}:\n")
@@ -70,6 +74,12 @@ def _emit(value: Any, indent: str, out: list[str]) -> None:
                 out.extend(inner[1:])
             else:
                 out.append(f"{indent}- {_flow(item)}\n")
+
+
+@lru_cache(maxsize=1 << 15)
+def _flat(indent: str, items: tuple[tuple[str, str | None], ...]) -> str:
+    """A mapping of strings (or nulls) as block YAML, cached by its items."""
+    return "".join(f"{indent}{_text(key)}: {'null' if item is None else _text(item)}\n" for key, item in items)
 
 
 def _flow(value: Any) -> str:

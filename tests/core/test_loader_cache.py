@@ -67,3 +67,37 @@ def test_a_file_moved_to_another_path_is_parsed_again_under_its_new_name(parses:
     result = load_repo(MemoryTree(moved))
     assert parses == ["stages/development.yaml"]  # same bytes, other path: its problems would name the new path
     assert result.repo is not None and result.repo.stages["dev"].origin.path == "stages/development.yaml"
+
+
+def test_an_unchanged_environment_set_is_not_expanded_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    expanded: list[str] = []
+    real = loader.expand
+    monkeypatch.setattr(loader, "expand", lambda spec, limit: expanded.append("x") or real(spec, limit))
+    monkeypatch.setattr(loader, "_PARSED", {})
+    monkeypatch.setattr(loader, "_EXPANDED", {})
+    files = minimal_repo()
+    first = load_repo(MemoryTree(dict(files)))
+    assert expanded == ["x"] and first.repo is not None
+    files["stages/dev.yaml"] += b"# touched\n"
+    second = load_repo(MemoryTree(dict(files)))
+    assert expanded == ["x"] and second.repo is not None  # the set's file is unchanged: its environments reused
+    assert second.repo.environments == first.repo.environments
+    files["environments/branches.yaml"] = files["environments/branches.yaml"].replace(b"replicas: 2", b"replicas: 3")
+    third = load_repo(MemoryTree(dict(files)))
+    assert expanded == ["x", "x"] and third.repo is not None
+    assert third.repo.environments["lille-dev"].parameters["replicas"] == 3
+
+
+def test_problems_of_generated_environments_come_back_from_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "_PARSED", {})
+    monkeypatch.setattr(loader, "_EXPANDED", {})
+    files = minimal_repo()
+    files["environments/branches.yaml"] = files["environments/branches.yaml"].replace(
+        b"      targets:", b'      allowEmpty: "${branch}"\n      targets:', 1
+    )  # not a boolean in any generated environment
+    first = load_repo(MemoryTree(dict(files)))
+    files["stages/dev.yaml"] += b"# touched\n"
+    second = load_repo(MemoryTree(dict(files)))
+    assert first.problems and second.problems == first.problems
+    assert all(p.path == "environments/branches.yaml" for p in first.problems)
+    assert all("in the environment generated for" in p.message for p in first.problems), first.problems
