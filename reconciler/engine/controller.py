@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from dataclasses import replace as evolve
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Protocol
@@ -138,7 +139,7 @@ class Controller:
         self.source_error: str | None = None
         self.last_drift_check: float | None = None
         self.fetched_once = threading.Event()
-        self.pending_audit: list[dict[str, Any]] = []
+        self.pending_audit: list[bytes] = []  # audit entries (JSON lines) not yet committed to the status branch
         self.unpushed: set[str] = set()  # environments whose status documents failed to push
         self.controller_doc_identity: str | None = None
         self.last_good_hint: str | None = None  # from the status branch: what to serve if the head is invalid
@@ -148,7 +149,7 @@ class Controller:
         self.metrics: MetricsSink = metrics or pool.metrics
         self.wake = threading.Event()  # set by trigger(): the next cycle starts at once
         self.loop_running = False  # for /readyz
-        self.recent_audit: dict[str, deque[dict[str, Any]]] = {}
+        self.recent_audit: dict[str, deque[bytes]] = {}  # the last 20 audit entries (JSON) per environment
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="env")
         self._app_digests: dict[tuple[str, str, str], str] = {}
         self._input_keys: dict[tuple[str, str], str] = {}  # (revision, environment) -> input key
@@ -487,7 +488,7 @@ class Controller:
                 job = futures[future]
                 done_count += 1
                 try:
-                    outcomes[job.env.name] = future.result()
+                    outcomes[job.env.name] = self._take_audit(future.result())
                 except Exception as exc:
                     self.log.exception("environment reconcile crashed", environment=job.env.name)
                     outcomes[job.env.name] = EnvOutcome(
@@ -522,13 +523,27 @@ class Controller:
                     self.log.error("environment timed out", environment=name)
         return outcomes
 
+    def _take_audit(self, outcome: EnvOutcome) -> EnvOutcome:
+        """Take an environment's audit entries as soon as its reconcile returns: governance learns them, they wait
+        for the status commit as JSON lines, and the outcome keeps only their count. (A cold cycle's entries held as
+        dicts until the cycle ended were most of the controller's peak memory: 325,000 at 5,000 environments.)"""
+        if not outcome.audit:
+            return outcome
+        if not self.dry_run:
+            self.gov.learn(outcome.audit)
+            lines = [json.dumps(e, sort_keys=True).encode() for e in outcome.audit]
+            self.pending_audit.extend(lines)
+            self.recent_audit.setdefault(outcome.environment, deque(maxlen=20)).extend(lines)
+        return evolve(outcome, audit=(), changes=len(outcome.audit))
+
     def _record(self, loaded: Loaded, report: CycleReport, keys: Mapping[str, str]) -> None:
         now = self.clock()
         for name, outcome in report.outcomes.items():
             state = self.states.setdefault(name, EnvState())
-            log = self.log.info if outcome.audit or outcome.phase is not Phase.SYNCED else self.log.debug
+            changes = outcome.changes or len(outcome.audit)
+            log = self.log.info if changes or outcome.phase is not Phase.SYNCED else self.log.debug
             log("environment reconciled", environment=name, revision=loaded.revision[:12], phase=str(outcome.phase),
-                changes=len(outcome.audit), message=outcome.message, seconds=round(outcome.duration, 3))  # fmt: skip
+                changes=changes, message=outcome.message, seconds=round(outcome.duration, 3))  # fmt: skip
             state.phase = outcome.phase
             key = keys.get(name)
             new_inputs = key is not None and key != state.attempted_key
@@ -551,10 +566,6 @@ class Controller:
                 state.retry_at = now + delay * random.uniform(0.9, 1.1)
             else:  # Progressing/Degraded/Blocked/OutOfSync: look again when the backoff allows
                 state.retry_at = now + self.config.backoff_initial
-            if not self.dry_run:
-                self.gov.learn(outcome.audit)
-                self.pending_audit.extend(outcome.audit)
-                self.recent_audit.setdefault(name, deque(maxlen=20)).extend(outcome.audit)
 
     # --- status --------------------------------------------------------------------------------------------------
     def _env_doc(self, name: str, env: Environment | None, outcome: EnvOutcome | None) -> dict[str, Any]:
@@ -618,7 +629,7 @@ class Controller:
         append: dict[str, bytes] = {}
         if self.pending_audit:  # a new file per commit (the token: replicas never write the same name)
             path = statusdoc.audit_path(datetime.now(UTC), uuid.uuid4().hex[:8])
-            append[path] = "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.pending_audit).encode()
+            append[path] = b"\n".join([*self.pending_audit, b""])  # one copy of the lines, not three
         changed_envs = sum(1 for p in replace if p.startswith("environments/"))
         message = (
             f"reconciler: {(self.head or 'unknown')[:12]}: {changed_envs} environment(s), "
@@ -667,7 +678,7 @@ class Controller:
                     "lastAttemptedRevision": doc.get("lastAttemptedRevision"),
                     "updated": doc.get("updated"),
                     "applications": dict(doc.get("applications") or {}),
-                    "recentAudit": list(self.recent_audit.get(name, ())),
+                    "recentAudit": [json.loads(line) for line in self.recent_audit.get(name, ())],
                 })  # fmt: skip
         return {
             "revision": self.head,

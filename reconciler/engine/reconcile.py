@@ -143,6 +143,7 @@ class EnvOutcome:
     plans: tuple[UnitPlan, ...] = ()
     duration: float = 0.0
     drifted: int = 0  # applications found drifted
+    changes: int = 0  # audit entries made, once the controller has taken them (``audit`` is then empty)
 
 
 def _now() -> str:

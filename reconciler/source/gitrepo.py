@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote
 
 from reconciler.core.problems import PermanentError, Problem, TemporaryError
@@ -86,19 +87,24 @@ def git_env(config: Mapping[str, str], extra: Mapping[str, str] | None = None) -
 
 
 def run_git(
-    args: Sequence[str], env: Mapping[str, str], timeout: float, stdin: bytes | None = None
+    args: Sequence[str], env: Mapping[str, str], timeout: float, stdin: bytes | BinaryIO | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``git *args``; on timeout kill its whole process group (helpers, ssh) and raise TemporaryError."""
+    """Run ``git *args``; on timeout kill its whole process group (helpers, ssh) and raise TemporaryError.
+
+    ``stdin``: bytes to send, or an open file that git reads by itself (large input, no copy in memory)."""
+    source: int | BinaryIO = (
+        subprocess.PIPE if isinstance(stdin, bytes) else subprocess.DEVNULL if stdin is None else stdin
+    )
     proc = subprocess.Popen(
         ["git", *args],
-        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdin=source,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=dict(env),
         start_new_session=True,
     )
     try:
-        out, err = proc.communicate(stdin, timeout=timeout)
+        out, err = proc.communicate(stdin if isinstance(stdin, bytes) else None, timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill(proc)
         raise TemporaryError(f"git {args[0]} timed out after {timeout:g}s") from None
@@ -142,7 +148,7 @@ class BareRepo:
                 raise PermanentError(f"cannot create the git cache {self.path}: {self.tail(done)}")
 
     def run(
-        self, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None
+        self, *args: str, stdin: bytes | BinaryIO | None = None, env: Mapping[str, str] | None = None
     ) -> subprocess.CompletedProcess[bytes]:
         return run_git(args, {**self.env, **(env or {})}, self.timeout, stdin)
 

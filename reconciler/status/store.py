@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from reconciler.core.problems import PermanentError, TemporaryError
 from reconciler.core.tree import blob_id
@@ -199,20 +200,26 @@ class StatusStore:
         written without an index, and only the trees on the changed paths are read, however large the branch."""
         who = f"{_ident(self.author_name)} <{_ident(self.author_email)}> {int(time.time())} +0000"
         body = (message if message.endswith("\n") else message + "\n").encode()
-        stream = [b"reset %s\ncommit %s\nmark :1\n" % (_BUILD_REF, _BUILD_REF),
-                  f"author {who}\ncommitter {who}\n".encode(), b"data %d\n%s\n" % (len(body), body)]  # fmt: skip
-        if head is not None:
-            stream.append(f"from {head}\n".encode())
-        for path, data in contents.items():
-            stream.append(b"M 100644 inline %s\ndata %d\n%s\n" % (_quoted(path), len(data), data))
-        stream.append(b"\nget-mark :1\ndone\n")
-        out = self._git(("fast-import", "--quiet", "--done", "--force", "--date-format=raw"), stdin=b"".join(stream))
+        with tempfile.TemporaryFile() as stream:  # fast-import reads it: a cold cycle's audit is not copied in memory
+            stream.write(b"reset %s\ncommit %s\nmark :1\n" % (_BUILD_REF, _BUILD_REF))
+            stream.write(f"author {who}\ncommitter {who}\n".encode() + b"data %d\n%s\n" % (len(body), body))
+            if head is not None:
+                stream.write(f"from {head}\n".encode())
+            for path, data in contents.items():
+                stream.write(b"M 100644 inline %s\ndata %d\n" % (_quoted(path), len(data)))
+                stream.write(data)
+                stream.write(b"\n")
+            stream.write(b"\nget-mark :1\ndone\n")
+            stream.seek(0)
+            out = self._git(("fast-import", "--quiet", "--done", "--force", "--date-format=raw"), stdin=stream)
         self._writes += 1
         if self._writes % GC_EVERY == 0:  # fast-import leaves small imports as loose objects: pack them now and then
             self.repo.run("gc", "--auto", "--quiet")
         return out.strip().decode()
 
-    def _git(self, args: tuple[str, ...], stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> bytes:
+    def _git(
+        self, args: tuple[str, ...], stdin: bytes | BinaryIO | None = None, env: Mapping[str, str] | None = None
+    ) -> bytes:
         done = self.repo.run(*args, stdin=stdin, env=env)
         if done.returncode:
             raise TemporaryError(f"git {args[0]} failed in the status cache: {self.repo.tail(done)}")

@@ -477,3 +477,25 @@ def test_input_keys_and_render_tokens_are_computed_once_per_revision(
         assert {revision for revision, _ in controller._render_tokens} == {report.revision}
     finally:
         controller.close()
+
+
+def test_audit_entries_are_taken_from_outcomes_as_environments_finish(fleet: Fleet) -> None:
+    from reconciler.commands.common import load_config
+    from reconciler.commands.run import build_controller
+
+    controller = build_controller(load_config(str(fleet.config)))
+    try:
+        report = controller.cycle()
+        dev = report.outcomes["lille-dev"]
+        assert dev.audit == () and dev.changes == 2  # the outcome keeps the count; the entries went to the trail
+        assert sorted(
+            (e["environment"], e["application"]) for e in fleet.audit() if e["environment"] == "lille-dev"
+        ) == [
+            ("lille-dev", "famille"),
+            ("lille-dev", "ref"),
+        ]
+        recent = next(e for e in controller.snapshot()["environments"] if e["name"] == "lille-dev")["recentAudit"]
+        assert [(e["application"], e["result"]) for e in recent] == [("ref", "succeeded"), ("famille", "succeeded")]
+        assert controller.pending_audit == []
+    finally:
+        controller.close()
