@@ -68,6 +68,7 @@ class RenderMemo:
     def __init__(self) -> None:
         self._known: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._settled: dict[str, Settled] = {}
+        self._environments: set[str] = set()  # every environment with an entry
 
     def settled(self, environment: str, token: Hashable) -> Settled | None:
         """The environment's last drift check that found it wholly in sync, if its inputs are still ``token``."""
@@ -76,14 +77,19 @@ class RenderMemo:
 
     def settle(self, environment: str, settled: Settled) -> None:
         self._settled[environment] = settled
+        self._environments.add(environment)
 
     def retain(self, environments: Collection[str]) -> None:
-        """Forget environments that no longer exist (the controller calls this when it loads a revision)."""
-        keep = set(environments)
-        for key in [k for k in self._known if k[0] not in keep]:
+        """Forget environments that no longer exist (the controller calls this when it loads a revision; the
+        entries are scanned only when some environment is gone, not on every commit)."""
+        gone = self._environments - set(environments)
+        if not gone:
+            return
+        for key in [k for k in self._known if k[0] in gone]:
             self._known.pop(key, None)
-        for name in [n for n in self._settled if n not in keep]:
+        for name in gone:
             self._settled.pop(name, None)
+        self._environments -= gone
 
     def get(self, environment: str, application: str, target: str, token: str) -> str | None:
         known = self._known.get((environment, application, target))
@@ -91,6 +97,7 @@ class RenderMemo:
 
     def put(self, unit: DesiredUnit, token: str) -> None:
         self._known[(unit.environment, unit.application, unit.target)] = (token, unit.fingerprint)
+        self._environments.add(unit.environment)
 
     def __len__(self) -> int:
         return len(self._known)

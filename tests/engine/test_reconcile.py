@@ -7,10 +7,11 @@ from dataclasses import replace
 
 from reconciler.core.config import ControllerConfig
 from reconciler.core.loader import load_repo
+from reconciler.core.plan import Phase
 from reconciler.core.problems import PermanentError, TemporaryError
 from reconciler.core.tree import MemoryTree
 from reconciler.drivers.memory import MemoryDriver
-from reconciler.engine.reconcile import Job, reconcile_environment
+from reconciler.engine.reconcile import EnvOutcome, Job, reconcile_environment
 from reconciler.engine.targets import DriverPool
 from tests.minirepo import minimal_repo
 
@@ -131,3 +132,19 @@ def test_a_batch_that_cannot_begin_is_an_observe_failure_and_nothing_is_applied(
     assert all(not d.units for d in drivers.values())
     for driver in drivers.values():  # every batch begun has ended
         assert driver.calls.count(("batch", "lille-dev", "begin")) == driver.calls.count(("batch", "lille-dev", "end"))
+
+
+def test_the_render_memo_forgets_environments_that_are_gone() -> None:
+    from reconciler.core.desired import DesiredUnit
+    from reconciler.engine.reconcile import RenderMemo, Settled
+
+    memo = RenderMemo()
+    for env in ("lille-dev", "rennes-dev"):
+        memo.put(DesiredUnit(env, "ref", "3.10", "k8s", (), {}, f"fp-{env}"), "token")
+        memo.settle(env, Settled("inputs", (), {}, EnvOutcome(env, Phase.SYNCED, "in sync", {})))
+    memo.retain(["lille-dev", "rennes-dev", "new-env"])  # nothing gone: everything kept
+    assert len(memo) == 2 and memo.settled("rennes-dev", "inputs") is not None
+    memo.retain(["lille-dev"])
+    assert memo.get("rennes-dev", "ref", "k8s", "token") is None and memo.settled("rennes-dev", "inputs") is None
+    assert memo.get("lille-dev", "ref", "k8s", "token") == "fp-lille-dev"
+    assert memo.settled("lille-dev", "inputs") is not None and len(memo) == 1
