@@ -210,3 +210,13 @@ def test_a_commit_carries_exactly_the_changed_files_and_its_author(store: Status
         "Reconciler <reconciler@example.org>|Reconciler <reconciler@example.org>|one"
     )
     assert git("rev-list", "--parents", "-n", "1", second, cwd=upstream.bare).split()[1:] == [first]
+
+
+def test_a_commit_git_cannot_build_is_a_temporary_error_naming_the_cache(
+    store: StatusStore, upstream: Upstream
+) -> None:
+    store.write({"environments/a.yaml": ENV_A}, {}, "seed")
+    before = upstream.remote_sha(DEFAULT_BRANCH)
+    with pytest.raises(TemporaryError, match="git fast-import failed in the status cache"):
+        store._commit("1" * 40, {"environments/a.yaml": ENV_B}, "on a commit the cache does not have")
+    assert upstream.remote_sha(DEFAULT_BRANCH) == before and remote_file(upstream, "environments/a.yaml") == ENV_A
