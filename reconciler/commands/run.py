@@ -27,7 +27,6 @@ from typing import Any
 
 from reconciler.commands.common import ConfigError, fail, load_config, status_store
 from reconciler.core.config import ControllerConfig
-from reconciler.core.plan import Action
 from reconciler.core.problems import ReconcilerError
 from reconciler.drivers.k8s_api import KubeApi
 from reconciler.drivers.k8s_store import api_client_for
@@ -120,7 +119,7 @@ def summarize(controller: Controller, report: CycleReport) -> str:
 
 def print_plan(report: CycleReport) -> None:
     for name, outcome in sorted(report.outcomes.items()):
-        changes = [p for p in outcome.plans if p.action is not Action.UNCHANGED]
+        changes = outcome.plans  # what would change (an outcome keeps no plan of an unchanged unit)
         if not changes:
             continue
         print(f"{name}:")

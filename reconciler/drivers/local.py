@@ -16,8 +16,8 @@ mid-apply leaves files that the next apply or remove still knows it owns: re-app
 duplicates and never deletes a file that this controller did not write. When everything already matches,
 ``apply`` writes nothing at all. ``observe`` checks every inventoried file, so hand edits and deletions show up
 as drift; like ``git status`` it re-reads only files whose stat changed, that it never hashed (after a restart)
-or that are racily clean (see :class:`DigestCache`); ``verifyContent: true`` re-reads every file every time.
-Parsed inventories are cached by stat as well.
+or that are racily clean; ``verifyContent: true`` re-reads every file every time. Parsed inventories are cached by
+stat as well. Both records live in :mod:`reconciler.drivers.local_state`.
 
 A corrupt inventory (not JSON, wrong shape) makes the application look drifted (``drifted`` names the inventory
 file, version and fingerprint are ``None``); ``apply`` then rewrites the desired files and a fresh inventory but
@@ -37,38 +37,37 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import shutil
-import stat
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.problems import PermanentError, TemporaryError
 from reconciler.drivers.base import ApplyResult, Health, HealthReport, LiveUnit
+from reconciler.drivers.local_state import (
+    INVENTORY,
+    Check,
+    Deployed,
+    Inventory,
+    Stamp,
+    Unreadable,
+    read_with_stamp,
+    stamp_of,
+    unsafe_name,
+    valid_rel,
+)
 
-OWNER = "reconciler"
-INVENTORY = ".reconciler-inventory.json"
+__all__ = ["INVENTORY", "PENDING", "LocalDriver", "atomic_write", "classify_os_error", "fsync_dir"]
+
 PENDING = ".reconciler-pending.json"
 TMP_PREFIX = ".reconciler-tmp-"
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 # errors that may pass by themselves (full disk, I/O hiccup, read-only remount); anything else is a refusal
 _TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EROFS})
 # (st_dev, "write" or "observe") -> the lock local targets on that filesystem take turns under (LocalDriver._gate)
 _GATES: dict[tuple[int, str], threading.Lock] = {}
 _GATES_LOCK = threading.Lock()
 _TMP_NAMES = itertools.count()  # with the pid: unique temporary names without uuid4's cost (O_EXCL checks anyway)
-
-Stamp = tuple[int, int, int, int]  # (mtime_ns, size, inode, ctime_ns) of a regular file
-
-
-def unsafe_name(name: str) -> bool:
-    """True for names that could leave their directory or hide among the controller's own files."""
-    return not name or "/" in name or "\0" in name or ".." in name or name.startswith(".")
 
 
 def _check(target: str, what: str, name: str) -> None:
@@ -82,59 +81,6 @@ def classify_os_error(target: str, action: str, exc: OSError) -> PermanentError 
     return TemporaryError(message) if exc.errno in _TRANSIENT_ERRNOS else PermanentError(message)
 
 
-@dataclass(frozen=True)
-class Inventory:
-    environment: str
-    application: str
-    version: str
-    fingerprint: str
-    files: Mapping[str, str]  # "<component>/<file>" -> sha256 hex
-
-    def encode(self) -> bytes:
-        doc = {
-            "owner": OWNER,
-            "environment": self.environment,
-            "application": self.application,
-            "version": self.version,
-            "fingerprint": self.fingerprint,
-            "files": dict(sorted(self.files.items())),
-        }
-        # no indent: json's C encoder (the indenting one is pure Python and showed in cold-cycle profiles)
-        return (json.dumps(doc) + "\n").encode()
-
-
-@dataclass(frozen=True)
-class Unreadable:
-    reason: str
-    foreign: bool = False  # a valid inventory of another owner (never taken over)
-
-
-def _valid_rel(rel: object) -> bool:
-    if not isinstance(rel, str) or rel.count("/") != 1:
-        return False
-    return not any(unsafe_name(part) for part in rel.split("/"))
-
-
-def parse_inventory(raw: bytes, environment: str, application: str) -> Inventory | Unreadable:
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return Unreadable(f"{INVENTORY} of {environment}/{application} is not valid JSON")
-    if not isinstance(doc, dict):
-        return Unreadable(f"{INVENTORY} of {environment}/{application} is not a JSON object")
-    if doc.get("owner") != OWNER:
-        return Unreadable(f"{environment}/{application} belongs to another owner", foreign=True)
-    files = doc.get("files")
-    if (
-        (doc.get("environment"), doc.get("application")) != (environment, application)
-        or not all(isinstance(doc.get(k), str) for k in ("version", "fingerprint"))
-        or not isinstance(files, dict)
-        or not all(_valid_rel(k) and isinstance(v, str) and _HEX64.fullmatch(v) for k, v in files.items())
-    ):
-        return Unreadable(f"{INVENTORY} of {environment}/{application} is malformed")
-    return Inventory(environment, application, doc["version"], doc["fingerprint"], files)
-
-
 def read_pending(app_dir: str) -> set[str]:
     """Files an interrupted apply may have written (ignored when unreadable: then it wrote nothing yet)."""
     raw = _read_bytes(os.path.join(app_dir, PENDING))
@@ -142,144 +88,11 @@ def read_pending(app_dir: str) -> set[str]:
         doc = json.loads(raw) if raw is not None else []
     except ValueError:
         return set()
-    return {rel for rel in doc if _valid_rel(rel)} if isinstance(doc, list) else set()
-
-
-def _stamp(path: str) -> Stamp | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns) if stat.S_ISREG(st.st_mode) else None
-
-
-class Check(StrEnum):
-    """How far :meth:`DigestCache.digest` may trust what it knows about a file."""
-
-    CONTENT = "content"  # read and hash the file, always
-    CLEAN = "clean"  # trust an unchanged stat unless the entry is racy (the drift check; as ``git status``)
-    STAT = "stat"  # trust an unchanged stat (apply, health)
-
-
-# A file changed within the same clock tick as we recorded it can keep its ctime: such "racily clean" entries
-# (Git's term) are re-read by the next drift check. Kernel file times come from a coarse clock (a tick <= 10 ms).
-RACY_NS = 20_000_000
-
-
-class DigestCache:
-    """sha256 of files this driver wrote or hashed, keyed by path and (mtime_ns, size, inode, ctime_ns).
-
-    Like Git's index: a file whose stat is unchanged has unchanged content, because every write, rename or
-    replacement changes its ctime (which no user can set) or inode. A drift check (``Check.CLEAN``) therefore
-    re-reads only files whose stat changed, files it has never hashed (after a restart: all of them once), and
-    racily clean entries; ``verifyContent: true`` on a target re-reads every file at every drift check.
-    """
-
-    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
-        self._known: dict[str, tuple[Stamp, str, bool]] = {}  # path -> (stamp, digest, clean: not racy)
-        self._lock = threading.Lock()
-        self._clock_ns = clock_ns
-
-    def digest(self, path: str, check: Check) -> str | None:
-        if check is not Check.CONTENT:
-            stamp = _stamp(path)
-            if stamp is None:
-                return None
-            known = self._known.get(path)
-            if known is not None and known[0] == stamp and (known[2] or check is Check.STAT):
-                return known[1]
-        data, stamp = _read_with_stamp(path)
-        if data is None or stamp is None:
-            return None
-        value = hashlib.sha256(data).hexdigest()
-        self.remember(path, stamp, value)
-        return value
-
-    def changed(self, prefix: str, files: Mapping[str, str], check: Check) -> list[str]:
-        """The names of ``files`` (relative path -> expected digest, under ``prefix``) whose digest differs, in
-        order: what :meth:`digest` says for each, with its common case (a known file, stat unchanged) inlined,
-        since a drift check asks this for every deployed file."""
-        if check is Check.CONTENT:
-            return [rel for rel, want in files.items() if self.digest(prefix + rel, check) != want]
-        known, lstat, is_reg, trust_racy = self._known, os.lstat, stat.S_ISREG, check is Check.STAT
-        out: list[str] = []
-        for rel, want in files.items():
-            path = prefix + rel
-            entry = known.get(path)
-            if entry is not None and (entry[2] or trust_racy):
-                try:
-                    st = lstat(path)
-                except OSError:  # gone: drifted (as digest() says None)
-                    out.append(rel)
-                    continue
-                if is_reg(st.st_mode) and entry[0] == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns):
-                    if entry[1] != want:
-                        out.append(rel)
-                    continue
-            if self.digest(path, check) != want:
-                out.append(rel)
-        return out
-
-    def remember(self, path: str, stamp: Stamp | None, value: str) -> None:
-        if stamp is not None:
-            clean = self._clock_ns() - stamp[3] > RACY_NS
-            with self._lock:
-                self._known[path] = (stamp, value, clean)
-
-
-class InventoryCache:
-    """Parsed inventories keyed by path and stat: an unchanged inventory file is not read and parsed again."""
-
-    def __init__(self) -> None:
-        self._known: dict[str, tuple[Stamp, Inventory | Unreadable]] = {}
-        self._lock = threading.Lock()
-
-    def read(self, app_dir: str, environment: str, application: str) -> Inventory | Unreadable | None:
-        path = os.path.join(app_dir, INVENTORY)
-        stamp = _stamp(path)
-        if stamp is None:
-            return None  # missing, or not a regular file (a symlink is never followed)
-        known = self._known.get(path)
-        if known is not None and known[0] == stamp:
-            return known[1]
-        data, stamp = _read_with_stamp(path)
-        if data is None or stamp is None:
-            return None
-        parsed = parse_inventory(data, environment, application)
-        with self._lock:
-            self._known[path] = (stamp, parsed)
-        return parsed
-
-    def remember(self, app_dir: str, inventory: Inventory, stamp: Stamp | None) -> None:
-        path = os.path.join(app_dir, INVENTORY)
-        if stamp is not None:
-            with self._lock:
-                self._known[path] = (stamp, inventory)
-
-
-def _read_with_stamp(path: str) -> tuple[bytes | None, Stamp | None]:
-    """Contents and stat of a regular file, never following a symlink; ``(None, None)`` otherwise."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None, None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, None
-        data = os.read(fd, st.st_size + 1)
-        if len(data) > st.st_size:  # it grew since fstat: read the rest
-            chunks = [data]
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-        return data, (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
-    finally:
-        os.close(fd)
+    return {rel for rel in doc if valid_rel(rel)} if isinstance(doc, list) else set()
 
 
 def _read_bytes(path: str) -> bytes | None:
-    return _read_with_stamp(path)[0]
+    return read_with_stamp(path)[0]
 
 
 def fsync_dir(d: str, durable: bool = True) -> None:
@@ -310,7 +123,7 @@ def atomic_write(path: str, data: bytes, sync_dir: bool = True, durable: bool = 
         raise
     if sync_dir:
         fsync_dir(parent, durable)
-    return _stamp(path)  # after the rename: it changes the ctime
+    return stamp_of(path)  # after the rename: it changes the ctime
 
 
 def _write_new(path: str, data: bytes, durable: bool) -> Stamp:
@@ -360,8 +173,7 @@ class LocalDriver:
         self.parallel_writes = parallel_writes
         self._drift_check = Check.CONTENT if verify_content else Check.CLEAN
         self._device: int | None = None
-        self.digests = DigestCache()
-        self.inventories = InventoryCache()
+        self.known = Deployed()  # inventories and file stats, as Git's index (see local_state)
 
     def _app_dir(self, environment: str, application: str) -> str:
         _check(self.target, "environment", environment)
@@ -383,7 +195,7 @@ class LocalDriver:
 
     def _observe(self, environment: str, application: str, check_drift: bool, check: Check) -> LiveUnit | None:
         app_dir = self._app_dir(environment, application)
-        inventory = self.inventories.read(app_dir, environment, application)
+        inventory = self.known.inventory(environment, application, app_dir)
         return self._live(app_dir, environment, application, inventory, check_drift, check)
 
     def _live(
@@ -401,7 +213,7 @@ class LocalDriver:
             return LiveUnit(environment, application, self.target, None, None, (INVENTORY,))
         drifted: tuple[str, ...] = ()
         if check_drift:
-            drifted = tuple(sorted(self.digests.changed(app_dir + "/", inventory.files, check)))
+            drifted = tuple(self.known.drifted(app_dir, inventory, check))  # (sorted: the inventory's order)
         return LiveUnit(environment, application, self.target, inventory.version, inventory.fingerprint, drifted)
 
     def observe_environment(
@@ -430,7 +242,7 @@ class LocalDriver:
                 if name in found:
                     self._refuse_symlinks(app_dir)
                 continue
-            inventory = self.inventories.read(app_dir, environment, name)
+            inventory = self.known.inventory(environment, name, app_dir)
             if isinstance(inventory, Inventory) or name in found:
                 found[name] = self._live(app_dir, environment, name, inventory, check_drift, self._drift_check)
         return dict(sorted(found.items()))
@@ -444,9 +256,7 @@ class LocalDriver:
             children = sorted(
                 (e.name, e.path) for e in entries if not unsafe_name(e.name) and e.is_dir(follow_symlinks=False)
             )
-        return [
-            name for name, path in children if isinstance(self.inventories.read(path, environment, name), Inventory)
-        ]
+        return [name for name, path in children if isinstance(self.known.inventory(environment, name, path), Inventory)]
 
     def health(self, environment: str, application: str) -> HealthReport:
         live = self._observe(environment, application, check_drift=True, check=Check.STAT)
@@ -475,20 +285,20 @@ class LocalDriver:
 
     def _apply(self, app_dir: str, unit: DesiredUnit, desired: dict[str, bytes], dry_run: bool) -> ApplyResult:
         exists = os.path.isdir(app_dir)
-        previous = self.inventories.read(app_dir, unit.environment, unit.application) if exists else None
+        previous = self.known.inventory(unit.environment, unit.application, app_dir) if exists else None
         if isinstance(previous, Unreadable) and previous.foreign:
             raise PermanentError(f"local target {self.target}: {previous.reason}; refusing to take it over")
         pending = read_pending(app_dir) if exists else set()
-        owned = (set(previous.files) if isinstance(previous, Inventory) else set()) | pending
+        owned = (set(previous.rels) if isinstance(previous, Inventory) else set()) | pending
         if exists:
             self._refuse_symlinks(*(os.path.join(app_dir, comp) for comp in _components(desired) | _components(owned)))
 
         prefix = app_dir + "/"
-        hashes = {rel: hashlib.sha256(data).hexdigest() for rel, data in desired.items()}
-        digest = self.digests.digest
-        to_write = sorted(rel for rel, h in hashes.items() if not exists or digest(prefix + rel, Check.STAT) != h)
+        hashes = {rel: hashlib.sha256(data).digest() for rel, data in desired.items()}
+        holding = self.known.holding(app_dir, previous, hashes) if exists else set()
+        to_write = sorted(hashes.keys() - holding)
         to_remove = sorted(rel for rel in owned - desired.keys() if os.path.lexists(prefix + rel))
-        inventory = Inventory(unit.environment, unit.application, unit.version, unit.fingerprint, hashes)
+        inventory = Inventory.of(unit.environment, unit.application, unit.version, unit.fingerprint, hashes)
         inventory_stale = not isinstance(previous, Inventory) or previous != inventory
         parts = [f"{verb} {len(rels)} file(s)" for verb, rels in (("write", to_write), ("remove", to_remove)) if rels]
         summary = ", ".join(parts) or "rewrite the inventory"
@@ -508,7 +318,7 @@ class LocalDriver:
             if not exists:
                 self._create(app_dir, desired, inventory)
             else:
-                self._update(app_dir, desired, hashes, inventory, owned, pending, to_write, to_remove)
+                self._update(app_dir, desired, inventory, owned, pending, to_write, to_remove)
         return ApplyResult(True, summary)
 
     def _gate(self, work: str = "write") -> threading.Lock | contextlib.nullcontext[None]:
@@ -536,7 +346,6 @@ class LocalDriver:
         self,
         app_dir: str,
         desired: Mapping[str, bytes],
-        hashes: Mapping[str, str],
         inventory: Inventory,
         owned: set[str],
         pending: set[str],
@@ -549,9 +358,11 @@ class LocalDriver:
         if to_write:  # claim the files before they exist, so a kill from here on leaves nothing unowned
             claims = (json.dumps(sorted(owned | set(to_write))) + "\n").encode()
             atomic_write(prefix + PENDING, claims, durable=self.durable)
+        written: dict[str, Stamp] = {}
         for rel in to_write:
             stamp = atomic_write(prefix + rel, desired[rel], sync_dir=False, durable=self.durable)
-            self.digests.remember(prefix + rel, stamp, hashes[rel])
+            if stamp is not None:
+                written[rel] = stamp
         for rel in to_remove:
             os.unlink(prefix + rel)
         changed_dirs = _components(to_write) | _components(to_remove)
@@ -564,7 +375,7 @@ class LocalDriver:
         os.makedirs(app_dir, exist_ok=True)
         # last: the inventory says the apply completed
         stamp = atomic_write(prefix + INVENTORY, inventory.encode(), durable=self.durable)
-        self.inventories.remember(app_dir, inventory, stamp)
+        self.known.applied(inventory, stamp, written)
         if to_write or pending:
             try:
                 os.unlink(prefix + PENDING)
@@ -606,10 +417,7 @@ class LocalDriver:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         fsync_dir(env_dir, self.durable)
-        prefix = app_dir + "/"
-        for rel, stamp in stamps.items():  # a directory rename changes no stat of the files inside
-            self.digests.remember(prefix + rel, stamp, inventory.files[rel])
-        self.inventories.remember(app_dir, inventory, inventory_stamp)
+        self.known.applied(inventory, inventory_stamp, stamps)  # a directory rename changes no stat inside
 
     def remove(self, environment: str, application: str, dry_run: bool = False) -> ApplyResult:
         app_dir = self._app_dir(environment, application)
@@ -619,13 +427,13 @@ class LocalDriver:
             raise classify_os_error(self.target, f"remove {environment}/{application}", exc) from None
 
     def _remove(self, app_dir: str, environment: str, application: str, dry_run: bool) -> ApplyResult:
-        inventory = self.inventories.read(app_dir, environment, application)
+        inventory = self.known.inventory(environment, application, app_dir)
         if isinstance(inventory, Unreadable):
             raise PermanentError(f"local target {self.target}: {inventory.reason}; not removing anything")
         pending = read_pending(app_dir)
         if inventory is None and not pending:
             return ApplyResult(False, "absent")
-        owned = (set(inventory.files) if inventory else set()) | pending
+        owned = (set(inventory.rels) if inventory else set()) | pending
         prefix = app_dir + "/"
         self._refuse_symlinks(*(prefix + comp for comp in _components(owned)))
         present = sorted(rel for rel in owned if os.path.lexists(prefix + rel))
@@ -641,6 +449,7 @@ class LocalDriver:
         for name in (PENDING, INVENTORY):  # the record goes last: a kill before this point is simply retried
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(prefix + name)
+        self.known.forget(environment, application)
         for d in (app_dir, os.path.dirname(app_dir)):
             if _is_empty(d):
                 os.rmdir(d)

@@ -575,7 +575,7 @@ class Controller:
         message = outcome.message if outcome else previous.get("message", "")
         apps: dict[str, Any] = (
             {
-                a: {"desired": s.desired, "live": s.live, "phase": str(s.phase), "message": s.message}
+                a: statusdoc.app_entry(s.desired, s.live, str(s.phase), s.message)
                 for a, s in outcome.applications.items()
             }
             if outcome is not None and outcome.applications

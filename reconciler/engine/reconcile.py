@@ -147,7 +147,7 @@ class EnvOutcome:
     audit: tuple[dict[str, Any], ...] = ()
     changed: bool = False  # something was written to a target
     transient: bool = False  # the failure may pass: retry with backoff
-    plans: tuple[UnitPlan, ...] = ()
+    plans: tuple[UnitPlan, ...] = ()  # what was to change (create, update, delete), without the rendered files
     duration: float = 0.0
     drifted: int = 0  # applications found drifted
     changes: int = 0  # audit entries made, once the controller has taken them (``audit`` is then empty)
@@ -229,13 +229,15 @@ def realise(job: Job, plans: list[UnitPlan], stubs: set[tuple[str, str]]) -> tup
 
 
 def _light(plans: list[UnitPlan]) -> tuple[UnitPlan, ...]:
-    """The plans without their rendered files: an outcome outlives the reconcile (the cycle report, status), and
-    the contents of a whole fleet's units would make the controller's peak memory grow with every rendered byte."""
+    """The plans that act, without their rendered files: an outcome outlives the reconcile (the cycle report, the
+    settled record of a drift check), and a whole fleet's units, or even one stub per unchanged unit, would make the
+    controller's memory grow with the fleet. (The applications' statuses say what is in sync.)"""
     return tuple(
         replace(p, desired=replace(p.desired, components=(), parameters={}))
         if p.desired is not None and p.desired.components
         else p
         for p in plans
+        if p.action is not Action.UNCHANGED
     )
 
 

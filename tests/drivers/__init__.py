@@ -1,15 +1,19 @@
 """Tests of the target drivers (local, script, ssh) against real files, real processes and a real sshd.
 
 Shared helpers: :func:`make_unit` builds a :class:`DesiredUnit` by hand (with its real fingerprint) and
-:func:`wait_until` polls a condition with a deadline (the tests never sleep to synchronise).
+:func:`wait_until` polls a condition with a deadline (the tests never sleep to synchronise); :class:`Reads`
+counts the files the local driver reads.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import pytest
 
 from reconciler.core.desired import DesiredComponent, DesiredUnit, fingerprint
 
@@ -48,3 +52,24 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.005)
+
+
+class Reads:
+    """Counts the files the local driver reads (wraps the one function it reads files with)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import reconciler.drivers.local_state as local_state
+
+        self.paths: list[str] = []
+        real = local_state.read_with_stamp
+
+        def counting(path: str) -> Any:
+            self.paths.append(path)
+            return real(path)
+
+        monkeypatch.setattr(local_state, "read_with_stamp", counting)
+
+    def take(self) -> list[str]:
+        """The files read since the last call, as ``<component>/<file>``, sorted."""
+        taken, self.paths = self.paths, []
+        return sorted(os.path.relpath(p, os.path.dirname(os.path.dirname(p))) for p in taken)

@@ -10,14 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from reconciler.core.problems import PermanentError, TemporaryError
 from reconciler.drivers.base import Health
 from reconciler.drivers.local import INVENTORY, PENDING, LocalDriver, classify_os_error
-from tests.drivers import make_unit, wait_until
+from tests.drivers import Reads, make_unit, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -446,30 +445,10 @@ def test_observe_environment_equals_list_then_observe_each(driver: LocalDriver, 
     assert driver.observe_environment("absent-env", ["shop"], check_drift) == {"shop": None}
 
 
-class Reads:
-    """Counts the files the driver reads (wraps the module's one read function)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        import reconciler.drivers.local as local
-
-        self.paths: list[str] = []
-        real = local._read_with_stamp
-
-        def counting(path: str) -> Any:
-            self.paths.append(path)
-            return real(path)
-
-        monkeypatch.setattr(local, "_read_with_stamp", counting)
-
-    def take(self) -> list[str]:
-        taken, self.paths = self.paths, []
-        return sorted(os.path.relpath(p, os.path.dirname(os.path.dirname(p))) for p in taken)
-
-
 def test_a_drift_check_rereads_only_what_it_cannot_trust(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     now = [0]
     driver = LocalDriver("t1", tmp_path / "target")
-    driver.digests._clock_ns = lambda: now[0]
+    driver.known._clock_ns = lambda: now[0]
     reads = Reads(monkeypatch)
     now[0] = time.time_ns()  # the clock still reads the tick the files are written in: every entry is racy
     driver.apply(make_unit(V1))
@@ -491,7 +470,7 @@ def test_a_drift_check_rereads_only_what_it_cannot_trust(tmp_path: Path, monkeyp
 
 def test_verify_content_rereads_every_file_every_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     driver = LocalDriver("t1", tmp_path / "target", verify_content=True)
-    driver.digests._clock_ns = lambda: time.time_ns() + 10**9  # nothing is racy
+    driver.known._clock_ns = lambda: time.time_ns() + 10**9  # nothing is racy
     driver.apply(make_unit(V1))
     reads = Reads(monkeypatch)
     for _ in range(2):

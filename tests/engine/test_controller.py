@@ -499,3 +499,25 @@ def test_audit_entries_are_taken_from_outcomes_as_environments_finish(fleet: Fle
         assert controller.pending_audit == []
     finally:
         controller.close()
+
+
+def test_status_documents_share_equal_application_entries(fleet: Fleet) -> None:
+    from reconciler.commands.common import load_config
+    from reconciler.commands.run import build_controller
+
+    controller = build_controller(load_config(str(fleet.config)))
+    try:
+        controller.cycle()
+        entries = [
+            (env, app, entry)
+            for env, state in controller.states.items()
+            for app, entry in ((state.doc or {}).get("applications") or {}).items()
+        ]
+        by_content: dict[str, set[int]] = {}
+        for _, _, entry in entries:
+            by_content.setdefault(json.dumps(entry, sort_keys=True), set()).add(id(entry))
+        assert len(entries) > len(by_content)  # some environments run the same version of an application
+        assert all(len(ids) == 1 for ids in by_content.values())  # kept once per content (a fleet repeats them)
+        assert fleet.env_status("lille-dev")["applications"]["ref"]["phase"] == "Synced"
+    finally:
+        controller.close()

@@ -45,6 +45,9 @@ def test_everything_applied_in_dependency_order() -> None:
         ("ref", "create", "3.10"),
     ]
     assert all(p.desired is not None and p.desired.components == () for p in outcome.plans)
+    again = reconcile_environment(job, pool)
+    assert again.phase == "Synced" and not again.changed
+    assert again.plans == ()  # nothing to do: no plan kept (a fleet's unchanged units would pile up)
 
 
 def test_a_failing_application_makes_its_dependents_wait_not_others() -> None:

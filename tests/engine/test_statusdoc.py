@@ -109,3 +109,15 @@ def test_a_whole_document_reads_back_and_is_block_style() -> None:
     assert 'applications:\n  shop:\n    desired: "3.10"\n' in text
     assert 'recent:\n- time: "2026-11-29T00:00:00Z"\n  to: "3.10"\n' in text
     assert statusdoc.parse(text.encode()) == doc
+
+
+def test_an_application_entry_is_one_object_per_content() -> None:
+    entry = statusdoc.app_entry("1.4.0", "1.4.0", "Synced", "")
+    assert entry == {"desired": "1.4.0", "live": "1.4.0", "phase": "Synced", "message": ""}
+    assert statusdoc.app_entry("1.4.0", "1.4.0", "Synced", "") is entry
+    assert statusdoc.app_entry("1.4.0", None, "Failed", "boom") == {
+        "desired": "1.4.0",
+        "live": None,
+        "phase": "Failed",
+        "message": "boom",
+    }
