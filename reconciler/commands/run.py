@@ -151,6 +151,7 @@ def run_controller(
     try:
         if once:
             report = controller.cycle("manual")
+            controller.finish_overdue()  # the process would wait for them anyway: record them
             if controller.dry_run:
                 print_plan(report)
             print(summarize(controller, report))
@@ -165,6 +166,7 @@ def run_controller(
             return fail(f"cannot listen on {controller.config.listen}: {exc}")
         log.info("controller started", source=controller.config.source_url, interval=controller.config.interval)
         controller.run_forever(stop, wake)
+        controller.finish_overdue()  # the process would wait for them anyway: record them
         if server is not None:
             server.shutdown()
         log.info("controller stopped")

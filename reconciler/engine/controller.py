@@ -24,6 +24,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from dataclasses import replace as evolve
 from datetime import UTC, datetime
@@ -150,6 +151,7 @@ class Controller:
         self.wake = threading.Event()  # set by trigger(): the next cycle starts at once
         self.loop_running = False  # for /readyz
         self.recent_audit: dict[str, deque[bytes]] = {}  # the last 20 audit entries (JSON) per environment
+        self._overdue: dict[str, Future[EnvOutcome]] = {}  # reconciles reported timed out, until _take_late takes them
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="env")
         self._app_digests: dict[tuple[str, str, str], str] = {}
         self._input_keys: dict[tuple[str, str], str] = {}  # (revision, environment) -> input key
@@ -284,6 +286,7 @@ class Controller:
     def cycle(self, trigger: str = "poll", stop: threading.Event | None = None) -> CycleReport:
         started = self.clock()
         self.cycles += 1
+        self._take_late()
         report = CycleReport(revision=None)
         fetch_started = time.perf_counter()
         try:
@@ -332,7 +335,7 @@ class Controller:
                 apps = {a: AppStatus(v, None, Phase.INVALID, "") for a, v in loaded.repo.desired_versions(env).items()}
                 invalid_outcomes[name] = EnvOutcome(name, Phase.INVALID, "; ".join(str(p) for p in problems[:3]), apps)
                 continue
-            if state.busy_since is not None or not self.owns(name):
+            if state.busy_since is not None or name in self._overdue or not self.owns(name):
                 report.skipped += 1
                 continue
             key = self.input_key(loaded, env)
@@ -513,6 +516,7 @@ class Controller:
                     state = self.states[name]
                     state.busy_since = began
                     future.add_done_callback(_clear_busy(state))
+                    self._overdue[name] = future  # what it applies still goes to the audit trail (_take_late)
                     outcomes[name] = EnvOutcome(
                         name,
                         Phase.FAILED,
@@ -522,6 +526,37 @@ class Controller:
                     )
                     self.log.error("environment timed out", environment=name)
         return outcomes
+
+    def _take_late(self) -> None:
+        """Reconciles that returned after their environment was reported timed out: what they applied joins the
+        audit trail (and governance's history). Their environment runs again only after this, so nothing they did
+        goes unrecorded and the trail stays in time order."""
+        for name, future in list(self._overdue.items()):
+            if not future.done():
+                continue
+            del self._overdue[name]
+            if future.cancelled():
+                continue
+            try:
+                outcome = self._take_audit(future.result())
+            except Exception:
+                self.log.exception("environment reconcile crashed after its timeout", environment=name)
+                continue
+            self.log.warning("environment finished after its timeout", environment=name, phase=str(outcome.phase),
+                             changes=outcome.changes, seconds=round(outcome.duration, 3))  # fmt: skip
+
+    def finish_overdue(self, wait: float | None = None) -> None:
+        """Before the process exits (``--once``, shutdown): wait (up to ``wait`` seconds; by default as long as they
+        run, as the interpreter itself waits for its worker threads before it exits) for reconciles still running
+        past their timeout, and commit what they applied to the audit trail."""
+        if self._overdue:
+            futures_wait(list(self._overdue.values()), timeout=wait)
+        self._take_late()
+        if self.pending_audit:
+            self._write_status(self.good.repo.environments if self.good else {}, CycleReport(revision=self.head))
+        for name in self._overdue:
+            self.log.error("environment still running at exit: what it applies now is not in the audit trail",
+                           environment=name)  # fmt: skip
 
     def _take_audit(self, outcome: EnvOutcome) -> EnvOutcome:
         """Take an environment's audit entries as soon as its reconcile returns: governance learns them, they wait

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from reconciler.cli import main
+from tests.drivers import wait_until
 from tests.engine import ENVIRONMENTS, NEW_REF_RELEASE, Fleet
 from tests.minirepo import minimal_repo
 from tests.source import git
@@ -521,3 +523,60 @@ def test_status_documents_share_equal_application_entries(fleet: Fleet) -> None:
         assert fleet.env_status("lille-dev")["applications"]["ref"]["phase"] == "Synced"
     finally:
         controller.close()
+
+
+class SlowRef:
+    """A driver whose apply of ``ref`` in lille-dev takes 2.5 s: longer than the ``applyTimeout`` of 1 s."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def apply(self, unit: Any, dry_run: bool = False) -> Any:
+        if (unit.environment, unit.application) == ("lille-dev", "ref"):
+            threading.Event().wait(2.5)  # the slow target itself, not a synchronisation
+        return self.inner.apply(unit, dry_run)
+
+
+@pytest.fixture
+def slow_ref(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> Fleet:
+    from reconciler.engine.targets import DriverPool
+
+    real = DriverPool.get
+    monkeypatch.setattr(DriverPool, "get", lambda pool, name: SlowRef(real(pool, name)))
+    fleet.write_config(applyTimeout="1s")
+    return fleet
+
+
+def lille_dev_entries(fleet: Fleet) -> list[tuple[str, str, str]]:
+    return sorted(
+        (e["application"], e["action"], e["result"]) for e in fleet.audit() if e["environment"] == "lille-dev"
+    )
+
+
+def test_what_an_environment_applies_after_its_timeout_reaches_the_audit_trail(slow_ref: Fleet) -> None:
+    from reconciler.commands.common import load_config
+    from reconciler.commands.run import build_controller
+
+    controller = build_controller(load_config(str(slow_ref.config)))
+    try:
+        report = controller.cycle()
+        assert report.outcomes["lille-dev"].message.startswith("timed out after 1s; still running")
+        assert lille_dev_entries(slow_ref) == []  # still running when the status was committed
+        wait_until(lambda: controller.states["lille-dev"].busy_since is None, what="the slow apply to return")
+        controller.cycle()
+        assert lille_dev_entries(slow_ref) == [("famille", "create", "succeeded"), ("ref", "create", "succeeded")]
+        assert ("lille-dev", "ref") in controller.gov.history  # governance learned it too (promotion, soak)
+        controller.cycle()
+        assert len(lille_dev_entries(slow_ref)) == 2  # taken once
+    finally:
+        controller.close()
+
+
+def test_run_once_waits_for_a_timed_out_environment_and_commits_its_audit(slow_ref: Fleet) -> None:
+    assert slow_ref.once() == 1  # lille-dev is reported timed out
+    assert lille_dev_entries(slow_ref) == [("famille", "create", "succeeded"), ("ref", "create", "succeeded")]
+    assert slow_ref.env_status("lille-dev")["phase"] == "Failed"
+    assert slow_ref.env_status("rennes-dev")["phase"] == "Synced"
