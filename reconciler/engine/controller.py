@@ -69,7 +69,6 @@ class EnvState:
     retry_at: float = 0.0
     doc: dict[str, Any] | None = None
     doc_identity: str | None = None
-    busy_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,13 +98,6 @@ class CycleReport:
         if self.source_error or self.invalid or not phases:
             return False
         return all(p in (Phase.SYNCED, Phase.BLOCKED) for p in phases.values())
-
-
-def _clear_busy(state: EnvState) -> Callable[[Future[EnvOutcome]], None]:
-    def clear(_: Future[EnvOutcome]) -> None:
-        state.busy_since = None
-
-    return clear
 
 
 def _person(name: str, email: str) -> str:
@@ -335,7 +327,7 @@ class Controller:
                 apps = {a: AppStatus(v, None, Phase.INVALID, "") for a, v in loaded.repo.desired_versions(env).items()}
                 invalid_outcomes[name] = EnvOutcome(name, Phase.INVALID, "; ".join(str(p) for p in problems[:3]), apps)
                 continue
-            if state.busy_since is not None or name in self._overdue or not self.owns(name):
+            if name in self._overdue or not self.owns(name):  # (still running, or its audit not taken yet)
                 report.skipped += 1
                 continue
             key = self.input_key(loaded, env)
@@ -513,9 +505,6 @@ class Controller:
                 if began is not None and now - began > self.config.apply_timeout:
                     pending.discard(future)
                     name = job.env.name
-                    state = self.states[name]
-                    state.busy_since = began
-                    future.add_done_callback(_clear_busy(state))
                     self._overdue[name] = future  # what it applies still goes to the audit trail (_take_late)
                     outcomes[name] = EnvOutcome(
                         name,
@@ -545,6 +534,10 @@ class Controller:
             self.log.warning("environment finished after its timeout", environment=name, phase=str(outcome.phase),
                              changes=outcome.changes, seconds=round(outcome.duration, 3))  # fmt: skip
 
+    def running_late(self) -> list[str]:
+        """Environments reported timed out whose reconcile has not returned yet."""
+        return sorted(name for name, future in self._overdue.items() if not future.done())
+
     def finish_overdue(self, wait: float | None = None) -> None:
         """Before the process exits (``--once``, shutdown): wait (up to ``wait`` seconds; by default as long as they
         run, as the interpreter itself waits for its worker threads before it exits) for reconciles still running
@@ -554,7 +547,7 @@ class Controller:
         self._take_late()
         if self.pending_audit:
             self._write_status(self.good.repo.environments if self.good else {}, CycleReport(revision=self.head))
-        for name in self._overdue:
+        for name in self.running_late():
             self.log.error("environment still running at exit: what it applies now is not in the audit trail",
                            environment=name)  # fmt: skip
 

@@ -565,7 +565,8 @@ def test_what_an_environment_applies_after_its_timeout_reaches_the_audit_trail(s
         report = controller.cycle()
         assert report.outcomes["lille-dev"].message.startswith("timed out after 1s; still running")
         assert lille_dev_entries(slow_ref) == []  # still running when the status was committed
-        wait_until(lambda: controller.states["lille-dev"].busy_since is None, what="the slow apply to return")
+        assert controller.running_late() == ["lille-dev"]
+        wait_until(lambda: controller.running_late() == [], what="the slow apply to return")
         controller.cycle()
         assert lille_dev_entries(slow_ref) == [("famille", "create", "succeeded"), ("ref", "create", "succeeded")]
         assert ("lille-dev", "ref") in controller.gov.history  # governance learned it too (promotion, soak)
