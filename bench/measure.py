@@ -28,9 +28,8 @@ from bench.fleet import BenchFleet, Bump, fleet_spec, git
 from bench.floors import FetchFloor, WriteFloor, deployed_files, rehash_floor, unit_files, yaml_floor
 from reconciler.commands.common import load_config
 from reconciler.commands.run import build_controller
-from reconciler.core import loader as loader_module
 from reconciler.core.desired import render_unit, targets_of
-from reconciler.core.loader import Limits, load_repo
+from reconciler.core.loader import Limits, forget_last_load, load_repo
 from reconciler.core.model import ReleasesRepo
 from reconciler.core.plan import Phase
 from reconciler.core.tree import SourceTree, is_manifest_path
@@ -211,7 +210,7 @@ class Size:
         floor: list[float] = []
         repo = None
         for _ in range(opts.runs):
-            loader_module._PARSED, loader_module._EXPANDED = {}, {}  # a load from scratch, not the cached re-load
+            forget_last_load()  # a load from scratch, not the cached re-load
             with timed(wall, cpu):
                 result = load_repo(source.tree(head), Limits())
             if result.repo is None or not result.ok:

@@ -396,6 +396,13 @@ _PARSED: dict[tuple[str, str, int], Parsed] = {}
 _EXPANDED: dict[tuple[int, int], tuple[Document, list[Environment | Problem]]] = {}
 
 
+def forget_last_load() -> None:
+    """Drop what the last load parsed and expanded: the next load reads every file (benchmarks of a load from
+    scratch; the controller never needs it)."""
+    global _PARSED, _EXPANDED
+    _PARSED, _EXPANDED = {}, {}
+
+
 def load_repo(tree: SourceTree, limits: Limits | None = None) -> LoadResult:
     """Load and validate ``tree``. Never raises for bad input: every finding is a :class:`Problem`."""
     global _PARSED, _EXPANDED

@@ -42,7 +42,7 @@ def test_the_next_revision_parses_only_what_changed_and_loads_the_same_model(par
     changed = {**files, stage: files[stage].replace(b"releases:", b"releases:  # bumped", 1)}
     second = load_repo(MemoryTree(changed))
     assert parses == [stage]
-    loader._PARSED.clear()
+    loader.forget_last_load()
     fresh = load_repo(MemoryTree(changed))
     assert second.repo == fresh.repo and second.problems == fresh.problems
     assert second.environment_problems == fresh.environment_problems
@@ -101,3 +101,15 @@ def test_problems_of_generated_environments_come_back_from_the_cache(monkeypatch
     assert first.problems and second.problems == first.problems
     assert all(p.path == "environments/branches.yaml" for p in first.problems)
     assert all("in the environment generated for" in p.message for p in first.problems), first.problems
+
+
+def test_forget_last_load_makes_the_next_load_read_every_file(parses: list[str]) -> None:
+    files = example_files()
+    load_repo(MemoryTree(dict(files)))
+    count = len(parses)
+    parses.clear()
+    load_repo(MemoryTree(dict(files)))
+    assert parses == []  # the same revision again: nothing parsed
+    loader.forget_last_load()
+    load_repo(MemoryTree(dict(files)))
+    assert len(parses) == count  # from scratch, as a benchmark of a load must measure it
