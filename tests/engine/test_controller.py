@@ -581,3 +581,35 @@ def test_run_once_waits_for_a_timed_out_environment_and_commits_its_audit(slow_r
     assert lille_dev_entries(slow_ref) == [("famille", "create", "succeeded"), ("ref", "create", "succeeded")]
     assert slow_ref.env_status("lille-dev")["phase"] == "Failed"
     assert slow_ref.env_status("rennes-dev")["phase"] == "Synced"
+
+
+def test_a_reconcile_that_crashes_after_its_timeout_is_logged_and_its_environment_runs_again(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from reconciler.commands.common import load_config
+    from reconciler.commands.run import build_controller
+    from reconciler.engine import controller as controller_module
+
+    real = controller_module.reconcile_environment
+    crashes = [True]
+
+    def crashing_once(job: Any, pool: Any) -> Any:
+        if job.env.name == "lille-dev" and crashes:
+            crashes.pop()
+            threading.Event().wait(2.5)  # past the 1 s timeout, then an internal error
+            raise RuntimeError("engine bug")
+        return real(job, pool)
+
+    monkeypatch.setattr(controller_module, "reconcile_environment", crashing_once)
+    fleet.write_config(applyTimeout="1s")
+    controller = build_controller(load_config(str(fleet.config)))
+    try:
+        assert controller.cycle().outcomes["lille-dev"].message.startswith("timed out")
+        wait_until(lambda: controller.running_late() == [], what="the crash")
+        report = controller.cycle()
+        logged = capfd.readouterr()
+        assert "environment reconcile crashed after its timeout" in logged.out + logged.err
+        assert report.outcomes["lille-dev"].phase == "Synced"  # run again, in full
+        assert lille_dev_entries(fleet) == [("famille", "create", "succeeded"), ("ref", "create", "succeeded")]
+    finally:
+        controller.close()
