@@ -32,6 +32,10 @@ class DesiredComponent:
     role: str
     files: Mapping[str, bytes] = field(default_factory=dict)  # relative path -> rendered content
     artifact: Mapping[str, str] | None = None  # name, type, artifact, checksum, version (script targets)
+    # how each templated file of ``files`` was rendered: its compiled template and the text put in each slot (the
+    # rendered bytes are the join of the two). A driver that parses rendered YAML may parse a template once and
+    # fill in the texts instead; ``files`` stays the truth (equality and fingerprints ignore this).
+    filled: Mapping[str, Filled] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,10 @@ class DesiredUnit:
     def files(self) -> dict[str, bytes]:
         """Every rendered file, keyed ``<component>/<file>``."""
         return {f"{c.name}/{path}": data for c in self.components for path, data in c.files.items()}
+
+    def filled(self) -> dict[str, Filled]:
+        """How the templated files of :meth:`files` were rendered (same keys; files not from a template absent)."""
+        return {f"{c.name}/{path}": filled for c in self.components for path, filled in c.filled.items()}
 
     def as_json(self) -> dict[str, Any]:
         """The structured form sent to script targets (no file contents for templates: paths + hashes)."""
@@ -126,6 +134,7 @@ class Slot:
 
 
 Compiled = tuple[str | Slot, ...]
+Filled = tuple[Compiled, tuple[str, ...]]  # a compiled template and the text of each of its slots, in order
 
 
 @functools.lru_cache(maxsize=4096)
@@ -169,13 +178,26 @@ def compile_template(path: str, data: bytes) -> Compiled:
 
 def render_template(path: str, data: bytes, values: Mapping[str, Any]) -> bytes:
     """Substitute placeholders; a missing key names its line."""
+    return rendered(fill_template(path, data, values))
+
+
+def rendered(filled: Filled) -> bytes:
+    """The rendered bytes of a filled template."""
+    compiled, texts = filled
+    if not texts:
+        return "".join(compiled).encode()  # type: ignore[arg-type]  # no slot: only strings
+    out, slot = [], iter(texts)
+    for part in compiled:
+        out.append(part if type(part) is str else next(slot))
+    return "".join(out).encode()
+
+
+def fill_template(path: str, data: bytes, values: Mapping[str, Any]) -> Filled:
+    """The compiled template and the text each of its slots gets from ``values``; a missing key names its line."""
     compiled = compile_template(path, data)
-    if len(compiled) == 1 and isinstance(compiled[0], str):
-        return compiled[0].encode()
-    out = []
+    out: list[str] = []
     for part in compiled:
         if type(part) is str:
-            out.append(part)
             continue
         assert isinstance(part, Slot)
         value: Any = values
@@ -190,7 +212,7 @@ def render_template(path: str, data: bytes, values: Mapping[str, Any]) -> bytes:
             raise RenderError(Problem(path, part.line, f"unknown template key ${{{part.key}}}"))
         else:
             out.append(scalar_text(value) if part.whole else text_of(value))
-    return "".join(out).encode()
+    return compiled, tuple(out)
 
 
 Reader = Callable[[str], bytes]
@@ -205,7 +227,8 @@ def render_unit(
         if env.targets.get(comp.role) != target:
             continue
         values = template_values(env, app, release, comp)
-        files = {posixpath.basename(t): render_template(t, read(t), values) for t in comp.templates}
+        filled = {posixpath.basename(t): fill_template(t, read(t), values) for t in comp.templates}
+        files = {name: rendered(f) for name, f in filled.items()}
         artifact = None
         if comp.artifact is not None:
             rc = release.components.get(comp.name)
@@ -217,7 +240,7 @@ def render_unit(
                 "version": release.version,
             }
             files["artifact.json"] = (json.dumps(artifact, indent=2, sort_keys=True) + "\n").encode()
-        comps.append(DesiredComponent(comp.name, comp.role, files, artifact))
+        comps.append(DesiredComponent(comp.name, comp.role, files, artifact, filled))
     components = tuple(comps)
     return DesiredUnit(
         environment=env.name,

@@ -1,9 +1,7 @@
 """Kubernetes objects of a desired unit, the controller's ownership marks, and the per-environment inventory.
 
-* :func:`parse_documents_of` reads every YAML document of ``unit.files()`` as the hardened loader does (no
-  aliases, no tags; plain files through libyaml's composer, three times faster, anything else and every error
-  through the hardened loader itself); empty documents are skipped and anything that is not an object
-  (``apiVersion``, ``kind``, ``metadata.name``) is a :class:`PermanentError` naming the file and line.
+(Reading a unit's YAML documents is :mod:`reconciler.drivers.k8s_yaml`.)
+
 * Ownership: labels ``reconciler.io/environment``, ``reconciler.io/application``, ``reconciler.io/managed-by:
   reconciler`` (selectable) and annotations ``reconciler.io/target``, ``reconciler.io/version``,
   ``reconciler.io/fingerprint``, ``reconciler.io/component`` plus the full environment and application names. A
@@ -29,13 +27,8 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any
 
-import yaml
-from yaml.constructor import SafeConstructor
-
-from reconciler.core.problems import PermanentError
-from reconciler.core.yamlsafe import DEFAULT_MAX_FILE_SIZE, YamlError, parse_documents
 from reconciler.drivers.k8s_api import Resource
 
 DOMAIN = "reconciler.io"
@@ -53,7 +46,6 @@ ANN_ENVIRONMENT = f"{DOMAIN}/environment-name"
 ANN_APPLICATION = f"{DOMAIN}/application-name"
 INVENTORY_KEY = "inventory.json"
 CRD_KIND = ("apiextensions.k8s.io", "CustomResourceDefinition")
-_CLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 # metadata the server owns or that changes on every write: ignored when comparing desired with live
 _VOLATILE = ("managedFields", "resourceVersion", "generation", "selfLink", "creationTimestamp", "uid")
@@ -93,148 +85,6 @@ class Ref:
 
     def __str__(self) -> str:
         return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
-
-
-@dataclass
-class Document:
-    """One YAML document of one file: ``source`` is ``<component>/<file>:<line>``."""
-
-    component: str
-    source: str
-    body: dict[str, Any]
-
-
-def _plain(value: Any) -> Any:
-    """Loader values (ints/floats that remember their text) as plain JSON values."""
-    return json.loads(json.dumps(value))
-
-
-def parse_documents_of(files: Mapping[str, bytes]) -> list[Document]:
-    """Every non-empty YAML document of ``files`` (``<component>/<file>`` -> bytes), in file order."""
-    documents: list[Document] = []
-    for path in sorted(files):
-        component = path.split("/", 1)[0]
-        parsed = _plain_documents(files[path])
-        if parsed is None or any(body is not None and _not_an_object(body) for _, _, body in parsed):
-            parsed = _hardened_documents(path, files[path])  # it decides, and says why with the exact line
-        for index, line, body in parsed:
-            if body is None:
-                continue
-            source = f"{path}:{line}"
-            problem = _not_an_object(body)
-            if problem:
-                raise PermanentError(f"{source}: document {index + 1} is not a Kubernetes object: {problem}")
-            documents.append(Document(component, source, body))
-    return documents
-
-
-def _hardened_documents(path: str, data: bytes) -> list[tuple[int, int, Any]]:
-    """(index, line, plain value) of every document, read by :func:`reconciler.core.yamlsafe.parse_documents`."""
-    try:
-        docs = parse_documents(path, data)
-    except YamlError as exc:
-        where = f"{path}:{exc.line}" if exc.line else path
-        raise PermanentError(f"{where}: {exc.message}") from None
-    return [(doc.index, doc.line() or 1, None if doc.data is None else _plain(doc.data)) for doc in docs]
-
-
-# The common case, about three times faster: libyaml composes the documents and they are plain (no anchor, alias,
-# tag or merge key can be written without one of these bytes; no duplicate or non-scalar key, nothing else
-# unusual). Anything else, and any error, goes to the hardened reader, which accepts or refuses it and says why.
-_UNUSUAL = (b"&", b"*", b"!", b"<<", b"\xef\xbb\xbf")
-_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp"))
-_MAP_TAG = "tag:yaml.org,2002:map"
-_STR_TAG = "tag:yaml.org,2002:str"
-_SEQ_TAG = "tag:yaml.org,2002:seq"
-_constructor = SafeConstructor()
-
-
-class _Unusual(Exception):
-    pass
-
-
-class _PlainLoader(_CLoader):  # type: ignore[valid-type, misc]
-    """The C loader, resolving tags as it does with less Python per node: it has no path resolvers (descending and
-    ascending track nothing), and a scalar that is quoted, or plain with a first character that no implicit resolver
-    is registered for, is a string (what ``Resolver.resolve`` answers for it, without looking up the resolvers)."""
-
-    _STR = _STR_TAG
-    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = dict(_CLoader.yaml_implicit_resolvers)  # its own (_FIRST)
-    yaml_path_resolvers: ClassVar[dict[Any, Any]] = {}
-    _FIRST = frozenset(k for k in yaml_implicit_resolvers if k)
-
-    def descend_resolver(self, current_node: Any, current_index: Any) -> None:
-        pass
-
-    def ascend_resolver(self) -> None:
-        pass
-
-    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        if kind is yaml.ScalarNode and (not implicit[0] or (value and value[0] not in self._FIRST)):
-            return self._STR
-        return super().resolve(kind, value, implicit)
-
-
-# the shortcuts hold for the loader they come from (no path resolver, no resolver for any first character)
-_FAST_RESOLVE = not _PlainLoader.yaml_path_resolvers and None not in _PlainLoader.yaml_implicit_resolvers
-_Loader = _PlainLoader if _FAST_RESOLVE and _PlainLoader.DEFAULT_SCALAR_TAG == _PlainLoader._STR else _CLoader
-
-
-def _plain_documents(data: bytes) -> list[tuple[int, int, Any]] | None:
-    """(index, line, plain value) of every document of a plain YAML file, ``None`` when it is not that plain."""
-    if len(data) > DEFAULT_MAX_FILE_SIZE or any(marker in data for marker in _UNUSUAL):
-        return None
-    try:
-        text = data.decode("utf-8")
-        nodes = list(yaml.compose_all(text, Loader=_Loader))
-        return [(i, node.start_mark.line + 1, _node_value(node)) for i, node in enumerate(nodes) if node is not None]
-    except (UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError, TypeError, _Unusual):
-        return None
-
-
-def _node_value(node: yaml.Node) -> Any:
-    tag = node.tag
-    if isinstance(node, yaml.ScalarNode):
-        value = node.value
-        if tag == "tag:yaml.org,2002:str" or tag == "tag:yaml.org,2002:timestamp":
-            return value  # timestamps keep their text, as the hardened reader does
-        if tag == "tag:yaml.org,2002:null":
-            return None
-        if tag == "tag:yaml.org,2002:bool":
-            return value.lower() in ("yes", "true", "on", "y")
-        if tag == "tag:yaml.org,2002:int":
-            return int(_constructor.construct_yaml_int(node))
-        if tag == "tag:yaml.org,2002:float":
-            return float(_constructor.construct_yaml_float(node))
-        raise _Unusual(tag)
-    if isinstance(node, yaml.MappingNode) and tag == _MAP_TAG:
-        out: dict[str, Any] = {}
-        for key, item in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag not in _SCALAR_TAGS or key.value in out:
-                raise _Unusual("key")
-            # keys keep their text, as the hardened reader does; string values (most) without a call
-            out[key.value] = item.value if type(item) is yaml.ScalarNode and item.tag == _STR_TAG else _node_value(item)
-        return out
-    if isinstance(node, yaml.SequenceNode) and tag == _SEQ_TAG:
-        return [_node_value(item) for item in node.value]
-    raise _Unusual(tag)
-
-
-def _not_an_object(body: Any) -> str | None:
-    if not isinstance(body, dict):
-        return "expected a mapping"
-    for key in ("apiVersion", "kind"):
-        if not isinstance(body.get(key), str) or not body[key]:
-            return f"missing {key}"
-    metadata = body.get("metadata")
-    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
-        return "missing metadata.name"
-    for key in ("labels", "annotations"):
-        if metadata.get(key) is not None and not isinstance(metadata[key], dict):
-            return f"metadata.{key} must be a mapping"
-    if metadata.get("namespace") is not None and not isinstance(metadata["namespace"], str):
-        return "metadata.namespace must be a string"
-    return None
 
 
 @dataclass(frozen=True)

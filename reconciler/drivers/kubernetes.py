@@ -80,12 +80,12 @@ from reconciler.drivers.k8s_objects import (
     names,
     other_managers,
     owner_of,
-    parse_documents_of,
     same_state,
     state_digest,
     summary,
 )
 from reconciler.drivers.k8s_store import INVENTORY_NAMESPACE, Store
+from reconciler.drivers.k8s_yaml import parse_documents_of
 
 FIELD_MANAGER = "reconciler"
 LISTING_TTL = 5.0  # seconds a batch trusts a listing of a kind in a namespace (its own writes keep it current)
@@ -192,7 +192,7 @@ class KubernetesDriver:
     # -- desired objects -------------------------------------------------------------------------------------------
     def _desired(self, unit: DesiredUnit) -> list[Planned]:
         owner = Owner(self.target, unit.environment, unit.application)
-        docs = parse_documents_of(unit.files())
+        docs = parse_documents_of(unit.files(), unit.filled())
         from_crds = crd_resources([d.body for d in docs])
         default_ns = unit.parameters.get("namespace")
         seen: dict[tuple[str, str, str, str], str] = {}
