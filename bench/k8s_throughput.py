@@ -273,7 +273,7 @@ def one_run(
     # driver and floor alternate by groups of --concurrency environments (cold, then warm), so both see the same
     # machine load even when it changes within seconds (a shared machine)
     phases = ("cold", "floor_cold", "warm", "floor_warm")
-    rows = {name: {"seconds": 0.0, "requests": 0, "cpu_s": 0.0} for name in phases}
+    rows = {name: {"seconds": 0.0, "requests": 0, "cpu_s": 0.0, "server_cpu_s": 0.0} for name in phases}
     size = max(1, args.concurrency)
     names, floor_names = list(units), list(floor_units)
     groups = [(names[i : i + size], floor_names[i : i + size]) for i in range(0, len(names), size)]
@@ -283,13 +283,15 @@ def one_run(
                 (temperature, apply_environment, {env: units[env] for env in mine}),
                 (f"floor_{temperature}", floor_environment, {env: floor_units[env] for env in theirs}),
             ):
-                calls, cpu = driver.api.calls, time.process_time()
+                calls, cpu, server = driver.api.calls, time.process_time(), server_cpu(args.kubeconfig)
                 seconds = timed(batch, args.concurrency, work, profiles if name in args.profile_phases else None)
                 rows[name]["seconds"] += seconds
                 rows[name]["requests"] += driver.api.calls - calls
                 rows[name]["cpu_s"] += time.process_time() - cpu
+                rows[name]["server_cpu_s"] += server_cpu(args.kubeconfig) - server
     for row in rows.values():
-        row["seconds"], row["cpu_s"] = round(row["seconds"], 3), round(row["cpu_s"], 3)
+        for key in ("seconds", "cpu_s", "server_cpu_s"):
+            row[key] = round(row[key], 3)
 
     def check(env: str, env_units: list[DesiredUnit]) -> int:
         if args.via == "engine":
@@ -309,6 +311,23 @@ def one_run(
         "uptime": load_average(),
         **rows,
     }
+
+
+def server_cpu(kubeconfig: str) -> float:
+    """CPU seconds used so far by the test API server's processes (etcd, kube-apiserver), read from the ``pids``
+    file ``tools/kube-test-server`` writes beside the kubeconfig; 0.0 for any other server."""
+    total = 0.0
+    try:
+        lines = (Path(kubeconfig).parent / "pids").read_text().splitlines()
+    except OSError:
+        return 0.0
+    for line in lines:
+        try:
+            fields = Path(f"/proc/{line.split()[1]}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return total
 
 
 def load_average() -> list[float]:
@@ -346,6 +365,10 @@ def summarize(shape: str, runs: list[dict[str, Any]], args: argparse.Namespace, 
         "client_cpu_ms_per_app": {
             name: round(1000 * median(name, "cpu_s") / apps, 2) for name in ("cold", "floor_cold", "warm", "floor_warm")
         },
+        "server_cpu_ms_per_app": {
+            name: round(1000 * median(name, "server_cpu_s") / apps, 2)
+            for name in ("cold", "floor_cold", "warm", "floor_warm")
+        },
         "collisions": first["collisions"],
         "failures": [f for r in runs for f in r["failures"]][:10],
         "unchanged_reapply_wrote_nothing": all(r["unchanged_reapply_wrote_nothing"] for r in runs),
@@ -369,14 +392,15 @@ def print_table(summary: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"collisions (same kind/namespace/name in one environment): {summary['collisions']}")
     if summary["failures"]:
         print(f"environments not Synced: {summary['failures']}")
-    print(f"{'figure':<11} {'median s':>9} {'apps/s':>8} {'objects/s':>10} {'req/app':>8} {'cpu ms/app':>10}  runs (s)")
+    print(f"{'figure':<11} {'median s':>9} {'apps/s':>8} {'objects/s':>10} {'req/app':>8} {'cpu ms/app':>10} "
+          f"{'server ms/app':>13}  runs (s)")  # fmt: skip
     for name in ("cold", "floor_cold", "warm", "floor_warm"):
         runs = summary["runs_s"][name]
         seconds = statistics.median(runs)
         req = summary["requests_per_app_floor" if name.startswith("floor") else f"requests_per_app_{name}"]
-        cpu = summary["client_cpu_ms_per_app"][name]
+        cpu, server = summary["client_cpu_ms_per_app"][name], summary["server_cpu_ms_per_app"][name]
         print(f"{name:<11} {seconds:9.2f} {summary['applications'] / seconds:8.1f} "
-              f"{summary['objects'] / seconds:10.1f} {req:8.2f} {cpu:10.2f}  {runs}")  # fmt: skip
+              f"{summary['objects'] / seconds:10.1f} {req:8.2f} {cpu:10.2f} {server:13.2f}  {runs}")  # fmt: skip
     print(f"cold {summary['cold_ratio']}x the floor, warm {summary['warm_ratio']}x; "
           f"re-applying unchanged units wrote nothing: {summary['unchanged_reapply_wrote_nothing']}")  # fmt: skip
     if "target_met" in summary:
@@ -405,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles: list[cProfile.Profile] | None = [] if args.profile else None
     summaries: dict[str, dict[str, Any]] = {}
     with api_server(args.kubeconfig) as kubeconfig:
+        args.kubeconfig = kubeconfig  # (where server_cpu finds the server's pids)
         client = api_client_for("bench", kubeconfig=kubeconfig, context=None)
         client.configuration.connection_pool_maxsize = max(10, args.concurrency * 2)
         driver = KubernetesDriver("k8s-bench", client, qps=args.qps or None, burst=max(1, int(args.qps)))

@@ -133,7 +133,29 @@ class Slot:
         return tuple(self.key.split("."))
 
 
-Compiled = tuple[str | Slot, ...]
+class Compiled:
+    """A template split into literal text and :class:`Slot` values (``parts``), with what filling it needs worked
+    out once: the distinct slots to look up (``lookups``, by key and wholeness, in order of first use), which of
+    them each slot takes (``picks``), and a ``%``-format of the literal text (``fmt``: ``fmt % texts`` renders)."""
+
+    __slots__ = ("fmt", "lookups", "parts", "picks")
+
+    def __init__(self, parts: tuple[str | Slot, ...]) -> None:
+        self.parts = parts
+        first: dict[tuple[str, bool], int] = {}
+        lookups: list[Slot] = []
+        picks: list[int] = []
+        for part in parts:
+            if isinstance(part, Slot):
+                index = first.setdefault((part.key, part.whole), len(lookups))
+                if index == len(lookups):
+                    lookups.append(part)
+                picks.append(index)
+        self.lookups = tuple(lookups)
+        self.picks = tuple(picks)
+        self.fmt = "".join(p.replace("%", "%%") if isinstance(p, str) else "%s" for p in parts)
+
+
 Filled = tuple[Compiled, tuple[str, ...]]  # a compiled template and the text of each of its slots, in order
 
 
@@ -150,7 +172,7 @@ def compile_template(path: str, data: bytes) -> Compiled:
         bad_line = data[: exc.start].count(b"\n") + 1
         raise RenderError(Problem(path, bad_line, "template is not valid UTF-8")) from None
     if "${" not in text:
-        return (text,)
+        return Compiled((text,))
     parts: list[str | Slot] = []
     literal: list[str] = []
     for number, line in enumerate(text.splitlines(keepends=True), start=1):
@@ -173,7 +195,7 @@ def compile_template(path: str, data: bytes) -> Compiled:
                 literal = []
         literal.append(line[last:])
     parts.append("".join(literal))
-    return tuple(p for p in parts if p != "")
+    return Compiled(tuple(p for p in parts if p != ""))
 
 
 def render_template(path: str, data: bytes, values: Mapping[str, Any]) -> bytes:
@@ -184,22 +206,14 @@ def render_template(path: str, data: bytes, values: Mapping[str, Any]) -> bytes:
 def rendered(filled: Filled) -> bytes:
     """The rendered bytes of a filled template."""
     compiled, texts = filled
-    if not texts:
-        return "".join(compiled).encode()  # type: ignore[arg-type]  # no slot: only strings
-    out, slot = [], iter(texts)
-    for part in compiled:
-        out.append(part if type(part) is str else next(slot))
-    return "".join(out).encode()
+    return (compiled.fmt % texts).encode()
 
 
 def fill_template(path: str, data: bytes, values: Mapping[str, Any]) -> Filled:
     """The compiled template and the text each of its slots gets from ``values``; a missing key names its line."""
     compiled = compile_template(path, data)
     out: list[str] = []
-    for part in compiled:
-        if type(part) is str:
-            continue
-        assert isinstance(part, Slot)
+    for part in compiled.lookups:
         value: Any = values
         for name in part.parts:  # the dotted lookup of substitute.lookup_in, with plain dicts first
             if (type(value) is dict or isinstance(value, Mapping)) and name in value:
@@ -212,7 +226,9 @@ def fill_template(path: str, data: bytes, values: Mapping[str, Any]) -> Filled:
             raise RenderError(Problem(path, part.line, f"unknown template key ${{{part.key}}}"))
         else:
             out.append(scalar_text(value) if part.whole else text_of(value))
-    return compiled, tuple(out)
+    if len(out) == len(compiled.picks):  # each slot its own key
+        return compiled, tuple(out)
+    return compiled, tuple([out[i] for i in compiled.picks])
 
 
 Reader = Callable[[str], bytes]

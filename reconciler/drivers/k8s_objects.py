@@ -208,7 +208,13 @@ def fields_digest(obj: Mapping[str, Any], manager: str) -> str:
 
 
 def _fields_digest(owned: list[Any]) -> str:
-    return hashlib.sha256(json.dumps(owned, sort_keys=True).encode()).hexdigest()[:32]
+    return hashlib.sha256(_SORTED.encode(owned).encode()).hexdigest()[:32]
+
+
+_SORTED = json.JSONEncoder(sort_keys=True)  # the digests' encodings (stored in inventories: never change them)
+_COMPACT = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+_COMPACT_FIELDS: dict[str, str] = {}  # _SORTED text of managed fields -> their _COMPACT text
+_COMPACT_FIELDS_KEPT = 4096
 
 
 def other_managers(obj: Mapping[str, Any], manager: str) -> dict[str, str]:
@@ -495,15 +501,17 @@ _MISSING = "\0missing"
 def _project(value: Any, fields: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of ``value`` at the paths of a ``fieldsV1`` set (``f:``, ``k:``, ``v:``, ``i:`` keys)."""
     out: dict[str, Any] = {}
-    mapping = isinstance(value, Mapping)
+    mapping = type(value) is dict or isinstance(value, Mapping)
     for key, sub in fields.items():
-        if key == ".":
-            continue
         child: Any = _MISSING
-        if key[:2] == "f:":  # the common case first: a field of a mapping
+        if key[:2] == "f:":  # the common case first: a field of a mapping, most often a leaf ({})
             if mapping:
                 child = value.get(key[2:], _MISSING)
-            out[key] = _project(child, sub) if sub and child is not _MISSING and not _leaf(sub) else child
+            if sub and child is not _MISSING and (len(sub) != 1 or "." not in sub):
+                child = _project(child, sub)
+            out[key] = child
+            continue
+        if key == ".":
             continue
         kind, _, name = key.partition(":")
         if kind == "k":
@@ -537,9 +545,24 @@ def state_digest(obj: Mapping[str, Any], manager: str) -> str:
 
 
 def digests(obj: Mapping[str, Any], manager: str) -> tuple[str, str]:
-    """``(fields_digest(obj, manager), state_digest(obj, manager))``, reading the managed fields once."""
+    """``(fields_digest(obj, manager), state_digest(obj, manager))``, reading the managed fields once and encoding
+    them once (their compact form, which the state digest hashes, is kept per distinct set of fields: the same sets
+    recur in every environment). Called for every object the driver applies."""
     owned = managed_fields(obj, manager)
-    return _fields_digest(owned), _state_digest(obj, owned)
+    text = _SORTED.encode(owned)
+    fields = hashlib.sha256(text.encode()).hexdigest()[:32]
+    if not owned:
+        return fields, ""
+    compact = _COMPACT_FIELDS.get(text)
+    if compact is None:
+        if len(_COMPACT_FIELDS) >= _COMPACT_FIELDS_KEPT:
+            _COMPACT_FIELDS.clear()
+        compact = _COMPACT_FIELDS[text] = _COMPACT.encode(owned)
+    try:
+        values = _COMPACT.encode([_project(obj, f) for f in owned])
+    except (ValueError, TypeError):
+        return fields, ""
+    return fields, hashlib.sha256(f"[{compact},{values}]".encode()).hexdigest()[:32]  # the text of _state_digest
 
 
 def _state_digest(obj: Mapping[str, Any], owned: list[Any]) -> str:
@@ -547,7 +570,7 @@ def _state_digest(obj: Mapping[str, Any], owned: list[Any]) -> str:
         return ""
     try:
         values = [_project(obj, fields) for fields in owned]
-        text = json.dumps([owned, values], sort_keys=True, separators=(",", ":"))
+        text = _COMPACT.encode([owned, values])
     except (ValueError, TypeError):
         return ""
     return hashlib.sha256(text.encode()).hexdigest()[:32]

@@ -286,7 +286,7 @@ def _shape_of(compiled: Compiled) -> _Shape | None:
     """The parse of a template with its slots as marker words, when every slot lands inside a string scalar."""
     parts: list[str] = []
     slots = 0
-    for part in compiled:
+    for part in compiled.parts:
         if isinstance(part, str):
             if _MARK in part:
                 return None

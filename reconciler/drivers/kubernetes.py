@@ -129,6 +129,7 @@ class _Session:
     batched: bool = False
     seen: dict[tuple[str, str, str, str], dict[str, Any] | None] = field(default_factory=dict)  # objects as read
     listings: dict[tuple[str, str, str], _Listing] = field(default_factory=dict)  # (apiVersion, kind, namespace)
+    new: bool = False  # the environment had no inventory: a batch will read every object it applies
 
 
 @dataclass
@@ -293,7 +294,7 @@ class KubernetesDriver:
     def _open(self, environment: str) -> _Session:
         loaded = self.store.load(environment)
         if loaded is None:
-            return _Session(environment, EnvInventory(self.target, environment), None)
+            return _Session(environment, EnvInventory(self.target, environment), None, new=True)
         session = _Session(environment, loaded.copy(), loaded if loaded.resource_version is not None else None)
         session.mine |= set(loaded.applications()) if loaded.legacy else set()
         if loaded.pending or loaded.pending_unknown:  # an apply was interrupted: find what it may have created
@@ -334,14 +335,15 @@ class KubernetesDriver:
     # -- reading objects ------------------------------------------------------------------------------------------
     def _read(self, session: _Session, resource: Resource, ref: Ref, source: str = "") -> dict[str, Any] | None:
         """``ref`` as it is now (``None``: missing). Inside a batch, once it has read ``LISTING_AFTER`` objects of a
-        namespaced kind in one namespace, from a listing of them all (one request for the objects of many
-        applications), made at most ``LISTING_TTL`` seconds ago and kept current with the batch's own writes."""
+        namespaced kind in one namespace (none for a new environment: its first deployment reads every object it
+        applies), from a listing of them all (one request for the objects of many applications), made at most
+        ``LISTING_TTL`` seconds ago and kept current with the batch's own writes."""
         if session.batched and resource.namespaced:
             listing = session.listings.setdefault((ref.api_version, ref.kind, ref.namespace), _Listing())
             now = time.monotonic()
             if listing.objects is not None and now - listing.at > LISTING_TTL:
                 listing.objects = None  # too old: list again
-            if listing.objects is None and listing.reads >= LISTING_AFTER and not listing.refused:
+            if listing.objects is None and (session.new or listing.reads >= LISTING_AFTER) and not listing.refused:
                 listing.objects = self.store.list_objects(resource, ref.namespace, LISTING_LIMIT)
                 listing.at, listing.refused = now, listing.objects is None
             if listing.objects is not None:

@@ -36,6 +36,9 @@ CASES = [
     ("BOM dropped", "\ufeffa: ${app.name}\n", "a: shop\n"),
     ("hyphen and digits in keys", "r: ${env.labels.region}\n", "r: nord\n"),
     ("no newline at end", "x: ${app.owner}", "x: team-a"),
+    ("percent and braces kept", "f: '%s %d %%'\nm: {a: '${app.name}%'}\n", "f: '%s %d %%'\nm: {a: 'shop%'}\n"),
+    ("percent without a slot", "f: 100%\n", "f: 100%\n"),
+    ("a key used twice", "a: ${app.name}\nb: ${app.owner}-${app.name}\n", "a: shop\nb: team-a-shop\n"),
 ]
 
 
@@ -91,4 +94,4 @@ def test_a_template_is_compiled_once_per_content() -> None:
         render_template("t.yaml", data, VALUES)
     info = compile_template.cache_info()
     assert (info.misses, info.hits) == (1, 49)
-    assert compile_template("t.yaml", data)[0] == "name: "
+    assert compile_template("t.yaml", data).parts[0] == "name: "
