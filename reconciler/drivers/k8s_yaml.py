@@ -203,19 +203,14 @@ class _Hole:
 
     def __init__(self, pieces: tuple[str | int, ...], plain: bool) -> None:
         self.pieces, self.plain = pieces, plain
-        slots = [p for p in pieces if type(p) is int]
-        # most holder one slot: prefix + text + suffix, without a loop
-        self.slot = slots[0] if len(slots) == 1 else -1
-        self.prefix = "".join(p for p in pieces[: pieces.index(self.slot)] if type(p) is str) if self.slot >= 0 else ""
-        self.suffix = (
-            "".join(p for p in pieces[pieces.index(self.slot) + 1 :] if type(p) is str) if self.slot >= 0 else ""
-        )
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Hole) and (self.pieces, self.plain) == (other.pieces, other.plain)
-
-    def __hash__(self) -> int:
-        return hash((self.pieces, self.plain))
+        slots = [i for i, piece in enumerate(pieces) if isinstance(piece, int)]
+        # most hold one slot: prefix + text + suffix, without a loop
+        self.slot, self.prefix, self.suffix = -1, "", ""
+        if len(slots) == 1:
+            at = slots[0]
+            self.slot = int(pieces[at])
+            self.prefix = "".join(p for p in pieces[:at] if isinstance(p, str))
+            self.suffix = "".join(p for p in pieces[at + 1 :] if isinstance(p, str))
 
     def fill(self, texts: tuple[str, ...]) -> Any:
         if self.slot >= 0:
