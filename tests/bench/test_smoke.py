@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.k8s_throughput import settled
 from bench.report import FIGURE_FIELDS, check_targets, k8s_summary, missing_fields
+from reconciler.core.plan import Phase
+from reconciler.engine.reconcile import EnvOutcome
 from tests.support.kube import KubeServer
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -73,6 +76,7 @@ def test_kubernetes_throughput_runs_both_shapes_through_the_engine(kube_server: 
     assert set(result["shapes"]) == {"configmap", "realistic"}
     for shape, figures in result["shapes"].items():
         assert figures["via"] == "engine" and figures["failures"] == [], (shape, figures["failures"])
+        assert isinstance(figures["retried"], list)
         assert figures["collisions"] == 0 and figures["unchanged_reapply_wrote_nothing"] is True
         assert figures["cold_apps_per_s"] > 0 and figures["floor_cold_apps_per_s"] > 0
     assert result["shapes"]["configmap"]["applications"] == 6
@@ -80,3 +84,25 @@ def test_kubernetes_throughput_runs_both_shapes_through_the_engine(kube_server: 
     assert set(targets) == {"Kubernetes ConfigMap shape, cold", "Kubernetes ConfigMap shape / raw SSA loop"}
     assert targets["Kubernetes ConfigMap shape, cold"]["value"] == result["shapes"]["configmap"]["cold_apps_per_s"]
     assert "configmap (one ~2 KB ConfigMap per application)" in k8s_summary({"result": result})
+
+
+def outcome(phase: Phase, transient: bool = False) -> EnvOutcome:
+    return EnvOutcome("e1", phase, "observe failed: HTTP 500" if phase is Phase.FAILED else "", {}, transient=transient)
+
+
+@pytest.mark.parametrize(
+    ("first", "runs", "noted"),
+    [
+        (outcome(Phase.SYNCED), 1, []),
+        (outcome(Phase.FAILED, transient=True), 2, ["e1: observe failed: HTTP 500"]),  # the next cycle's retry
+        (outcome(Phase.FAILED), 1, []),  # a refusal: reported as it is
+    ],
+)
+def test_the_throughput_bench_runs_an_environment_again_after_a_transient_failure(
+    first: EnvOutcome, runs: int, noted: list[str]
+) -> None:
+    answers = [first, outcome(Phase.SYNCED)]
+    retried: list[str] = []
+    result = settled(lambda: answers.pop(0), retried)
+    assert (len(answers), retried) == (2 - runs, noted)
+    assert result.phase is (Phase.SYNCED if runs == 2 else first.phase)
