@@ -118,10 +118,13 @@ def _scalar(event: yaml.ScalarEvent) -> Any:
     if tag == _BOOL:
         return value.lower() in ("yes", "true", "on", "y")
     node = yaml.ScalarNode(tag, value)
-    if tag == _INT:
-        return YamlInt(_constructor.construct_yaml_int(node), value)
-    if tag == _FLOAT:
-        return YamlFloat(_constructor.construct_yaml_float(node), value)
+    try:
+        if tag == _INT:
+            return YamlInt(_constructor.construct_yaml_int(node), value)
+        if tag == _FLOAT:
+            return YamlFloat(_constructor.construct_yaml_float(node), value)
+    except ValueError:  # what YAML 1.1 reads as a number without digits: 0b_, 0x_
+        raise YamlError(line, f"'{value}' is not a valid number (quote it if it is a string)") from None
     if tag == _MERGE:
         raise YamlError(line, "merge keys ('<<') are not allowed; write the values out")
     raise YamlError(

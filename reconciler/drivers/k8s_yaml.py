@@ -260,7 +260,7 @@ def _filled_documents(filled: Filled, data: bytes) -> list[tuple[int, int, Any]]
             return None
     try:
         return [(index, line, _fill(value, texts)) for index, line, value in shape.documents]
-    except _Unusual:
+    except (_Unusual, ValueError):  # (a number without digits, 0b_: the hardened reader says where)
         return None
 
 
@@ -296,9 +296,10 @@ def _shape_of(compiled: Compiled) -> _Shape | None:
         return None
     allowed: list[re.Pattern[str] | None] = [None] * slots
     try:
-        nodes = list(yaml.compose_all(data.decode("utf-8"), Loader=_Loader))
+        text = data.decode("utf-8")
+        nodes = list(yaml.compose_all(text, Loader=_Loader))
         documents = tuple(
-            (i, node.start_mark.line + 1, _template_value(node, False, allowed))
+            (i, node.start_mark.line + 1, _template_value(node, False, allowed, text))
             for i, node in enumerate(nodes)
             if node is not None
         )
@@ -312,9 +313,10 @@ def _shape_of(compiled: Compiled) -> _Shape | None:
     return _Shape(documents, slots, tuple((many, tuple(numbers)) for many, numbers in groups.items()))
 
 
-def _template_value(node: yaml.Node, flow: bool, allowed: list[re.Pattern[str] | None]) -> Any:
+def _template_value(node: yaml.Node, flow: bool, allowed: list[re.Pattern[str] | None], text: str) -> Any:
     """What :func:`_node_value` gives, with a :class:`_Hole` for each string scalar holding markers (each marker
-    once, in a value, never a key); ``allowed`` gets the pattern of each slot's text."""
+    once, in a value, never a key, and written out in the scalar's own ``text``: an escape can spell a marker in a
+    double-quoted scalar while its slot sits in a comment); ``allowed`` gets the pattern of each slot's text."""
     if isinstance(node, yaml.ScalarNode):
         if _MARK not in node.value:
             return _node_value(node)
@@ -335,9 +337,10 @@ def _template_value(node: yaml.Node, flow: bool, allowed: list[re.Pattern[str] |
             pattern = _QUOTED
         else:  # a quoted scalar over several lines, a literal or folded block
             pattern = _COLON_WORD
+        source = text[node.start_mark.index : node.end_mark.index]
         for slot in pieces[1::2]:
             assert isinstance(slot, int)
-            if slot >= len(allowed) or allowed[slot] is not None:
+            if slot >= len(allowed) or allowed[slot] is not None or f"{_MARK}{slot:05d}zq" not in source:
                 raise _Unusual("marker")
             allowed[slot] = pattern
         return _Hole(tuple(p for p in pieces if p != ""), plain)
@@ -349,10 +352,10 @@ def _template_value(node: yaml.Node, flow: bool, allowed: list[re.Pattern[str] |
                 raise _Unusual("key")
             if _MARK in key.value:
                 raise _Unusual("a slot in a key")
-            out[key.value] = _template_value(item, inner, allowed)
+            out[key.value] = _template_value(item, inner, allowed, text)
         return out
     if isinstance(node, yaml.SequenceNode) and node.tag == _SEQ_TAG:
-        return [_template_value(item, inner, allowed) for item in node.value]
+        return [_template_value(item, inner, allowed, text) for item in node.value]
     raise _Unusual(node.tag)
 
 

@@ -38,6 +38,8 @@ REFUSED = [
     ("bad-utf8", b"a: ok\nb: \xc3\x28\n", 2, "not valid UTF-8"),
     ("syntax", b"a: [1, 2\nb: 3\n", 2, "invalid YAML"),
     ("tab-indent", b"a:\n\t- x\n", 2, "invalid YAML"),
+    ("number-without-digits", b"a: 1\nb: 0b_\n", 2, "'0b_' is not a valid number (quote it if it is a string)"),
+    ("hex-without-digits", b"a: [-0x_]\n", 1, "'-0x_' is not a valid number"),
 ]
 
 

@@ -146,6 +146,9 @@ TEMPLATES = [
     (OBJ + "spec:\n  a: 1  # ${x}\n", "c", False),  # a comment
     (OBJ + "spec:\n${x}\n", "  a: 1", False),  # a whole line
     (OBJ + "spec:\n  a: zqRECONCILERslot00000zq${x}\n", "b", False),  # the marker itself
+    (OBJ + 'data:\n  a: "\\x7aqRECONCILERslot00000zq"\n  b: c # ${x}\n', "v", False),  # a marker spelled by escapes
+    (OBJ + 'data:\n  a: "zqRECONCILER\\\n    slot00000zq"\n  b: c # ${x}\n', "v", False),  # ... by a folded line
+    (OBJ + "data:\n  a: ${x}\n", "0b_", False),  # a number without digits: the hardened reader's error
     (OBJ + "data: {a: b}\n", None, True),  # no slot: parsed once
     (OBJ + "data:\n  a: ${x}\n---\n" + OBJ.replace("name: m", "name: n") + "data:\n  b: ${x}\n", "v", True),
     (OBJ + "data:\n  a: ${x}\n  a: 2\n", "v", False),  # a duplicate key: the hardened reader refuses it
