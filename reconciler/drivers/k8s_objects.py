@@ -541,7 +541,8 @@ def state_digest(obj: Mapping[str, Any], manager: str) -> str:
 
     Equal digests before and after mean that applying the same configuration again changes nothing: the same
     fields hold the same values (what other managers own, status and server-managed metadata do not count)."""
-    return _state_digest(obj, managed_fields(obj, manager))
+    owned = managed_fields(obj, manager)
+    return _state_digest(obj, owned, _COMPACT.encode(owned)) if owned else ""
 
 
 def digests(obj: Mapping[str, Any], manager: str) -> tuple[str, str]:
@@ -558,19 +559,13 @@ def digests(obj: Mapping[str, Any], manager: str) -> tuple[str, str]:
         if len(_COMPACT_FIELDS) >= _COMPACT_FIELDS_KEPT:
             _COMPACT_FIELDS.clear()
         compact = _COMPACT_FIELDS[text] = _COMPACT.encode(owned)
-    try:
-        values = _COMPACT.encode([_project(obj, f) for f in owned])
-    except (ValueError, TypeError):
-        return fields, ""
-    return fields, hashlib.sha256(f"[{compact},{values}]".encode()).hexdigest()[:32]  # the text of _state_digest
+    return fields, _state_digest(obj, owned, compact)
 
 
-def _state_digest(obj: Mapping[str, Any], owned: list[Any]) -> str:
-    if not owned:
-        return ""
+def _state_digest(obj: Mapping[str, Any], owned: list[Any], compact: str) -> str:
+    """The digest of ``[owned, values of owned]`` in compact JSON, ``compact`` being ``owned``'s own encoding."""
     try:
-        values = [_project(obj, fields) for fields in owned]
-        text = _COMPACT.encode([owned, values])
+        values = _COMPACT.encode([_project(obj, fields) for fields in owned])
     except (ValueError, TypeError):
         return ""
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
+    return hashlib.sha256(f"[{compact},{values}]".encode()).hexdigest()[:32]

@@ -21,6 +21,7 @@ Empty documents are skipped and anything that is not an object (``apiVersion``, 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -236,8 +237,6 @@ class _Shape:
 
 
 _MANY = {p: re.compile(f"(?:{p.pattern})(?:\n(?:{p.pattern}))*") for p in (_WORD, _COLON_WORD, _QUOTED)}
-_SHAPES: dict[int, tuple[Compiled, _Shape | None]] = {}  # by id(compiled), which it holds: ids are not reused
-_SHAPES_KEPT = 1024
 
 
 def _filled_documents(filled: Filled, data: bytes) -> list[tuple[int, int, Any]] | None:
@@ -246,12 +245,7 @@ def _filled_documents(filled: Filled, data: bytes) -> list[tuple[int, int, Any]]
     compiled, texts = filled
     if len(data) > DEFAULT_MAX_FILE_SIZE:
         return None
-    known = _SHAPES.get(id(compiled))
-    if known is None or known[0] is not compiled:
-        if len(_SHAPES) >= _SHAPES_KEPT:
-            _SHAPES.clear()
-        known = _SHAPES[id(compiled)] = (compiled, _shape_of(compiled))
-    shape = known[1]
+    shape = _shape_of(compiled)
     if shape is None or len(texts) != shape.slots:
         return None
     for many, slots in shape.checks:  # (a text with a line break of its own is refused by the count)
@@ -277,6 +271,7 @@ def _fill(value: Any, texts: tuple[str, ...]) -> Any:
     return value  # str, int, float, bool, None: immutable
 
 
+@functools.lru_cache(maxsize=1024)  # (a compiled template hashes by identity: compile_template makes one each)
 def _shape_of(compiled: Compiled) -> _Shape | None:
     """The parse of a template with its slots as marker words, when every slot lands inside a string scalar."""
     parts: list[str] = []
