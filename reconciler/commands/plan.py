@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.commands.common import ConfigError, fail, load_config, status_store
+from reconciler.core.decide import PROMOTION_OVERRIDE
 from reconciler.core.diffplan import RepoPlan, compare
 from reconciler.core.loader import Limits, LoadResult, load_repo
 from reconciler.core.policy import Stint, extend_history, freeze_hold, promotion_hold
 from reconciler.core.problems import ReconcilerError
 from reconciler.engine import statusdoc
-from reconciler.engine.governance import PROMOTION_OVERRIDE
 from reconciler.source.gitrepo import GitSource
 from reconciler.source.history import open_repository
 

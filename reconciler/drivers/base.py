@@ -48,6 +48,7 @@ __all__ = [
 class ApplyResult:
     changed: bool
     message: str = ""
+    adopted: tuple[str, ...] = ()  # objects that existed, not ours, taken over on the application's explicit opt-in
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,12 @@ class Driver(Protocol):
 
 BatchObserve = Callable[[str, list[str], bool], dict[str, LiveUnit | None]]
 Batch = Callable[[str], AbstractContextManager[None]]
+
+
+def declares_observed_health(driver: Driver) -> bool:
+    """True for drivers whose health is exactly "observed without drift" (``local``): an unchanged unit that a
+    drift-checking observe found intact needs no second look."""
+    return bool(getattr(driver, "observe_is_health", False))
 
 
 def observe_environment(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import queue
 import random
 import threading
@@ -67,6 +68,7 @@ class EnvState:
     attempted_revision: str | None = None
     failures: int = 0
     retry_at: float = 0.0
+    stalled: bool = False  # invalid input or a permanent error: waits for new inputs or a trigger
     doc: dict[str, Any] | None = None
     doc_identity: str | None = None
 
@@ -98,6 +100,14 @@ class CycleReport:
         if self.source_error or self.invalid or not phases:
             return False
         return all(p in (Phase.SYNCED, Phase.BLOCKED) for p in phases.values())
+
+
+def _still_live(status: AppStatus, before: object) -> str | None:
+    """The live version to show: an Invalid application keeps the one its last status showed."""
+    if status.live is None and status.phase is Phase.INVALID and isinstance(before, Mapping):
+        live = before.get("live")
+        return live if isinstance(live, str) else None
+    return status.live
 
 
 def _person(name: str, email: str) -> str:
@@ -175,9 +185,14 @@ class Controller:
             state.applied_revision = doc.get("lastAppliedRevision")
             digest = doc.get("desiredDigest")
             state.input_key = state.attempted_key = digest if isinstance(digest, str) else None
+            attempted = doc.get("attemptedDigest")
+            if isinstance(attempted, str):
+                state.attempted_key = attempted
             state.attempted_revision = doc.get("lastAttemptedRevision")
             phase = doc.get("phase")
             state.phase = Phase(phase) if isinstance(phase, str) and phase in set(Phase) else None
+            if doc.get("stalled") is True:  # a restart is not a trigger: a stalled environment stays stalled
+                state.stalled, state.retry_at = True, math.inf
         controller = snapshot.files.get("controller.yaml")
         if controller is not None:
             doc = statusdoc.parse(controller)
@@ -342,9 +357,8 @@ class Controller:
             if not due:
                 report.skipped += 1
                 continue
-            running = {a: s.get("live") for a, s in ((state.doc or {}).get("applications") or {}).items()}
-            decision = self.gov.decide(loaded.repo, env, loaded.revision, loaded.trailers, state.applied_revision,
-                                       changed, running, now)  # fmt: skip
+            facts = partial(self.gov.facts, loaded.repo, env, loaded.revision, loaded.trailers,
+                            state.applied_revision, now)  # fmt: skip
             job = Job(
                 env=env,
                 repo=loaded.repo,
@@ -352,12 +366,10 @@ class Controller:
                 revision=loaded.revision,
                 author=loaded.author,
                 committer=loaded.committer,
-                check_drift=drift_due or changed or state.phase is None,
+                check_drift=drift_due or changed or state.phase is not Phase.SYNCED,  # a retry observes in full
                 dry_run=self.dry_run,
                 trigger="drift-check" if settled else trigger,
-                holds=decision.holds,
-                signer=decision.signer,
-                overrides=decision.overrides,
+                facts=facts,
                 owned=partial(self.owns, name),
                 memo=self.memo,
                 render_tokens=self.render_tokens(loaded, env),
@@ -584,14 +596,21 @@ class Controller:
                 state.applied_revision = loaded.revision
             if key is not None and not self.dry_run:
                 state.attempted_key = key
+            state.stalled = False
             if outcome.phase is Phase.SYNCED and key is not None and not self.dry_run:
                 state.input_key = key
                 state.failures = 0
                 state.retry_at = 0.0
+            elif outcome.stalled or outcome.phase is Phase.INVALID:
+                # invalid input or a permanent error: not retried until the inputs change or someone triggers it
+                state.failures += 1
+                state.stalled = True
+                state.retry_at = math.inf
             elif outcome.phase is Phase.FAILED or outcome.transient:
                 state.failures += 1
                 delay = min(self.config.backoff_initial * 2 ** (state.failures - 1), self.config.backoff_max)
-                state.retry_at = now + delay * random.uniform(0.9, 1.1)
+                delay = max(delay * random.uniform(0.9, 1.1), outcome.retry_after or 0.0)  # honour Retry-After
+                state.retry_at = now + delay
             else:  # Progressing/Degraded/Blocked/OutOfSync: look again when the backoff allows
                 state.retry_at = now + self.config.backoff_initial
 
@@ -601,13 +620,15 @@ class Controller:
         previous = state.doc or {}
         phase = outcome.phase if outcome else (state.phase or Phase.OUT_OF_SYNC)
         message = outcome.message if outcome else previous.get("message", "")
+        before = previous.get("applications") or {}
         apps: dict[str, Any] = (
             {
-                a: statusdoc.app_entry(s.desired, s.live, str(s.phase), s.message)
+                # invalid input changes nothing on the targets: what ran before still runs
+                a: statusdoc.app_entry(s.desired, _still_live(s, before.get(a)), str(s.phase), s.message)
                 for a, s in outcome.applications.items()
             }
             if outcome is not None and outcome.applications
-            else previous.get("applications", {})
+            else before
         )
         if self.invalid is not None and self.good is not None:
             bad, problems = self.invalid
@@ -625,6 +646,8 @@ class Controller:
             "lastAttemptedRevision": self.invalid[0] if self.invalid else state.attempted_revision,
             "updated": statusdoc.now_iso(),
             "desiredDigest": state.input_key,
+            **({"attemptedDigest": state.attempted_key} if state.attempted_key != state.input_key else {}),
+            **({"stalled": True} if state.stalled else {}),
             "applications": apps,
         }
 

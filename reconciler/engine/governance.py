@@ -1,45 +1,45 @@
-"""Governance at apply time: which changes may go where now, and in which order (waves).
+"""Governance at apply time: the facts each attempt's verdicts are computed from, and the order of waves.
 
-For every environment with work, :meth:`Governance.holds` asks the pure policies of
-:mod:`reconciler.core.policy` whether each application's change may be applied now: freeze windows, promotion
-(``promotesFrom`` + soak, from what the status branch and the audit trail say ran where since when), signatures
-for protected stages (every commit that introduced the change, checked by ``git verify-commit`` against the
-operator's allowed signers) and explicit, audited overrides (``Freeze-Override:`` / ``Promotion-Override:``
-trailers in a commit signed by an allowed key). :meth:`Governance.rounds` orders the work into waves.
-Called by the controller.
+For every attempt at an environment (first try, retry, restart, drift repair, trigger), :meth:`Governance.facts`
+gathers what the pure verdicts of :mod:`reconciler.core.decide` read: the clock, which version ran where since
+when (the audit trail), the verified signatures of the commits that introduced the environment's desired state
+(``git verify-commit`` against the operator's allowed signers; cached per commit id) and the signature of the
+revision being applied when it carries ``Freeze-Override:`` / ``Promotion-Override:`` trailers. The decision
+itself is taken in the reconcile, after observing, from these facts. :meth:`Governance.wave_gate` orders the
+work into waves. Called by the controller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.core.config import ControllerConfig
+from reconciler.core.decide import FREEZE_OVERRIDE, PROMOTION_OVERRIDE, Facts
 from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.plan import Phase
-from reconciler.core.policy import (
-    Signature,
-    Stint,
-    extend_history,
-    freeze_hold,
-    promotion_hold,
-    signature_hold,
-)
+from reconciler.core.policy import Signature, Stint, extend_history
 from reconciler.core.problems import ReconcilerError
 
-FREEZE_OVERRIDE = "Freeze-Override"
-PROMOTION_OVERRIDE = "Promotion-Override"
 
+class _HistoryView(Mapping[tuple[str, str], tuple[Stint, ...]]):
+    """Governance's history as the verdicts read it from worker threads: each lookup a copy, under the lock."""
 
-@dataclass(frozen=True)
-class Decision:
-    """Per application: a hold (reason, drift repair still allowed) and what the audit should say."""
+    def __init__(self, gov: Governance) -> None:
+        self._gov = gov
 
-    holds: Mapping[str, tuple[str, bool]] = field(default_factory=dict)
-    signer: str = ""
-    overrides: Mapping[str, str] = field(default_factory=dict)  # application -> "freeze: why" / "promotion: why"
+    def __getitem__(self, key: tuple[str, str]) -> tuple[Stint, ...]:
+        with self._gov._lock:
+            return tuple(self._gov.history[key])
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        with self._gov._lock:
+            return iter(list(self._gov.history))
+
+    def __len__(self) -> int:
+        return len(self._gov.history)
 
 
 class Governance:
@@ -47,11 +47,13 @@ class Governance:
         self.config = config
         self.source = source
         self.history: dict[tuple[str, str], list[Stint]] = {}  # (env, app) -> stints, oldest first
+        self._lock = threading.Lock()  # workers read the history while the controller extends it
 
     # --- facts ---------------------------------------------------------------------------------------------------
     def learn(self, entries: Iterable[Mapping[str, Any]]) -> None:
         """Remember which version ran where from when to when (from audit entries, in time order)."""
-        extend_history(self.history, entries)
+        with self._lock:
+            extend_history(self.history, entries)
 
     # --- signatures -------------------------------------------------------------------------------------------------
     def _signatures(self, repo: ReleasesRepo, env: Environment, since: str | None, head: str) -> list[Signature]:
@@ -76,61 +78,23 @@ class Governance:
 
         return verify_signature(self.source, head, self.config.allowed_signers)
 
-    # --- decisions ---------------------------------------------------------------------------------------------------
-    def decide(
-        self,
-        repo: ReleasesRepo,
-        env: Environment,
-        head: str,
-        trailers: Mapping[str, str],
-        applied_revision: str | None,
-        inputs_changed: bool,
-        live: Mapping[str, str | None],
-        now: float,
-    ) -> Decision:
-        moment = datetime.fromtimestamp(now, UTC)
+    # --- facts for one attempt ------------------------------------------------------------------------------------
+    def facts(self, repo: ReleasesRepo, env: Environment, head: str, trailers: Mapping[str, str],
+              applied_revision: str | None, now: float) -> Facts:  # fmt: skip
+        """Everything the verdicts of one attempt at ``env`` read beyond the model and the live state: the clock,
+        the audit trail's history, the signatures of the commits that introduced the environment's desired state
+        since ``applied_revision`` (protected stages; verified per commit id, so a retry costs no git call), and
+        the signature of the revision being applied when it carries overrides. Gathered for every attempt."""
         stage = repo.stages.get(env.stage)
-        holds: dict[str, tuple[str, bool]] = {}
-        overrides: dict[str, str] = {}
-        signer = ""
-        sig_reason: str | None = None
-        if stage is not None and stage.protected and inputs_changed:
+        signatures: tuple[Signature, ...] | None = ()
+        if stage is not None and stage.protected:
             try:
-                signatures = self._signatures(repo, env, applied_revision, head)
+                signatures = tuple(self._signatures(repo, env, applied_revision, head))
             except ReconcilerError as exc:
-                signatures = [Signature(head, False, detail=str(exc))]
-            hold = signature_hold(True, signatures)
-            sig_reason = str(hold) if hold else None
-            signer = ", ".join(dict.fromkeys(s.signer for s in signatures if s.good and s.signer))
-        overriding: dict[str, str] = {}
-        for trailer, kind in ((FREEZE_OVERRIDE, "freeze"), (PROMOTION_OVERRIDE, "promotion")):
-            why = trailers.get(trailer)
-            if why:
-                overriding[kind] = why
-        if overriding and not self.head_signature(head).good:
-            overriding = {}  # an override counts only in a commit signed by an allowed key
-        for app, version in repo.desired_versions(env).items():
-            running = live.get(app)
-            changing = running is not None and running != version  # a first install is not a promotion
-            frozen = freeze_hold(repo, env, app, moment)
-            if frozen is not None:
-                hold, drift_ok = frozen
-                if "freeze" in overriding:
-                    overrides[app] = f"freeze: {overriding['freeze']}"
-                else:
-                    holds[app] = (str(hold), drift_ok)
-                    continue
-            if changing:
-                promo = promotion_hold(repo, env, app, version, self.history, moment)
-                if promo is not None:
-                    if "promotion" in overriding:
-                        overrides[app] = f"promotion: {overriding['promotion']}"
-                    else:
-                        holds[app] = (str(promo), True)
-                        continue
-            if sig_reason is not None:
-                holds[app] = (sig_reason, True)
-        return Decision(holds, signer, overrides)
+                signatures = (Signature(head, False, detail=str(exc)),)
+        overriding = any(trailers.get(t) for t in (FREEZE_OVERRIDE, PROMOTION_OVERRIDE))
+        head_signature = self.head_signature(head) if overriding else None
+        return Facts(datetime.fromtimestamp(now, UTC), _HistoryView(self), signatures, head_signature, dict(trailers))
 
     # --- waves ----------------------------------------------------------------------------------------------------
     @staticmethod

@@ -613,3 +613,83 @@ def test_a_reconcile_that_crashes_after_its_timeout_is_logged_and_its_environmen
         assert lille_dev_entries(fleet) == [("famille", "create", "succeeded"), ("ref", "create", "succeeded")]
     finally:
         controller.close()
+
+
+def _controller_at(fleet: Fleet, clock: list[float]):  # type: ignore[no-untyped-def]
+    from reconciler.commands.common import load_config
+    from reconciler.commands.run import build_controller
+
+    controller = build_controller(load_config(str(fleet.config)))
+    controller.clock = lambda: clock[0]
+    return controller
+
+
+def test_self_heal_off_drift_stays_out_of_sync_on_every_retry_and_is_counted(fleet: Fleet) -> None:
+    """Finding 6: with selfHeal off, a hand edit showed OutOfSync once, then Degraded on the next attempt (which
+    trusted the inventory), and the drifted-applications gauge stayed 0."""
+    fleet.commit({"stages/production.yaml": (fleet.upstream.work / "stages/production.yaml").read_bytes()
+                  .replace(b"soak: 24h", b"soak: 24h\n  selfHeal: false")})  # fmt: skip
+    fleet.write_config(driftCheckInterval="10h")
+    clock = [time.time()]
+    controller = _controller_at(fleet, clock)
+    try:
+        controller.cycle()
+        deployed(fleet, "k8s-ouest", "rennes-production").write_text("hand edit\n")
+        controller.last_drift_check = None  # the drift check finds it
+        for _ in range(3):
+            report = controller.cycle()
+            outcome = report.outcomes["rennes-production"]
+            assert outcome.phase == "OutOfSync" and "selfHeal is off" in outcome.message
+            assert outcome.drifted == 1
+            clock[0] += 3600  # past the backoff: the next cycle retries
+    finally:
+        controller.close()
+    assert deployed(fleet, "k8s-ouest", "rennes-production").read_text() == "hand edit\n"
+
+
+def test_a_permanent_error_stalls_until_the_inputs_change_or_a_trigger(fleet: Fleet) -> None:
+    """Errors decide what happens next: exit 2 (refused) is a PermanentError: not retried on the backoff, nor
+    after a restart; a manual trigger or new inputs retry it."""
+    script = _agent_script(fleet, "sys.exit(2)")
+    fleet.write_config(targetPatterns=[
+        {"match": "aix-lille", "driver": "script", "command": [str(script)]},
+        {"match": "*", "driver": "local", "path": str(fleet.targets / "${target}")},
+    ], backoff={"initial": "1s", "max": "2s"})  # fmt: skip
+    clock = [time.time()]
+    controller = _controller_at(fleet, clock)
+    try:
+        first = controller.cycle()
+        assert first.outcomes["lille-dev"].phase == "Failed" and first.outcomes["lille-dev"].stalled
+        clock[0] += 3600
+        assert "lille-dev" not in controller.cycle().outcomes  # stalled: not retried on the backoff
+        assert "lille-dev" in controller.cycle("manual").outcomes  # someone asked
+    finally:
+        controller.close()
+    assert fleet.env_status("lille-dev").get("stalled") is True
+    clock[0] += 3600
+    restarted = _controller_at(fleet, clock)
+    try:
+        restarted.restore()
+        assert "lille-dev" not in restarted.cycle().outcomes  # a restart is not a trigger
+        fleet.edit("stages/dev.yaml", "ref: 3.10", "ref: 3.0", "new inputs")
+        assert "lille-dev" in restarted.cycle().outcomes
+    finally:
+        restarted.close()
+
+
+def test_a_temporary_error_backs_off_at_least_the_delay_it_carries(fleet: Fleet) -> None:
+    from reconciler.core.plan import Phase
+    from reconciler.engine.controller import CycleReport
+    from reconciler.engine.outcome import EnvOutcome
+
+    clock = [1000.0]
+    controller = _controller_at(fleet, clock)
+    try:
+        controller.cycle()
+        outcome = EnvOutcome("lille-dev", Phase.FAILED, "429", {}, transient=True, retry_after=900.0)
+        report = CycleReport(revision=controller.head, outcomes={"lille-dev": outcome})
+        assert controller.good is not None
+        controller._record(controller.good, report, {})
+        assert controller.states["lille-dev"].retry_at >= 1000.0 + 900.0  # not the 1s initial backoff
+    finally:
+        controller.close()

@@ -215,3 +215,97 @@ def test_history_exports_what_changed_in_production_and_who_approved_it(
     assert {"signer", "revision", "from", "to", "result", "start", "end"} <= set(rows[0])
     assert main(["history", "--config", str(fleet.config), "--stage", "production", "--format", "json"]) == 0
     assert all(e["stage"] == "production" for e in json.loads(capsys.readouterr().out))
+
+
+def protect_production(fleet: Fleet, tmp_path: Path) -> Path:
+    """Production protected, its soak and promotion gate off; ops' key allowed. Returns ops' key."""
+    ops = keypair(tmp_path, "ops", "ops@example.org")
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(
+        f'ops@example.org namespaces="git" {" ".join(ops.with_suffix(".pub").read_text().split()[:2])}\n'
+    )
+    fleet.write_config(allowedSigners=str(allowed))
+    text = prod_stage(fleet).replace("soak: 24h", "soak: 24h\n  protected: true").replace("  promotesFrom: dev\n", "")
+    signed_commit(fleet, ops, {"stages/production.yaml": text.encode()}, "protect production")
+    return ops
+
+
+@pytest.mark.parametrize("attempt", ["retry", "restart", "manual", "webhook", "drift-check"])
+def test_an_unsigned_change_stays_blocked_on_every_later_attempt(fleet: Fleet, tmp_path: Path, attempt: str) -> None:
+    """Finding 1 of the invariants issue: the signature was checked only when the inputs changed, so the retry
+    after the backoff applied the unsigned change. The verdict is now computed for every attempt."""
+    protect_production(fleet, tmp_path)
+    assert fleet.once() == 0
+    deployed = fleet.targets / "k8s-ouest" / "shared-production"
+    before = {p: p.read_bytes() for p in deployed.rglob("*") if p.is_file()}
+    fleet.commit({"releases/ref/3.11.yaml": REF_311}, "release ref 3.11")
+    fleet.edit("stages/production.yaml", "ref: 3.0", "ref: 3.11", "unsigned change to production")
+    offset = 0.0
+    with controller_at(fleet) as controller:
+        controller.cycle()
+        assert controller.states["shared-production"].phase == "Blocked"
+    for _ in range(3):
+        offset += HOUR  # far past any backoff
+        if attempt == "restart":
+            with controller_at(fleet, offset) as controller:
+                controller.cycle()
+            continue
+        with controller_at(fleet, offset) as controller:
+            controller.cycle()
+            for _ in range(2):
+                controller.clock = lambda o=offset: time.time() + o + HOUR
+                if attempt == "drift-check":
+                    controller.last_drift_check = None
+                controller.cycle({"retry": "poll", "manual": "manual", "webhook": "webhook"}.get(attempt, "poll"))
+    status = fleet.env_status("shared-production")
+    assert status["phase"] == "Blocked" and "not signed by an allowed signer (unsigned)" in status["message"]
+    assert {p: p.read_bytes() for p in deployed.rglob("*") if p.is_file()} == before
+    assert not [e for e in fleet.audit() if e["environment"] == "shared-production" and e["to"] == "3.11"]
+
+
+def test_a_change_both_unsigned_and_not_soaked_reports_both_holds(fleet: Fleet, tmp_path: Path) -> None:
+    ops = protect_production(fleet, tmp_path)
+    text = prod_stage(fleet).replace("soak: 24h", "soak: 24h\n  promotesFrom: dev")
+    signed_commit(fleet, ops, {"stages/production.yaml": text.encode()}, "production promotes from dev again")
+    assert fleet.once() == 0
+    fleet.commit({"releases/ref/3.11.yaml": REF_311}, "release ref 3.11")
+    fleet.edit("stages/production.yaml", "ref: 3.0", "ref: 3.11", "unsigned, not soaked")
+    with controller_at(fleet) as controller:
+        controller.cycle()
+    message = fleet.env_status("shared-production")["applications"]["ref"]["message"]
+    assert "has not run in dev yet" in message and "not signed by an allowed signer" in message
+
+
+def test_a_signed_promotion_override_is_audited_with_its_signer(fleet: Fleet, tmp_path: Path) -> None:
+    """Finding 1b: a signed commit with a Promotion-Override trailer was audited with signer and override null."""
+    ops = protect_production(fleet, tmp_path)
+    text = prod_stage(fleet).replace("soak: 24h", "soak: 24h\n  promotesFrom: dev")
+    signed_commit(fleet, ops, {"stages/production.yaml": text.encode()}, "production promotes from dev again")
+    assert fleet.once() == 0
+    text = prod_stage(fleet).replace("ref: 3.0", "ref: 3.11")
+    signed_commit(fleet, ops, {"releases/ref/3.11.yaml": REF_311, "stages/production.yaml": text.encode()},
+                  "hotfix\n\nPromotion-Override: incident 4711")  # fmt: skip
+    assert fleet.once() == 0
+    entries = [e for e in fleet.audit() if e["environment"] == "shared-production" and e["to"] == "3.11"]
+    assert entries and all(e["signer"] == "ops@example.org" for e in entries)
+    assert all(e["override"] == "promotion: incident 4711" for e in entries)
+
+
+def test_the_promotion_gate_holds_after_an_environment_was_invalid(fleet: Fleet) -> None:
+    """Finding 1b: while an environment was Invalid its status showed every live version as unknown, and the next
+    valid commit was applied as if it were a first install, skipping the promotion gate. Live versions now come
+    from the drivers' observation, whatever the status says."""
+    assert fleet.once() == 0
+    template = "applications/ref/templates/deployment.yaml"
+    fleet.edit(template, "${release.version}", "${params.nowhere}", "break the template")
+    fleet.once()
+    invalid = fleet.env_status("shared-production")
+    assert invalid["phase"] == "Invalid" and invalid["applications"]["ref"]["live"] == "3.0"  # still runs
+    fleet.commit({"releases/ref/3.11.yaml": REF_311}, "release ref 3.11")
+    fleet.edit(template, "${params.nowhere}", "${release.version}", "fix the template")
+    fleet.edit("stages/production.yaml", "ref: 3.0", "ref: 3.11", "ref 3.11 straight to production")
+    with controller_at(fleet) as controller:
+        controller.cycle()
+    status = fleet.env_status("shared-production")
+    assert status["phase"] == "Blocked" and "ref 3.11 has not run in dev yet" in status["message"]
+    assert status["applications"]["ref"]["live"] == "3.0"

@@ -82,21 +82,39 @@ def test_dry_run_changes_nothing_and_reports_out_of_sync() -> None:
     assert all(not d.units for d in drivers.values())
 
 
+FREEZE = """apiVersion: reconciler.io/v1
+kind: FreezeWindow
+metadata:
+  name: release-night
+spec:
+  reason: Release night
+  scope: {stages: [dev]}
+  driftRepair: %s
+  absolute:
+    - {start: "2000-01-01T00:00:00Z", end: "2999-01-01T00:00:00Z"}
+"""
+
+
+def frozen_job(job: Job, drift_repair: bool) -> Job:
+    files = dict(minimal_repo())
+    files["freezes/night.yaml"] = (FREEZE % ("true" if drift_repair else "false")).encode()
+    tree = MemoryTree(files)
+    repo = load_repo(tree).repo
+    assert repo is not None
+    return replace(job, repo=repo, tree=tree, env=repo.environments[job.env.name])
+
+
 def test_a_policy_hold_blocks_changes_but_allows_drift_repair() -> None:
     job, drivers, pool = setup()
     reconcile_environment(job, pool)
     drivers["k8s-nord"].drifted.add(("lille-dev", "ref"))
-    held = replace(job, holds={"ref": ("frozen until tomorrow", True)})
-    outcome = reconcile_environment(held, pool)
+    outcome = reconcile_environment(frozen_job(job, drift_repair=True), pool)
     assert outcome.applications["ref"].phase == "Synced"  # drift repaired during the freeze
     assert [e["trigger"] for e in outcome.audit] == ["drift"]
     drivers["k8s-nord"].drifted.add(("lille-dev", "ref"))
-    strict = replace(job, holds={"ref": ("frozen until tomorrow", False)})
-    outcome = reconcile_environment(strict, pool)
-    assert (
-        outcome.applications["ref"].phase == "Blocked"
-        and outcome.applications["ref"].message == "frozen until tomorrow"
-    )
+    outcome = reconcile_environment(frozen_job(job, drift_repair=False), pool)
+    assert outcome.applications["ref"].phase == "Blocked"
+    assert outcome.applications["ref"].message.startswith("frozen until 2999-01-01T00:00+00:00 by release-night")
 
 
 def test_each_target_is_inside_one_batch_from_observe_to_the_last_prune() -> None:

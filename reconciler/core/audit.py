@@ -1,0 +1,43 @@
+"""The audit entry: one record per effect on a target (apply, remove, adopt), typed. Pure.
+
+Who changed what, where, from which version to which, on whose authority (author, committer, signer, override),
+with what result, when. The executor makes one per effect; the status branch stores them as JSON lines under
+``audit/`` (keys as :meth:`AuditEntry.as_dict` names them: the public format of ``reconciler history``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    time: str
+    start: str
+    end: str
+    revision: str
+    author: str
+    committer: str
+    environment: str
+    stage: str
+    application: str
+    target: str
+    action: str  # create | update | remove | adopt
+    from_version: str | None
+    to_version: str | None
+    result: str  # succeeded | failed | interrupted
+    trigger: str  # revision | poll | webhook | manual | drift | drift-check
+    signer: str | None
+    override: str | None
+    replica: str | None
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time, "start": self.start, "end": self.end, "revision": self.revision,
+            "author": self.author, "committer": self.committer, "environment": self.environment,
+            "stage": self.stage, "application": self.application, "target": self.target, "action": self.action,
+            "from": self.from_version, "to": self.to_version, "result": self.result, "trigger": self.trigger,
+            "signer": self.signer, "override": self.override, "replica": self.replica, "message": self.message,
+        }  # fmt: skip

@@ -1,0 +1,221 @@
+"""The executor: runs one environment's sync tasks in order and records one audit entry per effect.
+
+It decides nothing that :func:`reconciler.core.tasks.plan_tasks` could decide before acting: it applies and
+prunes through drivers, turns an apply into a wait when a dependency failed at run time, stops when this replica
+lost the environment's lease, asks drivers for health, and classifies the errors it met (which decides retry).
+Called by :func:`reconciler.engine.reconcile.reconcile_environment`, in a worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from reconciler.core.audit import AuditEntry
+from reconciler.core.plan import Action, Phase, UnitPlan, worst_phase
+from reconciler.core.state import Health, worst
+from reconciler.core.tasks import Requirement, Task, TaskKind, is_drift_repair
+from reconciler.drivers.base import declares_observed_health
+from reconciler.engine.outcome import HEALTH_PHASE, AppStatus, EnvOutcome, classify, safe_message, summary
+from reconciler.engine.targets import DriverPool
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the executor needs to know of the attempt (for the audit trail and the lease)."""
+
+    environment: str
+    stage: str
+    revision: str
+    author: str = ""
+    committer: str = ""
+    trigger: str = "revision"
+    signer: str = ""
+    replica: str = ""
+    dry_run: bool = False
+    check_drift: bool = True
+    owned: Callable[[], bool] | None = None
+    requirement: Requirement | None = None  # why a release's ``requires`` are not met by the live versions
+
+
+@dataclass
+class Run:
+    """The mutable record of one execution."""
+
+    ctx: Context
+    pool: DriverPool
+    statuses: dict[str, AppStatus] = field(default_factory=dict)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    not_ready: set[str] = field(default_factory=set)
+    live: dict[str, str | None] = field(default_factory=dict)  # versions live now (as the applies go)
+    changed: bool = False
+    drifted: int = 0
+    lease_lost: bool = False
+
+    def record(self, task: Task, plan: UnitPlan, action: str, result: str, message: str, start: str) -> None:
+        if self.ctx.dry_run:
+            return
+        entry = AuditEntry(
+            time=now_iso(), start=start, end=now_iso(), revision=self.ctx.revision, author=self.ctx.author,
+            committer=self.ctx.committer, environment=self.ctx.environment, stage=self.ctx.stage,
+            application=plan.application, target=plan.target, action=action, from_version=plan.from_version,
+            to_version=plan.to_version, result=result,
+            trigger="drift" if plan.reason.startswith("drift") else self.ctx.trigger,
+            signer=self.ctx.signer or None, override=task.override, replica=self.ctx.replica or None,
+            message=message,
+        )  # fmt: skip
+        self.audit.append(entry.as_dict())
+
+    def owns(self) -> bool:
+        if self.ctx.owned is not None and not self.ctx.owned():
+            self.lease_lost = True
+            self.errors.append(LeaseLost())
+            return False
+        return True
+
+
+class LeaseLost(Exception):
+    """This replica lost the environment's lease mid-reconcile (transient: the owner takes over)."""
+
+
+def execute(
+    ctx: Context,
+    pool: DriverPool,
+    tasks: list[Task],
+    plans_live: list[UnitPlan],
+    plans: tuple[UnitPlan, ...],
+    duration: float,
+) -> EnvOutcome:
+    """Run ``tasks`` and build the environment's outcome (``plans_live``: the paired plans, for what is live;
+    ``plans``: the light plans the outcome keeps)."""
+    run = Run(ctx, pool)
+    run.live = {p.application: p.live.version for p in plans_live if p.live is not None and not p.live.drifted}
+    for task in tasks:
+        if task.kind is TaskKind.APPLY:
+            _apply(run, task)
+        elif task.kind is TaskKind.PRUNE:
+            _prune(run, task)
+        elif task.kind is TaskKind.CHECK:
+            _settle(run, task)
+        else:
+            run.statuses[task.application] = AppStatus(task.desired, task.live, task.phase, task.reason)
+            if task.kind is not TaskKind.REPORT:
+                run.not_ready.add(task.application)
+            elif task.desired is not None:
+                run.drifted += 1  # drift that self-heal may not repair
+    phase = worst_phase(s.phase for s in run.statuses.values())
+    classified = classify(run.errors)
+    failed = phase is Phase.FAILED
+    return EnvOutcome(
+        ctx.environment,
+        phase,
+        summary(run.statuses),
+        dict(sorted(run.statuses.items())),
+        tuple(run.audit),
+        run.changed,
+        classified.transient and failed,
+        plans,
+        duration,
+        run.drifted,
+        stalled=classified.stalled and failed,
+        retry_after=classified.retry_after if failed else None,
+    )
+
+
+def _apply(run: Run, task: Task) -> None:
+    app = task.application
+    unmet = run.ctx.requirement(app, task.desired, run.live) if run.ctx.requirement and task.desired else None
+    if unmet is not None:  # what it requires failed to go live in this reconcile
+        run.statuses[app] = AppStatus(task.desired, task.live, Phase.BLOCKED, unmet)
+        run.not_ready.add(app)
+        return
+    waiting = [d for d in task.after if d in run.not_ready]
+    if waiting:
+        run.statuses[app] = AppStatus(task.desired, task.live, Phase.PROGRESSING, f"waiting for {', '.join(waiting)}")
+        run.not_ready.add(app)
+        return
+    if all(is_drift_repair(p) for p in task.plans):
+        run.drifted += 1
+    for plan in task.plans:
+        assert plan.desired is not None
+        if not run.owns():
+            _fail(run, task, "stopped: this replica lost the environment's lease")
+            return
+        start = now_iso()
+        try:
+            result = run.pool.get(plan.target).apply(plan.desired, dry_run=run.ctx.dry_run)
+        except Exception as exc:  # noqa: BLE001 - per application: report, let independent applications go on
+            run.errors.append(exc)
+            run.record(task, plan, str(plan.action), "failed", safe_message(exc), start)
+            _fail(run, task, f"{plan.target}: {safe_message(exc)}")
+            return
+        run.changed = run.changed or (result.changed and not run.ctx.dry_run)
+        for adopted in result.adopted:
+            run.record(task, plan, "adopt", "succeeded", f"adopted {adopted}", start)
+        run.record(task, plan, str(plan.action), "succeeded", result.message or plan.reason, start)
+    if run.ctx.dry_run:
+        would = "; ".join(f"{p.action} {p.target}: {p.reason}" for p in task.plans)
+        run.statuses[app] = AppStatus(task.desired, task.live, Phase.OUT_OF_SYNC, would)
+        run.live[app] = task.desired  # what the plan would make live
+        return
+    _settle(run, task)
+
+
+def _fail(run: Run, task: Task, message: str) -> None:
+    run.statuses[task.application] = AppStatus(task.desired, task.live, Phase.FAILED, message)
+    run.not_ready.add(task.application)
+
+
+def _settle(run: Run, task: Task) -> None:
+    """The application's status from its health (after an apply, or when there was nothing to do)."""
+    health, messages = Health.HEALTHY, []
+    try:
+        for plan in task.units:
+            driver = run.pool.get(plan.target)
+            if declares_observed_health(driver) and (plan.action is not Action.UNCHANGED or run.ctx.check_drift):
+                continue  # just applied, or just observed in full: what health would look at is known
+            report = driver.health(run.ctx.environment, task.application)
+            health = worst(health, report.status)
+            if report.message and report.status is not Health.HEALTHY:
+                messages.append(f"{plan.target}: {report.message}")
+    except Exception as exc:  # noqa: BLE001 - isolate this failure
+        run.errors.append(exc)
+        health, messages = Health.UNKNOWN, [f"health: {safe_message(exc)}"]
+    phase = HEALTH_PHASE[health]
+    if phase is not Phase.SYNCED:
+        run.not_ready.add(task.application)
+    run.statuses[task.application] = AppStatus(task.desired, task.desired, phase, "; ".join(messages))
+    run.live[task.application] = task.desired
+
+
+def _prune(run: Run, task: Task) -> None:
+    for plan in reversed(task.plans):
+        if plan.action is not Action.REMOVE:
+            continue
+        if not run.owns():
+            run.statuses[plan.application] = AppStatus(
+                None, plan.from_version, Phase.FAILED, "lease lost: prune skipped"
+            )
+            continue
+        start = now_iso()
+        try:
+            result = run.pool.get(plan.target).remove(run.ctx.environment, plan.application, dry_run=run.ctx.dry_run)
+        except Exception as exc:  # noqa: BLE001 - isolate this failure
+            run.errors.append(exc)
+            prior = run.statuses.get(plan.application)
+            run.statuses[plan.application] = AppStatus(
+                prior.desired if prior else None, plan.from_version, Phase.FAILED, f"prune: {safe_message(exc)}"
+            )
+            run.record(task, plan, "remove", "failed", safe_message(exc), start)
+            continue
+        run.changed = run.changed or (result.changed and not run.ctx.dry_run)
+        if run.ctx.dry_run and plan.application not in run.statuses:
+            run.statuses[plan.application] = AppStatus(None, plan.from_version, Phase.OUT_OF_SYNC, "would be removed")
+        run.record(task, plan, "remove", "succeeded", result.message or "pruned", start)
