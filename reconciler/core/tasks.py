@@ -39,6 +39,7 @@ class Task:
     live: str | None = None
     override: str | None = None  # apply: the audited override that lifted a hold
     units: tuple[UnitPlan, ...] = ()  # apply, check: every desired unit of the application (health)
+    holds: tuple[str, ...] = ()  # hold: the kinds of the verdict's holds (freeze, promotion, signature, ...)
 
     @property
     def phase(self) -> Phase:
@@ -114,7 +115,8 @@ def _app_tasks(
         if held:
             return Task(TaskKind.REPORT, app, held[0].reason, live=running), None
         if prune is not None and not verdict.allowed:
-            return Task(TaskKind.HOLD, app, f"removal held: {verdict.reason}", live=running), None
+            kinds = tuple(str(h.kind) for h in verdict.holds)
+            return Task(TaskKind.HOLD, app, f"removal held: {verdict.reason}", live=running, holds=kinds), None
         return None, replace(prune, override=verdict.override) if prune is not None else None
     pending = tuple(p for p in plans if p.action in (Action.CREATE, Action.UPDATE))
     base = Task(TaskKind.HOLD, app, desired=desired, live=running)
@@ -123,10 +125,10 @@ def _app_tasks(
         return Task(TaskKind.CHECK, app, desired=desired, live=running, units=units), None
     repairs_only = prune is None and all(is_drift_repair(p) for p in pending)
     if not verdict.allowed and not (verdict.drift_repair and repairs_only):
-        return _with(base, verdict.reason), None
+        return replace(_with(base, verdict.reason), holds=tuple(str(h.kind) for h in verdict.holds)), None
     unmet = inputs.requirement(app, desired, live)
     if unmet is not None:
-        return _with(base, unmet), None
+        return replace(_with(base, unmet), holds=("requires",)), None
     waiting = [d for d in inputs.depends.get(app, ()) if d in not_ready]
     if waiting:
         return _with(base, f"waiting for {', '.join(waiting)}", TaskKind.WAIT), None

@@ -55,6 +55,7 @@ class Run:
     errors: list[BaseException] = field(default_factory=list)
     not_ready: set[str] = field(default_factory=set)
     live: dict[str, str | None] = field(default_factory=dict)  # versions live now (as the applies go)
+    holds: set[str] = field(default_factory=set)
     changed: bool = False
     drifted: int = 0
     lease_lost: bool = False
@@ -106,6 +107,7 @@ def execute(
             _settle(run, task)
         else:
             run.statuses[task.application] = AppStatus(task.desired, task.live, task.phase, task.reason)
+            run.holds.update(task.holds)
             if task.kind is not TaskKind.REPORT:
                 run.not_ready.add(task.application)
             elif task.desired is not None:
@@ -126,6 +128,7 @@ def execute(
         run.drifted,
         stalled=classified.stalled and failed,
         retry_after=classified.retry_after if failed else None,
+        holds=frozenset(run.holds),
     )
 
 
@@ -134,6 +137,7 @@ def _apply(run: Run, task: Task) -> None:
     unmet = run.ctx.requirement(app, task.desired, run.live) if run.ctx.requirement and task.desired else None
     if unmet is not None:  # what it requires failed to go live in this reconcile
         run.statuses[app] = AppStatus(task.desired, task.live, Phase.BLOCKED, unmet)
+        run.holds.add("requires")
         run.not_ready.add(app)
         return
     waiting = [d for d in task.after if d in run.not_ready]

@@ -49,6 +49,7 @@ class EnvOutcome:
     changes: int = 0  # audit entries made, once the controller has taken them (``audit`` is then empty)
     stalled: bool = False  # a permanent error or invalid input: not retried until the inputs change or a trigger
     retry_after: float | None = None  # the longest delay a temporary error asked for
+    holds: frozenset[str] = frozenset()  # the kinds of policy holds that block applications (freeze, signature...)
 
 
 @dataclass(frozen=True)

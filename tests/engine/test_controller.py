@@ -455,28 +455,29 @@ def test_input_keys_and_render_tokens_are_computed_once_per_revision(
 ) -> None:
     from reconciler.commands.common import load_config
     from reconciler.commands.run import build_controller
-    from reconciler.engine.controller import Controller
+    from reconciler.engine.revision import Revisions
 
     computed: list[str] = []
-    real = Controller._compute_input_key
-    monkeypatch.setattr(Controller, "_compute_input_key",
+    real = Revisions._compute_input_key
+    monkeypatch.setattr(Revisions, "_compute_input_key",
                         lambda self, loaded, env: computed.append(env.name) or real(self, loaded, env))  # fmt: skip
     controller = build_controller(load_config(str(fleet.config)))
     try:
         controller.cycle()
         assert sorted(computed) == sorted(ENVIRONMENTS)
         computed.clear()
-        tokens = dict(controller._render_tokens)  # the render tokens likewise, by (revision, environment)
+        tokens = dict(controller.revisions._render_tokens)  # the render tokens likewise, by (revision, environment)
         controller.last_drift_check = None
         controller.cycle()  # the same head: every key known (and a drift check: every environment's job built)
         assert computed == []
-        assert len(tokens) == len(ENVIRONMENTS) and all(controller._render_tokens[k] is v for k, v in tokens.items())
+        known = controller.revisions._render_tokens
+        assert len(tokens) == len(ENVIRONMENTS) and all(known[k] is v for k, v in tokens.items())
         fleet.commit({"releases/ref/3.11.yaml": NEW_REF_RELEASE}, "add ref 3.11")
         fleet.edit("stages/dev.yaml", "ref: 3.10", "ref: 3.11")
         report = controller.cycle()  # a new revision: every key again, and the dev environments act on theirs
         assert sorted(computed) == sorted(ENVIRONMENTS)
         assert sorted(n for n, o in report.outcomes.items() if o.changed) == ["lille-dev", "rennes-dev"]
-        assert {revision for revision, _ in controller._render_tokens} == {report.revision}
+        assert {revision for revision, _ in controller.revisions._render_tokens} == {report.revision}
     finally:
         controller.close()
 
@@ -689,7 +690,7 @@ def test_a_temporary_error_backs_off_at_least_the_delay_it_carries(fleet: Fleet)
         outcome = EnvOutcome("lille-dev", Phase.FAILED, "429", {}, transient=True, retry_after=900.0)
         report = CycleReport(revision=controller.head, outcomes={"lille-dev": outcome})
         assert controller.good is not None
-        controller._record(controller.good, report, {})
+        controller.sched.record(controller.good, report.outcomes, {}, clock[0], dry_run=False)
         assert controller.states["lille-dev"].retry_at >= 1000.0 + 900.0  # not the 1s initial backoff
     finally:
         controller.close()
