@@ -38,7 +38,7 @@ from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.plan import Phase
 from reconciler.core.problems import Problem, ReconcilerError
 from reconciler.core.tree import CachingTree, SourceTree
-from reconciler.engine import statusdoc
+from reconciler.status import document as statusdoc
 from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
 from reconciler.engine.reconcile import AppStatus, EnvOutcome, Job, RenderMemo, reconcile_environment

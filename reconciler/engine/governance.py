@@ -20,6 +20,8 @@ from reconciler.core.config import ControllerConfig
 from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.plan import Phase
 from reconciler.core.policy import (
+    FREEZE_OVERRIDE,
+    PROMOTION_OVERRIDE,
     Signature,
     Stint,
     extend_history,
@@ -28,9 +30,6 @@ from reconciler.core.policy import (
     signature_hold,
 )
 from reconciler.core.problems import ReconcilerError
-
-FREEZE_OVERRIDE = "Freeze-Override"
-PROMOTION_OVERRIDE = "Promotion-Override"
 
 
 @dataclass(frozen=True)
