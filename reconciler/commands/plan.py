@@ -22,9 +22,9 @@ from reconciler.core.diffplan import RepoPlan, compare
 from reconciler.core.loader import Limits, LoadResult, load_repo
 from reconciler.core.policy import PROMOTION_OVERRIDE, Stint, extend_history, freeze_hold, promotion_hold
 from reconciler.core.problems import ReconcilerError
-from reconciler.status import document
 from reconciler.source.gitrepo import GitSource
 from reconciler.source.history import open_repository
+from reconciler.status import document
 
 STATUS_REFS = ("refs/heads/reconciler-status", "refs/remotes/origin/reconciler-status")
 

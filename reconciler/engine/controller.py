@@ -38,12 +38,12 @@ from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.plan import Phase
 from reconciler.core.problems import Problem, ReconcilerError
 from reconciler.core.tree import CachingTree, SourceTree
-from reconciler.status import document as statusdoc
 from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
 from reconciler.engine.reconcile import AppStatus, EnvOutcome, Job, RenderMemo, reconcile_environment
 from reconciler.engine.targets import DriverPool
 from reconciler.observability.logging import get_logger
+from reconciler.status import document as statusdoc
 
 
 class Source(Protocol):

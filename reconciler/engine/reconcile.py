@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Hashable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of
 from reconciler.core.model import Environment, ReleasesRepo
@@ -23,7 +23,7 @@ from reconciler.core.policy import requirement_hold
 from reconciler.core.problems import PermanentError, ReconcilerError, TemporaryError
 from reconciler.core.state import Health, LiveUnit, worst
 from reconciler.core.tree import SourceTree
-from reconciler.drivers.base import Batch, Driver, observe_environment
+from reconciler.drivers.base import Batching, Driver, health_is_observed, observe_environment
 from reconciler.engine.targets import DriverPool
 
 HEALTH_PHASE = {
@@ -166,7 +166,7 @@ def _safe(exc: BaseException) -> str:
 def observed_health(driver: Driver) -> bool:
     """True for drivers whose health is exactly "observed without drift" (``local``): an unchanged unit that a
     drift-checking observe found intact needs no second look."""
-    return bool(getattr(driver, "observe_is_health", False))
+    return health_is_observed(driver)
 
 
 def _dependencies(repo: ReleasesRepo, app: str, version: str | None) -> tuple[str, ...]:
@@ -294,9 +294,8 @@ def _reconcile(
     try:
         for target, applications in wanted:
             driver = pool.get(target)
-            opener = cast(Batch | None, getattr(driver, "batch", None))
-            if opener is not None:
-                batches.enter_context(opener(env.name))
+            if isinstance(driver, Batching):
+                batches.enter_context(driver.batch(env.name))
             found = observe_environment(driver, env.name, applications, job.check_drift)
             live.update(((app, target), unit) for app, unit in found.items())
     except Exception as exc:  # noqa: BLE001 - a target we cannot even observe: nothing is applied in this environment
