@@ -44,6 +44,7 @@ from reconciler.engine.reconcile import AppStatus, EnvOutcome, Job, RenderMemo, 
 from reconciler.engine.targets import DriverPool
 from reconciler.observability.logging import get_logger
 from reconciler.status import document as statusdoc
+from reconciler.status.store import AuditTrail
 
 
 class Source(Protocol):
@@ -160,9 +161,8 @@ class Controller:
         if self.store is None:
             return
         snapshot = self.store.read()
-        audit_lines = getattr(self.store, "audit_lines", None)
-        if audit_lines is not None:
-            self.gov.learn(audit_lines())
+        if isinstance(self.store, AuditTrail):
+            self.gov.learn(self.store.audit_lines())
         for path, data in snapshot.files.items():
             if not (path.startswith("environments/") and path.endswith(".yaml")):
                 continue
@@ -214,7 +214,7 @@ class Controller:
             committer=_person(info.committer_name, info.committer_email),
             committed_at=info.committed_at.timestamp() if info.committed_at else None,
             env_problems=result.environment_problems,
-            trailers=dict(getattr(info, "trailers", {}) or {}),
+            trailers=dict(info.trailers),
         )
         self.invalid = None
         self.log.info(
