@@ -84,7 +84,7 @@ from reconciler.drivers.k8s_objects import (
     state_digest,
     summary,
 )
-from reconciler.drivers.k8s_store import INVENTORY_NAMESPACE, Store
+from reconciler.drivers.k8s_store import INVENTORY_NAMESPACE, Store, api_client_for, parse_timeout
 from reconciler.drivers.k8s_yaml import parse_documents_of
 
 FIELD_MANAGER = "reconciler"
@@ -668,8 +668,6 @@ class KubernetesDriver(Batching, ObservesEnvironment):
 
 def build_kubernetes_driver(target: TargetConfig) -> Driver:
     """A :class:`KubernetesDriver` for one configured target (kubeconfig + context, or in-cluster)."""
-    from reconciler.drivers.k8s_store import api_client_for, parse_timeout
-
     client = api_client_for(
         target.name, kubeconfig=target.get("kubeconfig"), context=target.get("context"),
         in_cluster=bool(target.get("inCluster", False)),
