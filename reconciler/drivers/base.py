@@ -8,7 +8,9 @@ must be safe to show (no secrets). Implementations: ``local``, ``script``/``ssh`
 in-memory twin ``memory`` for unit tests of the engine.
 
 Optional abilities are declared, not probed: a driver class that has one inherits its protocol below, and the
-engine asks with ``isinstance``.
+engine asks with ``isinstance`` (through :func:`batching`, :func:`observing` and :func:`health_is_observed`, which
+keep the answer per driver class: ``isinstance`` on a runtime-checkable protocol walks the protocol's members on
+every call in Python 3.11, 10-100 times the cost of an ordinary ``isinstance``, and the engine asks per unit).
 
 - :class:`ObservesEnvironment` (``observe_environment(environment, applications, check_drift)``): what
   ``owned_applications`` plus one ``observe`` per application give, in one call (``local`` does: one directory
@@ -28,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.state import HEALTH_SEVERITY, Health, LiveUnit, worst
@@ -43,8 +45,10 @@ __all__ = [
     "HealthReport",
     "LiveUnit",
     "ObservesEnvironment",
+    "batching",
     "health_is_observed",
     "observe_environment",
+    "observing",
     "worst",
 ]
 
@@ -116,9 +120,31 @@ class HealthIsObserved(Protocol):
     observe_is_health: bool
 
 
+_OFFERS: dict[tuple[type, type], bool] = {}
+
+
+def _offers(driver: object, ability: type) -> bool:
+    """``isinstance(driver, ability)``, decided once per driver class (a driver's abilities are its class's)."""
+    key = (type(driver), ability)
+    found = _OFFERS.get(key)
+    if found is None:
+        found = _OFFERS[key] = isinstance(driver, ability)
+    return found
+
+
+def batching(driver: Driver) -> Batching | None:
+    """``driver`` as a :class:`Batching` driver, or ``None`` when it does not batch."""
+    return cast(Batching, driver) if _offers(driver, Batching) else None
+
+
+def observing(driver: Driver) -> ObservesEnvironment | None:
+    """``driver`` as an :class:`ObservesEnvironment` driver, or ``None`` when it observes one application a call."""
+    return cast(ObservesEnvironment, driver) if _offers(driver, ObservesEnvironment) else None
+
+
 def health_is_observed(driver: Driver) -> bool:
     """True for drivers whose health is exactly "observed without drift" (``local``)."""
-    return isinstance(driver, HealthIsObserved) and driver.observe_is_health
+    return _offers(driver, HealthIsObserved) and cast(HealthIsObserved, driver).observe_is_health
 
 
 def observe_environment(
@@ -127,7 +153,8 @@ def observe_environment(
     """Every application ``driver`` holds in ``environment`` plus ``applications``, each with its live unit
     (``None``: not deployed). One call for drivers that offer ``observe_environment``, else list + observe each."""
     wanted = sorted(set(applications))
-    if isinstance(driver, ObservesEnvironment):
-        return driver.observe_environment(environment, wanted, check_drift)
+    whole = observing(driver)
+    if whole is not None:
+        return whole.observe_environment(environment, wanted, check_drift)
     names = sorted(set(driver.owned_applications(environment)) | set(wanted))
     return {name: driver.observe(environment, name, check_drift) for name in names}

@@ -23,7 +23,7 @@ from reconciler.core.policy import requirement_hold
 from reconciler.core.problems import PermanentError, ReconcilerError, TemporaryError
 from reconciler.core.state import Health, LiveUnit, worst
 from reconciler.core.tree import SourceTree
-from reconciler.drivers.base import Batching, Driver, health_is_observed, observe_environment
+from reconciler.drivers.base import Driver, batching, health_is_observed, observe_environment
 from reconciler.engine.targets import DriverPool
 
 HEALTH_PHASE = {
@@ -294,8 +294,9 @@ def _reconcile(
     try:
         for target, applications in wanted:
             driver = pool.get(target)
-            if isinstance(driver, Batching):
-                batches.enter_context(driver.batch(env.name))
+            opener = batching(driver)
+            if opener is not None:
+                batches.enter_context(opener.batch(env.name))
             found = observe_environment(driver, env.name, applications, job.check_drift)
             live.update(((app, target), unit) for app, unit in found.items())
     except Exception as exc:  # noqa: BLE001 - a target we cannot even observe: nothing is applied in this environment

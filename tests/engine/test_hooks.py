@@ -11,8 +11,10 @@ from reconciler.drivers.base import (
     Batching,
     HealthIsObserved,
     ObservesEnvironment,
+    batching,
     health_is_observed,
     observe_environment,
+    observing,
 )
 from reconciler.drivers.kubernetes import KubernetesDriver
 from reconciler.drivers.local import LocalDriver
@@ -87,3 +89,17 @@ def test_the_wrapper_of_a_driver_with_both_abilities_offers_both() -> None:
     assert driver.observe_environment("recette", ["a"], True) == {"a": None}
     with driver.batch("recette"):
         pass
+
+
+def test_abilities_are_kept_per_class_but_observe_is_health_is_read_per_driver() -> None:
+    class Plain:
+        kind, target = "plain", "t1"
+
+    class Observed(Plain):
+        observe_is_health = True
+
+    wrapped = [instrument(Observed(), Calls()), instrument(Plain(), Calls()), instrument(Observed(), Calls())]  # type: ignore[arg-type]
+    assert {type(w) for w in wrapped} == {type(wrapped[0])}  # one wrapper class, asked once
+    assert [health_is_observed(w) for w in wrapped] == [True, False, True]
+    assert [batching(w) for w in wrapped] == [None, None, None]
+    assert [observing(w) for w in wrapped] == [None, None, None]
