@@ -47,7 +47,7 @@ SELECTED = (
     ("    atomic_write", "drivers/local.py", "atomic_write"),
     ("  health", "drivers/local.py", "health"),
     ("status documents", "engine/publish.py", "write"),
-    ("  YAML dump", "engine/statusdoc.py", "dump"),
+    ("  YAML dump", "status/document.py", "dump"),
     ("  status commit + push", "status/store.py", "write"),
     ("metrics", "engine/controller.py", "_report_metrics"),
 )

@@ -18,14 +18,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.commands.common import ConfigError, fail, load_config, status_store
-from reconciler.core.decide import PROMOTION_OVERRIDE
 from reconciler.core.diffplan import RepoPlan, compare
 from reconciler.core.loader import Limits, LoadResult, load_repo
-from reconciler.core.policy import Stint, extend_history, freeze_hold, promotion_hold
+from reconciler.core.policy import PROMOTION_OVERRIDE, Stint, extend_history, freeze_hold, promotion_hold
 from reconciler.core.problems import ReconcilerError
-from reconciler.engine import statusdoc
 from reconciler.source.gitrepo import GitSource
 from reconciler.source.history import open_repository
+from reconciler.status import document
 
 STATUS_REFS = ("refs/heads/reconciler-status", "refs/remotes/origin/reconciler-status")
 
@@ -191,7 +190,7 @@ def _live_versions(args: argparse.Namespace) -> dict[str, dict[str, str | None]]
     snapshot = status_store(config).read()
     live: dict[str, dict[str, str | None]] = {}
     for path, data in snapshot.files.items():
-        doc = statusdoc.parse(data) if path.startswith("environments/") else None
+        doc = document.parse(data) if path.startswith("environments/") else None
         if doc and isinstance(doc.get("environment"), str):
             apps = doc.get("applications") or {}
             live[doc["environment"]] = {a: s.get("live") for a, s in apps.items() if isinstance(s, dict)}

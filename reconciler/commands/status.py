@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler.commands.common import ConfigError, fail, load_config, status_store
 from reconciler.core.problems import ReconcilerError
-from reconciler.engine import statusdoc
+from reconciler.status import document
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -41,7 +41,7 @@ def run_status(args: argparse.Namespace) -> int:
     docs = {}
     for path, data in sorted(snapshot.files.items()):
         if path.startswith("environments/") and path.endswith(".yaml"):
-            doc = statusdoc.parse(data)
+            doc = document.parse(data)
             if doc is not None:
                 docs[str(doc.get("environment", path))] = doc
     if args.env:

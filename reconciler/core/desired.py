@@ -23,7 +23,7 @@ from typing import Any
 from reconciler.core.model import Application, Component, Environment, Release, ReleasesRepo
 from reconciler.core.problems import Problem
 from reconciler.core.substitute import PLACEHOLDER, WHOLE, text_of
-from reconciler.core.yamlsafe import scalar_text
+from reconciler.core.yamlsafe import YamlFloat, YamlInt, scalar_text
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,7 @@ class DesiredUnit:
 
 
 def _plain(value: Any) -> Any:
-    text = getattr(value, "text", None)
-    if isinstance(value, bool) or text is None:
+    if not isinstance(value, YamlInt | YamlFloat):
         return value
     return int(value) if isinstance(value, int) else float(value)
 

@@ -163,7 +163,15 @@ class _Builder:
             self.problems.extend(problems)
             self._remember_broken(kind, data)
             return
-        getattr(self, "build_" + schemas.KIND_FILES[kind])(doc, data["metadata"], data["spec"])
+        builders = {
+            "Application": self.build_application,
+            "Release": self.build_release,
+            "Stage": self.build_stage,
+            "Environment": self.build_environment,
+            "EnvironmentSet": self.build_environmentset,
+            "FreezeWindow": self.build_freezewindow,
+        }
+        builders[kind](doc, data["metadata"], data["spec"])
 
     def _remember_broken(self, kind: str, data: dict[str, Any]) -> None:
         meta, spec = data.get("metadata"), data.get("spec")

@@ -20,6 +20,11 @@ from croniter import croniter
 from reconciler.core.durations import format_duration
 from reconciler.core.model import Environment, FreezeWindow, ReleasesRepo, selector_matches
 
+# commit trailers that override a hold, honoured only in a commit signed by an allowed key (read by the engine's
+# governance at apply time and by ``reconciler plan`` at pull-request time)
+FREEZE_OVERRIDE = "Freeze-Override"
+PROMOTION_OVERRIDE = "Promotion-Override"
+
 
 class HoldKind(StrEnum):
     FREEZE = "freeze"

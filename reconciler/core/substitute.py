@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from reconciler.core.yamlsafe import YamlFloat, YamlInt
+
 PLACEHOLDER = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*)\}")
 WHOLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*)\}")
 
@@ -43,8 +45,7 @@ def text_of(value: Any) -> str:
     """A scalar's text inside a longer string (``true``/``false``, a number as written)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = getattr(value, "text", None)
-    return text if isinstance(text, str) else str(value)
+    return value.text if isinstance(value, YamlInt | YamlFloat) else str(value)
 
 
 def substitute_string(text: str, lookup: Callable[[str], Any]) -> Any:

@@ -64,9 +64,8 @@ class YamlFloat(float):
 
 def scalar_text(value: object) -> str:
     """The exact source text of a scalar (for versions and names); ``str()`` for anything else."""
-    text = getattr(value, "text", None)
-    if isinstance(text, str):
-        return text
+    if isinstance(value, YamlInt | YamlFloat):
+        return value.text
     if isinstance(value, bool):
         return "true" if value else "false"
     return "" if value is None else str(value)
@@ -176,12 +175,11 @@ def _documents(text: str, path: str) -> Iterator[Document]:
         return bool(stack) and isinstance(stack[-1].value, dict) and stack[-1].key is None
 
     for event in yaml.parse(text, Loader=_Loader):
-        line = _line(getattr(event, "start_mark", None))
+        line = _line(event.start_mark)
         if isinstance(event, yaml.AliasEvent):
             raise YamlError(line, f"alias '*{event.anchor}' is not allowed; write the value out")
-        anchor = getattr(event, "anchor", None)
-        if anchor is not None:
-            raise YamlError(line, f"anchor '&{anchor}' is not allowed; write the value out")
+        if isinstance(event, yaml.NodeEvent) and event.anchor is not None:
+            raise YamlError(line, f"anchor '&{event.anchor}' is not allowed; write the value out")
         if isinstance(event, yaml.DocumentStartEvent):
             doc = Document(path=path, index=0 if doc is None else doc.index + 1, data=None)
             root.clear()

@@ -7,27 +7,30 @@ changes) or :class:`~reconciler.core.problems.TemporaryError` (an outage: retrie
 must be safe to show (no secrets). Implementations: ``local``, ``script``/``ssh``, ``kubernetes`` and the
 in-memory twin ``memory`` for unit tests of the engine.
 
-A driver may also offer ``observe_environment(environment, applications, check_drift)``: what ``owned_applications``
-plus one ``observe`` per application give, in one call (``local`` does: one directory scan per environment
-instead of a lookup per application); :func:`observe_environment` uses it when present.
+Optional abilities are declared, not probed: a driver class that has one inherits its protocol below, and the
+engine asks with ``isinstance`` (through :func:`batching`, :func:`observing` and :func:`health_is_observed`, which
+keep the answer per driver class: ``isinstance`` on a runtime-checkable protocol walks the protocol's members on
+every call in Python 3.11, 10-100 times the cost of an ordinary ``isinstance``, and the engine asks per unit).
 
-A driver may also offer ``batch(environment)``, a context manager: the engine enters it (for every target of the
-environment) before observing and leaves it after the last prune, so a driver can read its own records of the
-environment once and write them once (``kubernetes`` does: one inventory read and one write per environment
-instead of one of each per application). Leaving the block may raise (the records could not be written); the
-engine then reports the environment as failed, transient unless the error is a ``PermanentError``.
-
-A driver may set the class attribute ``observe_is_health = True`` when its health is nothing more than "observed
-without drift" (``local``): the engine then does not ask for the health of a unit that a drift-checking observe
-has just found unchanged.
+- :class:`ObservesEnvironment` (``observe_environment(environment, applications, check_drift)``): what
+  ``owned_applications`` plus one ``observe`` per application give, in one call (``local`` does: one directory
+  scan per environment instead of a lookup per application); :func:`observe_environment` uses it when present.
+- :class:`Batching` (``batch(environment)``, a context manager): the engine enters it (for every target of the
+  environment) before observing and leaves it after the last prune, so a driver can read its own records of the
+  environment once and write them once (``kubernetes`` does: one inventory read and one write per environment
+  instead of one of each per application). Leaving the block may raise (the records could not be written); the
+  engine then reports the environment as failed, transient unless the error is a ``PermanentError``.
+- :class:`HealthIsObserved` (``observe_is_health``): a driver whose health is nothing more than "observed without
+  drift" (``local``) sets it to ``True``; the engine then does not ask for the health of a unit that a
+  drift-checking observe has just found unchanged (:func:`health_is_observed`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol, cast, runtime_checkable
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.state import HEALTH_SEVERITY, Health, LiveUnit, worst
@@ -35,11 +38,17 @@ from reconciler.core.state import HEALTH_SEVERITY, Health, LiveUnit, worst
 __all__ = [
     "HEALTH_SEVERITY",
     "ApplyResult",
+    "Batching",
     "Driver",
     "Health",
+    "HealthIsObserved",
     "HealthReport",
     "LiveUnit",
+    "ObservesEnvironment",
+    "batching",
+    "health_is_observed",
     "observe_environment",
+    "observing",
     "worst",
 ]
 
@@ -85,14 +94,58 @@ class Driver(Protocol):
     def close(self) -> None: ...
 
 
-BatchObserve = Callable[[str, list[str], bool], dict[str, LiveUnit | None]]
-Batch = Callable[[str], AbstractContextManager[None]]
+@runtime_checkable
+class ObservesEnvironment(Protocol):
+    """A driver that observes a whole environment in one call (see the module docstring)."""
+
+    def observe_environment(
+        self, environment: str, applications: list[str], check_drift: bool
+    ) -> dict[str, LiveUnit | None]:
+        """Every application the driver holds in ``environment`` plus ``applications``, each with its live unit."""
+        ...
 
 
-def declares_observed_health(driver: Driver) -> bool:
-    """True for drivers whose health is exactly "observed without drift" (``local``): an unchanged unit that a
-    drift-checking observe found intact needs no second look."""
-    return bool(getattr(driver, "observe_is_health", False))
+@runtime_checkable
+class Batching(Protocol):
+    """A driver that reads and writes its records of an environment once per batch (see the module docstring)."""
+
+    def batch(self, environment: str) -> AbstractContextManager[None]:
+        """A block inside which calls for ``environment`` share one read and one write of the driver's records."""
+        ...
+
+
+@runtime_checkable
+class HealthIsObserved(Protocol):
+    """A driver that says whether its health is exactly "observed without drift" (see the module docstring)."""
+
+    observe_is_health: bool
+
+
+_OFFERS: dict[tuple[type, type], bool] = {}
+
+
+def _offers(driver: object, ability: type) -> bool:
+    """``isinstance(driver, ability)``, decided once per driver class (a driver's abilities are its class's)."""
+    key = (type(driver), ability)
+    found = _OFFERS.get(key)
+    if found is None:
+        found = _OFFERS[key] = isinstance(driver, ability)
+    return found
+
+
+def batching(driver: Driver) -> Batching | None:
+    """``driver`` as a :class:`Batching` driver, or ``None`` when it does not batch."""
+    return cast(Batching, driver) if _offers(driver, Batching) else None
+
+
+def observing(driver: Driver) -> ObservesEnvironment | None:
+    """``driver`` as an :class:`ObservesEnvironment` driver, or ``None`` when it observes one application a call."""
+    return cast(ObservesEnvironment, driver) if _offers(driver, ObservesEnvironment) else None
+
+
+def health_is_observed(driver: Driver) -> bool:
+    """True for drivers whose health is exactly "observed without drift" (``local``)."""
+    return _offers(driver, HealthIsObserved) and cast(HealthIsObserved, driver).observe_is_health
 
 
 def observe_environment(
@@ -100,9 +153,9 @@ def observe_environment(
 ) -> dict[str, LiveUnit | None]:
     """Every application ``driver`` holds in ``environment`` plus ``applications``, each with its live unit
     (``None``: not deployed). One call for drivers that offer ``observe_environment``, else list + observe each."""
-    batch = cast(BatchObserve | None, getattr(driver, "observe_environment", None))
     wanted = sorted(set(applications))
-    if batch is not None:
-        return batch(environment, wanted, check_drift)
+    whole = observing(driver)
+    if whole is not None:
+        return whole.observe_environment(environment, wanted, check_drift)
     names = sorted(set(driver.owned_applications(environment)) | set(wanted))
     return {name: driver.observe(environment, name, check_drift) for name in names}

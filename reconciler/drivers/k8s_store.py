@@ -24,7 +24,7 @@ from typing import Any
 
 from reconciler.core.durations import DurationError, parse_duration
 from reconciler.core.problems import PermanentError, TemporaryError
-from reconciler.drivers.k8s_api import MERGE_PATCH, ApiError, KubeApi, Resource
+from reconciler.drivers.k8s_api import MERGE_PATCH, ApiError, KubeApi, Resource, redact
 from reconciler.drivers.k8s_objects import (
     ANN_COMPONENT,
     ANN_TARGET,
@@ -51,6 +51,7 @@ from reconciler.drivers.k8s_objects import (
     ref_of,
     selector,
 )
+from reconciler.observability.logging import register_secret
 
 INVENTORY_NAMESPACE = "reconciler-system"
 CONFIGMAPS = Resource("v1", "ConfigMap", "configmaps", True)
@@ -401,10 +402,7 @@ def parse_timeout(value: object, default: float) -> float:
 
 def api_client_for(name: str, *, kubeconfig: str | None, context: str | None, in_cluster: bool = False) -> Any:
     """An ``ApiClient`` for target ``name``; :class:`PermanentError` when its credentials cannot be loaded."""
-    from kubernetes import client, config
-
-    from reconciler.drivers.k8s_api import redact
-    from reconciler.observability.logging import register_secret
+    from kubernetes import client, config  # the Kubernetes client is loaded only when a target needs it
 
     configuration = client.Configuration()
     where = "the in-cluster service account" if in_cluster else f"kubeconfig {kubeconfig or '$KUBECONFIG'}"

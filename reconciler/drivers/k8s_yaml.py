@@ -339,7 +339,7 @@ def _template_value(node: yaml.Node, flow: bool, allowed: list[re.Pattern[str] |
                 raise _Unusual("marker")
             allowed[slot] = pattern
         return _Hole(tuple(p for p in pieces if p != ""), plain)
-    inner = flow or bool(getattr(node, "flow_style", False))
+    inner = flow or (isinstance(node, yaml.CollectionNode) and bool(node.flow_style))
     if isinstance(node, yaml.MappingNode) and node.tag == _MAP_TAG:
         out: dict[str, Any] = {}
         for key, item in node.value:

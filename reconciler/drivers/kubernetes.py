@@ -60,7 +60,7 @@ from reconciler.core.desired import DesiredUnit
 from reconciler.core.problems import PermanentError, TemporaryError
 from reconciler.core.state import HEALTH_SEVERITY, worst
 from reconciler.core.yamlsafe import scalar_text
-from reconciler.drivers.base import ApplyResult, Driver, Health, HealthReport, LiveUnit
+from reconciler.drivers.base import ApplyResult, Batching, Driver, Health, HealthReport, LiveUnit, ObservesEnvironment
 from reconciler.drivers.k8s_api import APPLY_PATCH, ApiError, KubeApi, NotServed, Resource, safe_name
 from reconciler.drivers.k8s_health import assess
 from reconciler.drivers.k8s_objects import (
@@ -84,7 +84,7 @@ from reconciler.drivers.k8s_objects import (
     state_digest,
     summary,
 )
-from reconciler.drivers.k8s_store import INVENTORY_NAMESPACE, Store
+from reconciler.drivers.k8s_store import INVENTORY_NAMESPACE, Store, api_client_for, parse_timeout
 from reconciler.drivers.k8s_yaml import parse_documents_of
 
 FIELD_MANAGER = "reconciler"
@@ -157,7 +157,7 @@ def _uid_refused(exc: ApiError) -> bool:
     return isinstance(causes, list) and any(isinstance(c, dict) and c.get("field") == "metadata.uid" for c in causes)
 
 
-class KubernetesDriver:
+class KubernetesDriver(Batching, ObservesEnvironment):
     """Deploys units to one Kubernetes API server (see the module docstring for the semantics)."""
 
     kind: str = "kubernetes"
@@ -668,8 +668,6 @@ class KubernetesDriver:
 
 def build_kubernetes_driver(target: TargetConfig) -> Driver:
     """A :class:`KubernetesDriver` for one configured target (kubeconfig + context, or in-cluster)."""
-    from reconciler.drivers.k8s_store import api_client_for, parse_timeout
-
     client = api_client_for(
         target.name, kubeconfig=target.get("kubeconfig"), context=target.get("context"),
         in_cluster=bool(target.get("inCluster", False)),

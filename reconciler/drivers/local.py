@@ -44,7 +44,7 @@ from pathlib import Path
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.problems import PermanentError, TemporaryError
-from reconciler.drivers.base import ApplyResult, Health, HealthReport, LiveUnit
+from reconciler.drivers.base import ApplyResult, Health, HealthIsObserved, HealthReport, LiveUnit, ObservesEnvironment
 from reconciler.drivers.local_state import (
     INVENTORY,
     Check,
@@ -152,7 +152,7 @@ def _components(rels: Iterable[str]) -> set[str]:
     return {rel.split("/")[0] for rel in rels}
 
 
-class LocalDriver:
+class LocalDriver(ObservesEnvironment, HealthIsObserved):
     """Deploys rendered files into ``path`` (see the module docstring for the layout and guarantees)."""
 
     kind: str = "local"

@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from reconciler.core.desired import DesiredUnit
-from reconciler.drivers.base import ApplyResult, Health, HealthReport, LiveUnit
+from reconciler.drivers.base import ApplyResult, Batching, Health, HealthReport, LiveUnit
 
 
 @dataclass
-class MemoryDriver:
+class MemoryDriver(Batching):
     target: str
     kind: str = "memory"
     units: dict[tuple[str, str], DesiredUnit] = field(default_factory=dict)

@@ -17,7 +17,7 @@ from reconciler.core.audit import AuditEntry
 from reconciler.core.plan import Action, Phase, UnitPlan, worst_phase
 from reconciler.core.state import Health, worst
 from reconciler.core.tasks import Requirement, Task, TaskKind, is_drift_repair
-from reconciler.drivers.base import declares_observed_health
+from reconciler.drivers.base import health_is_observed
 from reconciler.engine.outcome import HEALTH_PHASE, AppStatus, EnvOutcome, classify, safe_message, summary
 from reconciler.engine.targets import DriverPool
 
@@ -183,7 +183,7 @@ def _settle(run: Run, task: Task) -> None:
     try:
         for plan in task.units:
             driver = run.pool.get(plan.target)
-            if declares_observed_health(driver) and (plan.action is not Action.UNCHANGED or run.ctx.check_drift):
+            if health_is_observed(driver) and (plan.action is not Action.UNCHANGED or run.ctx.check_drift):
                 continue  # just applied, or just observed in full: what health would look at is known
             report = driver.health(run.ctx.environment, task.application)
             health = worst(health, report.status)

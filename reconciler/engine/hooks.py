@@ -2,23 +2,44 @@
 
 The controller calls a :class:`MetricsSink` (the Prometheus implementation lives in
 :mod:`reconciler.observability.metrics`; :class:`NullMetrics` is the default), and every driver handed out by the
-driver pool is wrapped by :class:`InstrumentedDriver`, so driver operations are counted and timed without the
-reconcile code knowing. Called by the controller and the driver pool.
+driver pool is wrapped by :func:`instrument`, so driver operations are counted and timed without the reconcile code
+knowing; the wrapper offers exactly the optional abilities (:mod:`reconciler.drivers.base` protocols) of the driver
+it wraps. Called by the controller and the driver pool. The sink reads an outcome through :class:`Outcome`, so this
+module does not import the reconcile code (which imports the driver pool, which imports this).
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.plan import Phase
-from reconciler.drivers.base import ApplyResult, Batch, BatchObserve, Driver, HealthReport, LiveUnit
+from reconciler.drivers.base import (
+    ApplyResult,
+    Batching,
+    Driver,
+    HealthIsObserved,
+    HealthReport,
+    LiveUnit,
+    ObservesEnvironment,
+    health_is_observed,
+)
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
 
-    from reconciler.engine.reconcile import EnvOutcome
+class Outcome(Protocol):
+    """What a sink reads of one environment's reconcile outcome (:class:`reconciler.engine.reconcile.EnvOutcome`)."""
+
+    @property
+    def phase(self) -> Phase: ...
+
+    @property
+    def duration(self) -> float: ...
+
+    @property
+    def drifted(self) -> int: ...
 
 
 class MetricsSink(Protocol):
@@ -26,7 +47,7 @@ class MetricsSink(Protocol):
 
     def revision(self, revision: str | None, valid: bool) -> None: ...
 
-    def environment(self, name: str, stage: str, outcome: EnvOutcome) -> None:
+    def environment(self, name: str, stage: str, outcome: Outcome) -> None:
         """One environment's reconcile finished (duration, result, phase, drift)."""
         ...
 
@@ -52,7 +73,7 @@ class NullMetrics:
     def revision(self, revision: str | None, valid: bool) -> None:
         return None
 
-    def environment(self, name: str, stage: str, outcome: EnvOutcome) -> None:
+    def environment(self, name: str, stage: str, outcome: Outcome) -> None:
         return None
 
     def phases(self, phases: Mapping[str, tuple[str, Phase | None]], blocked: Mapping[str, str]) -> None:
@@ -71,20 +92,17 @@ class NullMetrics:
         return None
 
 
-class InstrumentedDriver:
-    """A driver whose every call is reported to a :class:`MetricsSink` (operation, result, duration)."""
+class InstrumentedDriver(HealthIsObserved):
+    """A driver whose every call is reported to a :class:`MetricsSink` (operation, result, duration).
+
+    Build it with :func:`instrument`, which adds the optional abilities the wrapped driver has."""
 
     def __init__(self, inner: Driver, metrics: MetricsSink) -> None:
         self.inner = inner
         self.metrics = metrics
         self.kind = inner.kind
         self.target = inner.target
-        self.observe_is_health = bool(getattr(inner, "observe_is_health", False))
-        batch = getattr(inner, "observe_environment", None)
-        self.observe_environment: BatchObserve | None = (
-            None if batch is None else lambda env, apps, drift: self._call("observe", batch, env, apps, drift)
-        )
-        self.batch: Batch | None = getattr(inner, "batch", None)
+        self.observe_is_health = health_is_observed(inner)
 
     def _call(self, operation: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -118,3 +136,47 @@ class InstrumentedDriver:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class _ObservingDriver(InstrumentedDriver, ObservesEnvironment):
+    def __init__(self, inner: ObservesEnvironment, driver: Driver, metrics: MetricsSink) -> None:
+        super().__init__(driver, metrics)
+        self._observing = inner
+
+    def observe_environment(
+        self, environment: str, applications: list[str], check_drift: bool
+    ) -> dict[str, LiveUnit | None]:
+        found: dict[str, LiveUnit | None] = self._call(
+            "observe", self._observing.observe_environment, environment, applications, check_drift
+        )
+        return found
+
+
+class _BatchingDriver(InstrumentedDriver, Batching):
+    def __init__(self, inner: Batching, driver: Driver, metrics: MetricsSink) -> None:
+        super().__init__(driver, metrics)
+        self._batching = inner
+
+    def batch(self, environment: str) -> AbstractContextManager[None]:
+        return self._batching.batch(environment)
+
+
+class _ObservingBatchingDriver(_ObservingDriver, Batching):
+    def __init__(self, inner: ObservesEnvironment, batching: Batching, driver: Driver, metrics: MetricsSink) -> None:
+        super().__init__(inner, driver, metrics)
+        self._batching = batching
+
+    def batch(self, environment: str) -> AbstractContextManager[None]:
+        return self._batching.batch(environment)
+
+
+def instrument(inner: Driver, metrics: MetricsSink) -> InstrumentedDriver:
+    """``inner`` wrapped so every call is reported to ``metrics``; the wrapper is :class:`ObservesEnvironment`
+    and/or :class:`Batching` exactly when ``inner`` is."""
+    if isinstance(inner, ObservesEnvironment) and isinstance(inner, Batching):
+        return _ObservingBatchingDriver(inner, inner, inner, metrics)
+    if isinstance(inner, ObservesEnvironment):
+        return _ObservingDriver(inner, inner, metrics)
+    if isinstance(inner, Batching):
+        return _BatchingDriver(inner, inner, metrics)
+    return InstrumentedDriver(inner, metrics)

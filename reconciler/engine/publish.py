@@ -4,7 +4,7 @@ Audit entries are taken from each outcome as its reconcile returns (:meth:`Publi
 for the cycle's status commit, and governance learns them at once (promotion, soak). :meth:`Publisher.write`
 writes every changed environment document, ``controller.yaml`` and the waiting entries in one commit; a push that
 fails keeps everything for the next cycle, so nothing is lost. :meth:`Publisher.restore` seeds the scheduler's
-state from the status branch after a restart. The document format is :mod:`reconciler.engine.statusdoc`'s.
+state from the status branch after a restart. The document format is :mod:`reconciler.status.document`'s.
 Owned by the controller.
 """
 
@@ -14,33 +14,27 @@ import json
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace as evolve
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from reconciler.core.model import Environment
 from reconciler.core.plan import Phase
 from reconciler.core.problems import ReconcilerError
-from reconciler.engine import statusdoc
 from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
 from reconciler.engine.outcome import AppStatus, EnvOutcome
 from reconciler.engine.revision import Revisions
 from reconciler.engine.schedule import Scheduler
 from reconciler.observability.logging import get_logger
+from reconciler.status import document as statusdoc
+from reconciler.status.store import AuditTrail
 
 
 class Store(Protocol):
     def read(self) -> Any: ...
     def write(self, replace: Mapping[str, bytes], append: Mapping[str, bytes], message: str) -> str | None: ...
-
-
-@runtime_checkable
-class AuditStore(Store, Protocol):
-    """A store that can also list the audit trail (governance learns the history from it at start-up)."""
-
-    def audit_lines(self) -> Iterator[dict[str, Any]]: ...
 
 
 def _still_live(status: AppStatus, before: object) -> str | None:
@@ -73,7 +67,7 @@ class Publisher:
         if self.store is None:
             return
         snapshot = self.store.read()
-        if isinstance(self.store, AuditStore):
+        if isinstance(self.store, AuditTrail):
             self.gov.learn(self.store.audit_lines())
         for path, data in snapshot.files.items():
             if not (path.startswith("environments/") and path.endswith(".yaml")):

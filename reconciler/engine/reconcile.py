@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import cast
 
 from reconciler.core.decide import ALLOWED, AppVerdict, Facts, verdicts
 from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of
@@ -25,7 +24,7 @@ from reconciler.core.policy import requirement_hold
 from reconciler.core.state import LiveUnit
 from reconciler.core.tasks import Inputs, plan_tasks
 from reconciler.core.tree import SourceTree
-from reconciler.drivers.base import Batch, declares_observed_health, observe_environment
+from reconciler.drivers.base import batching, health_is_observed, observe_environment
 from reconciler.engine.execute import Context, execute
 from reconciler.engine.memo import RenderMemo, Settled
 from reconciler.engine.outcome import AppStatus, EnvOutcome, classify, safe_message
@@ -182,9 +181,9 @@ def _observe(job: Job, pool: DriverPool, wanted: Wanted, batches: ExitStack) -> 
     live: Live = {}
     for target, applications in wanted:
         driver = pool.get(target)
-        opener = cast(Batch | None, getattr(driver, "batch", None))
+        opener = batching(driver)
         if opener is not None:
-            batches.enter_context(opener(job.env.name))
+            batches.enter_context(opener.batch(job.env.name))
         found = observe_environment(driver, job.env.name, applications, job.check_drift)
         live.update(((app, target), unit) for app, unit in found.items())
     return live
@@ -235,7 +234,7 @@ def _reconcile(
         if render_errors:
             return _invalid(job, render_errors, started, clock)
     if job.check_drift and all(
-        p.action is Action.UNCHANGED and declares_observed_health(pool.get(p.target)) for p in plans
+        p.action is Action.UNCHANGED and health_is_observed(pool.get(p.target)) for p in plans
     ):  # the common drift check: everything observed in full and unchanged, so there is nothing to decide or ask
         synced = {p.application: AppStatus(p.to_version, p.to_version, Phase.SYNCED) for p in plans}
         count = len(synced)

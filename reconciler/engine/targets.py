@@ -14,7 +14,7 @@ from reconciler.core.config import ControllerConfig, TargetConfig
 from reconciler.core.durations import parse_duration
 from reconciler.core.problems import PermanentError
 from reconciler.drivers.base import Driver
-from reconciler.engine.hooks import InstrumentedDriver, MetricsSink, NullMetrics
+from reconciler.engine.hooks import MetricsSink, NullMetrics, instrument
 
 Factory = Callable[[TargetConfig], Driver]
 
@@ -81,7 +81,7 @@ class DriverPool:
                         f"target {name!r} is not configured (no entry in targets or targetPatterns of "
                         f"{self.config.path})"
                     )
-                driver = self._drivers[name] = InstrumentedDriver(self.factory(target), self.metrics)
+                driver = self._drivers[name] = instrument(self.factory(target), self.metrics)
             return driver
 
     def close(self) -> None:

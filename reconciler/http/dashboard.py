@@ -291,46 +291,41 @@ def _names_width(names: Iterable[str]) -> int:
     return 26 + round(6.6 * min(40, max((len(n) for n in names), default=11)))
 
 
-def render_index(snapshot: Mapping[str, Any], query: Mapping[str, str]) -> bytes:
-    """The ``/`` page: filters from ``query`` (``stage``, ``region``, ``app``, ``phase``; empty means all)."""
-    chosen = {k: str(query.get(k) or "") for k in FILTERS}
-    envs = [e for e in snapshot.get("environments") or [] if isinstance(e, Mapping)]
-    apps = [str(a) for a in snapshot.get("applications") or []]
-    stages = sorted({str(e.get("stage")) for e in envs if e.get("stage") is not None})
-    regions = sorted({str(_labels(e)["region"]) for e in envs if _labels(e).get("region") is not None})
-    app = chosen["app"]
-    columns = [app] if app else apps
-    scoped = [
-        e
-        for e in envs
-        if (not chosen["stage"] or str(e.get("stage")) == chosen["stage"])
-        and (not chosen["region"] or str(_labels(e).get("region")) == chosen["region"])
-        and (not app or app in _apps_of(e))
-    ]
-    counts = dict.fromkeys(PHASES, 0)
-    for env in scoped:
-        counts[_row_phase(env, app)] += 1
-    rows = [e for e in scoped if not chosen["phase"] or _row_phase(e, app) == chosen["phase"]]
+def _link(chosen: Mapping[str, str], **changes: str) -> str:
+    """The ``/`` page with the filters ``chosen`` changed by ``changes`` (an empty value drops a filter)."""
+    params = {k: v for k, v in {**chosen, **changes}.items() if v}
+    return "/?" + urlencode(params) if params else "/"
 
-    def link(**changes: str) -> str:
-        params = {k: v for k, v in {**chosen, **changes}.items() if v}
-        return "/?" + urlencode(params) if params else "/"
 
-    body = [
-        f"<header><h1>Release reconciler</h1><span>{len(envs)} environments × {len(apps)} applications</span>"
-        f'<span>showing <strong id="shown">{len(rows)}</strong></span>'
-        f'<a href="/">clear filters</a><a href="/api/v1/environments">JSON</a><a href="/metrics">metrics</a></header>',
-        _banner(snapshot),
-        f'<nav id="counts" aria-label="{"application " if app else ""}phase counts">',
-    ]
+def _in_scope(env: Mapping[str, Any], chosen: Mapping[str, str]) -> bool:
+    """``env`` passes the stage, region and application filters (the phase filter applies to rows only)."""
+    return (
+        (not chosen["stage"] or str(env.get("stage")) == chosen["stage"])
+        and (not chosen["region"] or str(_labels(env).get("region")) == chosen["region"])
+        and (not chosen["app"] or chosen["app"] in _apps_of(env))
+    )
+
+
+def _counts_nav(chosen: Mapping[str, str], counts: Mapping[str, int]) -> list[str]:
+    """The phase counts, each a link that toggles the phase filter."""
+    label = "application " if chosen["app"] else ""
+    nav = [f'<nav id="counts" aria-label="{label}phase counts">']
     for phase in PHASES:
         on = chosen["phase"] == phase
-        body.append(
-            f'<a href="{esc(link(phase="" if on else phase))}" class="p{" on" if on else ""}" data-phase={phase}>'
-            f'<span class="count" data-phase="{phase}">{counts[phase]}</span> {phase}</a>'
+        nav.append(
+            f'<a href="{esc(_link(chosen, phase="" if on else phase))}" class="p{" on" if on else ""}" '
+            f'data-phase={phase}><span class="count" data-phase="{phase}">{counts[phase]}</span> {phase}</a>'
         )
-    body += [
-        "</nav>",
+    nav.append("</nav>")
+    return nav
+
+
+def _filters_and_legend(envs: list[Mapping[str, Any]], apps: list[str], chosen: Mapping[str, str]) -> list[str]:
+    """The filter form (stage, region, application, phase) and the legend of the marks."""
+    app = chosen["app"]
+    stages = sorted({str(e.get("stage")) for e in envs if e.get("stage") is not None})
+    regions = sorted({str(_labels(e)["region"]) for e in envs if _labels(e).get("region") is not None})
+    return [
         '<form id="filters" method="get" action="/">',
         _select("stage", "stage", stages, chosen["stage"]),
         _select("region", "region", regions, chosen["region"]),
@@ -344,30 +339,58 @@ def render_index(snapshot: Mapping[str, Any], query: Mapping[str, str]) -> bytes
         + (f"phase of <strong>{esc(app)}</strong> per environment." if app else "environment phases.")
         + " Click a column header to filter by application, an environment for its details.</p>",
     ]
+
+
+def _matrix(rows: list[Mapping[str, Any]], columns: list[str], chosen: Mapping[str, str]) -> list[str]:
+    """The environment x application matrix: a header row of applications, one row per environment."""
     names = [str(env.get("name")) for env in rows]
     width = _names_width(names)
-    body.append(
+    out = [
         f'<div id="matrix" role="table" aria-label="phase and version of each application per environment" '
         f'style="--names:{width}px;width:{width + len(columns) * (CELL_WIDTH + 1)}px">'
         '<div class="h" role="row"><span role="columnheader">environment</span>'
-    )
-    body += [
-        f'<span role=columnheader data-app={_bare(a)} title="{esc(a)}"><a href="{esc(link(app=a))}">{esc(a)}</a></span>'
+    ]
+    out += [
+        f'<span role=columnheader data-app={_bare(a)} title="{esc(a)}">'
+        f'<a href="{esc(_link(chosen, app=a))}">{esc(a)}</a></span>'
         for a in columns
     ]
-    body.append("</div>")
+    out.append("</div>")
     cells = _Cells()
     for name, env in zip(names, rows, strict=True):
         statuses = _apps_of(env)
         phase = phase_of(env.get("phase"))
         hint = f"{phase}: {env.get('message') or ''}"
-        body.append(
+        out.append(
             f"<div class=r role=row data-env={_bare(name)} data-phase={phase}>"
             f'<span role=rowheader title="{esc(hint)}"><a href="{esc(env_url(name))}">{esc(name)}</a></span>'
             + "".join([cells.cell(a, statuses.get(a)) for a in columns])
             + "</div>"
         )
-    body.append("</div>")
+    out.append("</div>")
+    return out
+
+
+def render_index(snapshot: Mapping[str, Any], query: Mapping[str, str]) -> bytes:
+    """The ``/`` page: filters from ``query`` (``stage``, ``region``, ``app``, ``phase``; empty means all)."""
+    chosen = {k: str(query.get(k) or "") for k in FILTERS}
+    envs = [e for e in snapshot.get("environments") or [] if isinstance(e, Mapping)]
+    apps = [str(a) for a in snapshot.get("applications") or []]
+    app = chosen["app"]
+    scoped = [e for e in envs if _in_scope(e, chosen)]
+    counts = dict.fromkeys(PHASES, 0)
+    for env in scoped:
+        counts[_row_phase(env, app)] += 1
+    rows = [e for e in scoped if not chosen["phase"] or _row_phase(e, app) == chosen["phase"]]
+    body = [
+        f"<header><h1>Release reconciler</h1><span>{len(envs)} environments × {len(apps)} applications</span>"
+        f'<span>showing <strong id="shown">{len(rows)}</strong></span>'
+        f'<a href="/">clear filters</a><a href="/api/v1/environments">JSON</a><a href="/metrics">metrics</a></header>',
+        _banner(snapshot),
+        *_counts_nav(chosen, counts),
+        *_filters_and_legend(envs, apps, chosen),
+        *_matrix(rows, [app] if app else apps, chosen),
+    ]
     if not rows:
         body.append('<p id="empty">No environment matches these filters.</p>')
     # no paint until the matrix is parsed and the script has run (Chromium would otherwise lay the page out again

@@ -18,16 +18,14 @@ import socket
 import time
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from reconciler.core.plan import Phase
+from reconciler.http.ports import App
 from reconciler.http.webhooks import Verdict, authenticate, decide, signed, unsigned
 from reconciler.observability import logging as logs
 from reconciler.observability.metrics import WebhookResult
-
-if TYPE_CHECKING:
-    from reconciler.http.server import HttpServer
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -109,8 +107,8 @@ class Handler(BaseHTTPRequestHandler):
 
     # --- connection set-up and logging ------------------------------------------------------------------------
     @property
-    def app(self) -> HttpServer:
-        app: HttpServer = self.server.app  # type: ignore[attr-defined]
+    def app(self) -> App:
+        app: App = self.server.app  # type: ignore[attr-defined]
         return app
 
     def setup(self) -> None:

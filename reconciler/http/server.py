@@ -25,15 +25,13 @@ import socket
 import threading
 from collections.abc import Mapping
 from http.server import ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler.http.handler import Handler
+from reconciler.http.ports import App, ControllerView
 from reconciler.http.webhooks import WebhookSecrets
 from reconciler.observability import logging as logs
 from reconciler.observability.metrics import PrometheusMetrics
-
-if TYPE_CHECKING:
-    from reconciler.engine.controller import Controller
 
 DEFAULT_MAX_BODY = 1024 * 1024
 DASHBOARD_MODULE = "reconciler.http.dashboard"
@@ -97,12 +95,12 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class HttpServer:
+class HttpServer(App):
     """Serves the controller over HTTP in daemon threads; ``start()`` binds (port 0: any free port)."""
 
     def __init__(
         self,
-        controller: Controller,
+        controller: ControllerView,
         listen: str,
         *,
         webhooks: Mapping[str, Any] | None = None,
@@ -188,7 +186,7 @@ class HttpServer:
     def ready(self) -> list[str]:
         """Why the controller is not ready (empty: ready)."""
         reasons = []
-        if not getattr(self.controller, "loop_running", False):
+        if not self.controller.loop_running:
             reasons.append("controller loop not running")
         if not self.controller.fetched_once.is_set():
             reasons.append("source not fetched yet")

@@ -7,6 +7,7 @@ reported as a problem naming it and its content is never read. ``.git`` is skipp
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ class DirectoryTree:
         try:
             target = path.resolve(strict=True)
         except (RuntimeError, OSError) as exc:
-            loop = isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == 40
+            loop = isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP
             message = "symlink loop" if loop else "symlink points to nothing (dangling)"
             self.problems.append(Problem(rel, None, message))
             return None

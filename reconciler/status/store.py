@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from reconciler.core.problems import PermanentError, TemporaryError
 from reconciler.core.tree import blob_id
@@ -31,6 +31,16 @@ DEFAULT_BRANCH = "reconciler-status"
 GC_EVERY = 50  # status commits between two ``git gc --auto`` of the cache
 _BUILD_REF = b"refs/reconciler/status-build"  # where fast-import leaves the commit it built (the cache only)
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class AuditTrail(Protocol):
+    """A store that can read back its audit trail (the controller learns from it at start-up what ran where since
+    when, for promotion soak)."""
+
+    def audit_lines(self, prefix: str = "audit/") -> Iterator[dict[str, Any]]:
+        """Every audit entry under ``prefix``, oldest first."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,7 @@ def _short(ref: str) -> str:
     return ref.removeprefix("refs/heads/")
 
 
-class StatusStore:
+class StatusStore(AuditTrail):
     """Reads and fast-forwards the status branch of ``url``. Thread-safe (one operation at a time)."""
 
     def __init__(

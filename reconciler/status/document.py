@@ -1,7 +1,9 @@
 """Status documents of the status branch (``environments/<env>.yaml``, ``controller.yaml``) and their identity.
 
 A document is rewritten only when something other than its ``updated`` time changed, so a cycle in which nothing
-happened makes no status commit. Called by the controller; the bytes go to :mod:`reconciler.status.store`.
+happened makes no status commit. The schema lives with the status branch, not the engine: the controller writes
+documents (the bytes go to :mod:`reconciler.status.store`), and the ``status``, ``history`` and ``plan --live``
+commands read them without importing the engine.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.engine import statusdoc
+from reconciler.status import document
 
 TRICKY = [
     "",
@@ -85,7 +85,7 @@ TRICKY = [
 @pytest.mark.parametrize("value", TRICKY)
 def test_a_string_reads_back_as_itself(value: str) -> None:
     doc = {"value": value, "list": [value], "nested": {value or "k": value}}
-    assert yaml.safe_load(statusdoc.dump(doc)) == doc
+    assert yaml.safe_load(document.dump(doc)) == doc
 
 
 def test_a_whole_document_reads_back_and_is_block_style() -> None:
@@ -104,18 +104,18 @@ def test_a_whole_document_reads_back_and_is_block_style() -> None:
         "none": [],
         "matrix": [[1, 2], ["a"]],
     }
-    text = statusdoc.dump(doc).decode()
+    text = document.dump(doc).decode()
     assert yaml.safe_load(text) == doc
     assert 'applications:\n  shop:\n    desired: "3.10"\n' in text
     assert 'recent:\n- time: "2026-11-29T00:00:00Z"\n  to: "3.10"\n' in text
-    assert statusdoc.parse(text.encode()) == doc
+    assert document.parse(text.encode()) == doc
 
 
 def test_an_application_entry_is_one_object_per_content() -> None:
-    entry = statusdoc.app_entry("1.4.0", "1.4.0", "Synced", "")
+    entry = document.app_entry("1.4.0", "1.4.0", "Synced", "")
     assert entry == {"desired": "1.4.0", "live": "1.4.0", "phase": "Synced", "message": ""}
-    assert statusdoc.app_entry("1.4.0", "1.4.0", "Synced", "") is entry
-    assert statusdoc.app_entry("1.4.0", None, "Failed", "boom") == {
+    assert document.app_entry("1.4.0", "1.4.0", "Synced", "") is entry
+    assert document.app_entry("1.4.0", None, "Failed", "boom") == {
         "desired": "1.4.0",
         "live": None,
         "phase": "Failed",
