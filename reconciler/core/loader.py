@@ -245,7 +245,7 @@ class _Builder:
             try:
                 soak = parse_duration(spec["soak"])
             except DurationError as exc:
-                self.error(doc, ("spec", "soak"), str(exc))
+                self.error(doc, ("spec", "soak"), f"soak: {exc}")
         waves = tuple(
             Wave(w["name"], _selector(w.get("selector")), w.get("maxParallel")) for w in spec.get("waves", ())
         )
@@ -365,7 +365,7 @@ class _Builder:
             try:
                 duration = parse_duration(win["duration"])
             except DurationError as exc:
-                self.error(doc, ("spec", "recurring", i, "duration"), str(exc))
+                self.error(doc, ("spec", "recurring", i, "duration"), f"recurring[{i}].duration: {exc}")
                 continue
             recurring.append(RecurringWindow(win["cron"], duration, win.get("timezone", "UTC")))
         scope = spec.get("scope", {})
