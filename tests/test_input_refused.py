@@ -68,6 +68,17 @@ def test_an_overflowing_value_is_refused_by_validate_naming_file_line_and_field(
     assert "internal error" not in out and "Traceback" not in out
 
 
+@pytest.mark.parametrize("zone", ["9" * 300, "Europe/" + "x" * 300, "Europe/../../etc", "Mars/Olympus"])
+def test_an_impossible_time_zone_is_refused_naming_the_freeze_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], zone: str
+) -> None:  # found by the property test: a long name made ZoneInfo raise OSError (File name too long)
+    code, out = validate(tmp_path, edited(FREEZE, "timezone: Europe/Paris", f"timezone: '{zone}'"), capsys)
+    assert code == 1, out
+    assert out.startswith(f"{FREEZE}:") and ("time zone" in out or "timezone" in out), out
+    assert len(out.splitlines()[0]) < 300, out  # the value is shortened, not echoed whole
+    assert "internal error" not in out and "Traceback" not in out
+
+
 def test_ten_years_is_still_a_valid_soak(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = validate(tmp_path, edited(PROD, "soak: 24h", "soak: 3652d"), capsys)
     assert code == 0, out
