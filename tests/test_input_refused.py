@@ -156,6 +156,16 @@ def test_an_overflowing_config_value_is_an_error_naming_the_config_file(
     assert field in message and "maximum" in message, message
 
 
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "localhost", "::1:8080", "127.0.0.1:" + "9" * 5000])
+def test_a_bad_listen_address_is_an_error_naming_the_config_file(tmp_path: Path, listen: str) -> None:
+    path = _config(tmp_path, {"listen": listen})
+    with pytest.raises(InvalidInput) as info:
+        parse_config(str(path), path.read_bytes())
+    message = str(info.value)
+    assert message.startswith(f"{path}:") and "listen" in message and "port 0-65535" in message, message
+    assert len(message) < 400, message
+
+
 def test_run_refuses_an_overflowing_interval_before_starting(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
     fleet.write_config(source={"url": str(fleet.upstream.bare), "branch": "main", "interval": HUGE})
     capsys.readouterr()
