@@ -15,7 +15,6 @@ from datetime import datetime
 from reconciler.core.instants import InstantError, parse_instant
 from reconciler.core.loader import Limits
 
-
 MAX_SIZE = 1024**4  # 1 TiB: a bound on --max-file-size / --max-repo-size
 
 

@@ -117,7 +117,10 @@ def _durations(path: str, doc: Document, raw: dict[str, Any]) -> dict[str, float
     for key, where in places:
         node: Any = raw
         for part in where:
-            node = node.get(part) if isinstance(node, dict) else node[part] if isinstance(node, list) else None
+            if isinstance(node, dict):
+                node = node.get(part)
+            else:
+                node = node[part] if isinstance(node, list) and isinstance(part, int) else None
         if not isinstance(node, str):
             continue
         try:
