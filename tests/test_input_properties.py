@@ -15,6 +15,7 @@ import json
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from hypothesis import strategies as st
 from reconciler.cli import main
 from reconciler.core.config import parse_config
 from reconciler.core.loader import load_repo
+from reconciler.core.model import ReleasesRepo
+from reconciler.core.policy import Stint, freeze_hold, promotion_hold
 from reconciler.core.problems import InvalidInput
 from reconciler.core.tree import MemoryTree
 from tests.engine import ENVIRONMENTS, Fleet
@@ -38,7 +41,7 @@ CRASH_MARKS = ("Traceback", "internal error", "OverflowError", "RecursionError")
 
 durations = st.one_of(
     st.from_regex(r"\A([0-9]{1,25}d)?([0-9]{1,25}h)?([0-9]{1,25}m)?([0-9]{1,25}s)?\Z"),
-    st.integers(min_value=0, max_value=10**30).map(lambda n: f"{n}s"),
+    st.tuples(st.integers(min_value=0, max_value=10**30), st.sampled_from("dhms")).map(lambda t: f"{t[0]}{t[1]}"),
     st.sampled_from(["0s", "3653d", "3654d", "9999999999d", "87660h", "1h30m", "٣d", "24H", "-1d", "9" * 5000 + "d"]),
 )
 numbers = st.one_of(
@@ -166,7 +169,8 @@ KINDS = {
 def heads_in(slots: list[Slot]) -> st.SearchStrategy[dict[str, bytes]]:
     """Generated repos: a slot of ``slots``, a value (of its kind or any), production promoted or not."""
     pairs = st.sampled_from(slots).flatmap(lambda slot: st.tuples(st.just(slot), st.one_of(KINDS[slot.kind], values)))
-    return st.builds(lambda pair, promote: head(*pair, promote), pairs, st.booleans())
+    promote = st.sampled_from([True, False])  # True first: the simplest examples run the policies too
+    return st.builds(lambda pair, promoted: head(*pair, promoted), pairs, promote)
 
 
 heads = heads_in(SLOTS)
@@ -180,10 +184,33 @@ def no_crash(text: str) -> None:
 # --- the loader and validate ---------------------------------------------------------------------------------------
 
 
+# when the policies are asked: now, inside the mini repo's absolute freeze, at its leap-day recurring one
+MOMENTS = [datetime.now(UTC), datetime(2025, 12, 25, 12, tzinfo=UTC), datetime(2028, 2, 29, 1, 0, 30, tzinfo=UTC)]
+
+
+def evaluate_policies(repo: ReleasesRepo) -> None:
+    """Every freeze and promotion verdict a plan or a cycle could ask of a loaded repo (pure, cheap): whatever the
+    values loaded, a verdict is a hold or nothing, never an exception."""
+    for now in MOMENTS:
+        # every desired version ran in every environment since an hour ago: the soak is computed for each
+        history = {
+            (env.name, app): [Stint(version, now - timedelta(hours=1))]
+            for env in repo.environments.values()
+            for app, version in repo.desired_versions(env).items()
+        }
+        for env in repo.environments.values():
+            for app, version in repo.desired_versions(env).items():
+                freeze_hold(repo, env, app, now)
+                promotion_hold(repo, env, app, version + ".next", history, now)
+                promotion_hold(repo, env, app, version, {}, now)
+
+
 def check_load_and_validate(files: dict[str, bytes], root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = load_repo(MemoryTree(files))
     for problem in result.all_problems():
         assert problem.path in files, problem
+    if result.repo is not None:
+        evaluate_policies(result.repo)
     repo = root / "repo"
     write_repo(repo, files)
     capsys.readouterr()
