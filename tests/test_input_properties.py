@@ -225,14 +225,16 @@ def check_load_and_validate(files: dict[str, bytes], root: Path, capsys: pytest.
 
 
 def _loader_body(tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]) -> Callable[..., None]:
+    root = tmp_path_factory.mktemp("gen")  # one directory: every example writes the same files over
+
     def body(files: dict[str, bytes]) -> None:
-        check_load_and_validate(files, tmp_path_factory.mktemp("gen"), capsys)
+        check_load_and_validate(files, root, capsys)
 
     return body
 
 
 CI = settings(derandomize=True, max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-LONG = settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+LONG = settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 SLOT_IDS = [f"{i:02d}-{Path(s.path).stem}-{s.kind}" for i, s in enumerate(SLOTS)]

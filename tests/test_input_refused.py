@@ -209,6 +209,22 @@ def test_parameters_and_labels_keep_the_text_the_user_wrote(tmp_path: Path) -> N
         assert f"  {expected}\n" in text, text
 
 
+def test_labels_written_as_numbers_or_booleans_keep_their_text() -> None:
+    files = edited(SHARED, "labels: {scope: shared}", "labels: {scope: shared, tier: 010, generation: 1.10, pci: true}")
+    files = {
+        **files,
+        "applications/ref/application.yaml": files["applications/ref/application.yaml"].replace(
+            b"name: ref\n", b"name: ref\n  labels: {tier: 1.0}\n", 1
+        ),
+    }
+    result = load_repo(MemoryTree(files))
+    assert result.ok, result.all_problems()
+    assert result.repo is not None
+    labels = result.repo.environments["shared-production"].labels
+    assert labels == {"scope": "shared", "tier": "010", "generation": "1.10", "pci": "true"}
+    assert result.repo.applications["ref"].labels == {"tier": "1.0"}
+
+
 def test_a_yes_where_a_boolean_is_expected_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = validate(tmp_path, edited(PROD, "soak: 24h", "soak: 24h\n  protected: yes"), capsys)
     assert code == 1, out

@@ -210,7 +210,7 @@ class _Builder:
             components=tuple(components),
             depends_on=tuple(spec.get("dependsOn", ())),
             description=spec.get("description", ""),
-            labels=dict(meta.get("labels", {})),
+            labels={k: scalar_text(v) for k, v in meta.get("labels", {}).items()},
             origin=_origin(doc),
         )
         if name in self.applications:
@@ -282,7 +282,7 @@ class _Builder:
             name=meta["name"],
             stage=spec["stage"],
             targets=dict(spec["targets"]),
-            labels=dict(meta.get("labels", {})),
+            labels={k: scalar_text(v) for k, v in meta.get("labels", {}).items()},
             parameters=dict(spec.get("parameters", {})),
             pins={k: scalar_text(v) for k, v in spec.get("pins", {}).items()},
             applications=tuple(apps) if apps is not None else None,
