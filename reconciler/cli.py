@@ -10,19 +10,31 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 
+from reconciler.core.instants import InstantError, parse_instant
 from reconciler.core.loader import Limits
+
+MAX_SIZE = 1024**4  # 1 TiB: a bound on --max-file-size / --max-repo-size
 
 
 def _size(text: str) -> int:
     units = {"k": 1024, "m": 1024**2, "g": 1024**3}
     text = text.strip().lower().removesuffix("ib").removesuffix("b")
     try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 1048576, 512k, 1m)") from None
+        size = int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+    except (ValueError, OverflowError) as exc:  # 1e400k is inf: OverflowError, not a crash
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (e.g. 1048576, 512k, 1m)") from exc
+    if not 1 <= size <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"size {text!r} is out of bounds (1 byte to 1 TiB)")
+    return size
+
+
+def _instant(text: str) -> datetime:
+    try:
+        return parse_instant(text)
+    except InstantError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _add_limits(p: argparse.ArgumentParser) -> None:
@@ -62,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--live", action="store_true", help="compare with the live versions on the status branch")
     p.add_argument("--config", help="the controller config (with --live)")
     p.add_argument("--status-ref", help="where the audit trail is (default: reconciler-status, local or origin)")
-    p.add_argument("--now", help="evaluate time-based policies at this ISO 8601 time (default: now)")
+    p.add_argument("--now", type=_instant, help="evaluate time-based policies at this ISO 8601 time (default: now)")
     _add_limits(p)
 
     p = sub.add_parser("run", help="run the controller")
@@ -82,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", help="only this environment")
     p.add_argument("--app", help="only this application")
     p.add_argument("--stage", help="only this stage")
-    p.add_argument("--since", help="from this time (ISO 8601, e.g. 2026-11-01)")
-    p.add_argument("--until", help="before this time (ISO 8601)")
+    p.add_argument("--since", type=_instant, help="from this time (ISO 8601, e.g. 2026-11-01; UTC unless an offset)")
+    p.add_argument("--until", type=_instant, help="before this time (ISO 8601)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
     p = sub.add_parser("demo", help="run the controller on the embedded example fleet")

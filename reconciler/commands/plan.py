@@ -214,7 +214,7 @@ def run_plan(args: argparse.Namespace) -> int:
         base_result = load_repo(base_tree, limits) if base_tree is not None else None
         base_repo = base_result.repo if base_result else None
         plan = compare(base_repo, base_tree, head_result.repo, head_tree, live)
-        now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+        now = args.now or datetime.now(UTC)  # parsed (aware) by the CLI
         history, status_ref = _history(source, args.status_ref)
         trailers = source.commit(head).trailers
         verdicts = _verdicts(head_result, plan, history, now, trailers, status_ref)

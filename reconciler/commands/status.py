@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from reconciler.commands.common import ConfigError, fail, load_config, status_store
+from reconciler.core.instants import read_instant
 from reconciler.core.problems import ReconcilerError
 from reconciler.status import document
 
@@ -152,7 +153,10 @@ def _matches(entry: dict[str, Any], args: argparse.Namespace) -> bool:
         return False
     if getattr(args, "stage", None) and entry.get("stage") != args.stage:
         return False
-    when = str(entry.get("time", ""))
-    if getattr(args, "since", None) and when < args.since:
+    since, until = getattr(args, "since", None), getattr(args, "until", None)
+    if since is None and until is None:
+        return True
+    when = read_instant(entry.get("time"))  # instants, not strings: 08:00Z is after 09:00+02:00
+    if when is None:
         return False
-    return not (getattr(args, "until", None) and when >= args.until)
+    return (since is None or when >= since) and (until is None or when < until)

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler.core import schemas
-from reconciler.core.durations import parse_duration
+from reconciler.core.durations import DurationError, parse_duration
 from reconciler.core.problems import InvalidInput, Problem
-from reconciler.core.yamlsafe import parse_file
+from reconciler.core.schemas import dotted
+from reconciler.core.yamlsafe import Document, Path, parse_file
 
 PATH_FIELDS = ("path", "identityFile", "knownHosts", "kubeconfig")
 
@@ -91,6 +92,49 @@ def _fill(value: Any, target: str) -> Any:
     return value
 
 
+_DURATIONS = (
+    ("interval", ("source", "interval")),
+    ("source_timeout", ("source", "timeout")),
+    ("apply_timeout", ("applyTimeout",)),
+    ("drift_interval", ("driftCheckInterval",)),
+    ("backoff_initial", ("backoff", "initial")),
+    ("backoff_max", ("backoff", "max")),
+)
+TARGET_DURATIONS = ("timeout", "healthTimeout")
+
+
+def _durations(path: str, doc: Document, raw: dict[str, Any]) -> dict[str, float]:
+    """The config's durations in seconds, keyed by field of :class:`ControllerConfig`; also checks the targets'
+    own durations, so a value the schema's pattern accepts but that is out of bounds (over 10 years) is refused
+    here, naming the file, line and field, before anything runs. Raises :class:`InvalidInput` with every one."""
+    durations: dict[str, float] = {}
+    problems: list[Problem] = []
+    places: list[tuple[str | None, Path]] = [(key, where) for key, where in _DURATIONS]
+    for section in ("targets", "targetPatterns"):
+        entries = raw.get(section) or {}
+        for name in entries if isinstance(entries, dict) else range(len(entries)):
+            places += [(None, (section, name, key)) for key in TARGET_DURATIONS]
+    for key, where in places:
+        node: Any = raw
+        for part in where:
+            if isinstance(node, dict):
+                node = node.get(part)
+            else:
+                node = node[part] if isinstance(node, list) and isinstance(part, int) else None
+        if not isinstance(node, str):
+            continue
+        try:
+            seconds = float(parse_duration(node))
+        except DurationError as exc:
+            problems.append(Problem(path, doc.line(where), f"{dotted(where)}: {exc}"))
+            continue
+        if key is not None:
+            durations[key] = seconds
+    if problems:
+        raise InvalidInput(problems)
+    return durations
+
+
 def parse_config(path: str, data: bytes) -> ControllerConfig:
     """Parse and validate a config file. Raises :class:`InvalidInput` with every problem."""
     docs, problems = parse_file(path, data)
@@ -103,20 +147,7 @@ def parse_config(path: str, data: bytes) -> ControllerConfig:
     problems = schemas.check("config", raw, doc)
     if problems:
         raise InvalidInput(problems)
-    durations: dict[str, float] = {}
-    for key, where in (
-        ("interval", ("source", "interval")),
-        ("source_timeout", ("source", "timeout")),
-        ("apply_timeout", ("applyTimeout",)),
-        ("drift_interval", ("driftCheckInterval",)),
-        ("backoff_initial", ("backoff", "initial")),
-        ("backoff_max", ("backoff", "max")),
-    ):
-        node: Any = raw
-        for part in where:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, str):
-            durations[key] = float(parse_duration(node))
+    durations = _durations(path, doc, raw)
     base = posixpath.dirname(path)
     source, status = raw["source"], raw.get("status", {})
     url = source["url"]

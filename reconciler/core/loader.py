@@ -218,7 +218,7 @@ class _Builder:
             components=tuple(components),
             depends_on=tuple(spec.get("dependsOn", ())),
             description=spec.get("description", ""),
-            labels=dict(meta.get("labels", {})),
+            labels={k: scalar_text(v) for k, v in meta.get("labels", {}).items()},
             origin=_origin(doc),
         )
         if name in self.applications:
@@ -253,7 +253,7 @@ class _Builder:
             try:
                 soak = parse_duration(spec["soak"])
             except DurationError as exc:
-                self.error(doc, ("spec", "soak"), str(exc))
+                self.error(doc, ("spec", "soak"), f"soak: {exc}")
         waves = tuple(
             Wave(w["name"], _selector(w.get("selector")), w.get("maxParallel")) for w in spec.get("waves", ())
         )
@@ -290,7 +290,7 @@ class _Builder:
             name=meta["name"],
             stage=spec["stage"],
             targets=dict(spec["targets"]),
-            labels=dict(meta.get("labels", {})),
+            labels={k: scalar_text(v) for k, v in meta.get("labels", {}).items()},
             parameters=dict(spec.get("parameters", {})),
             pins={k: scalar_text(v) for k, v in spec.get("pins", {}).items()},
             applications=tuple(apps) if apps is not None else None,
@@ -373,7 +373,7 @@ class _Builder:
             try:
                 duration = parse_duration(win["duration"])
             except DurationError as exc:
-                self.error(doc, ("spec", "recurring", i, "duration"), str(exc))
+                self.error(doc, ("spec", "recurring", i, "duration"), f"recurring[{i}].duration: {exc}")
                 continue
             recurring.append(RecurringWindow(win["cron"], duration, win.get("timezone", "UTC")))
         scope = spec.get("scope", {})

@@ -109,6 +109,10 @@ def _messages(error: ValidationError, where: tuple[str | int, ...]) -> list[tupl
         options = " or ".join(repr(s["required"][0]) for s in expected)
         how = "exactly one of" if v == "oneOf" else "at least one of"
         return [(where, f"{field}: needs {how} {options}")]
+    if v in ("maxLength", "maximum", "minimum") and not isinstance(inst, dict | list):  # the value shortened
+        bound = {"maxLength": "longer than", "maximum": "over the maximum of", "minimum": "under the minimum of"}[v]
+        unit = " characters" if v == "maxLength" else ""
+        return [(where, f"{field}: {_short(inst)} is {bound} {expected}{unit}")]
     if v == "propertyNames" and error.context:
         return [(where, f"{field}: invalid key: {error.context[0].message}")]
     return [(where, f"{field}: {error.message}")]

@@ -135,8 +135,9 @@ def _check_freezes(repo: ReleasesRepo, broken: frozenset[str], out: list[Problem
                 )
             try:
                 ZoneInfo(win.timezone)
-            except (ZoneInfoNotFoundError, ValueError):
-                out.append(_p(freeze.origin, f"unknown time zone {win.timezone!r}"))
+            except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
+                shown = win.timezone if len(win.timezone) <= 64 else win.timezone[:61] + "..."
+                out.append(_p(freeze.origin, f"unknown time zone {shown!r}"))
 
 
 def _check_environment(repo: ReleasesRepo, broken: frozenset[str], env: Environment) -> list[Problem]:

@@ -4,14 +4,19 @@
 bool, None) plus a map of where every key and item stands, so later checks can say ``file:line``. It walks
 libyaml's event stream (PyYAML's C parser) and builds values itself, which lets it refuse, before anything is
 built: aliases and anchors (alias bombs), tags other than the standard scalar ones (``!!python/object`` and
-friends), duplicate keys, non-scalar keys, bytes that are not UTF-8 and files over the size limit.
+friends), duplicate keys, non-scalar keys, bytes that are not UTF-8, numbers over 1,000 characters and files over
+the size limit.
 
+Plain scalars are resolved by the YAML 1.2 core schema, not YAML 1.1's: only ``true``/``false`` are booleans and
+only ``null``/``~``/nothing is null, so ``logLevel: no``, ``tls: on`` or ``answer: y`` stay the strings written;
+numbers are decimal, ``0o`` octal, ``0x`` hex or floats (``010`` is ten, ``1_000`` and ``1:20`` are strings).
 Numbers keep the text they were written with (``YamlInt.text`` / ``YamlFloat.text``), so ``version: 1.10`` can
 still be read as ``"1.10"``. Called by the manifest loader and the controller-config loader; pure (no I/O).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,8 +41,31 @@ _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
 
-_resolver = yaml.resolver.Resolver()
-_constructor = yaml.constructor.SafeConstructor()
+# YAML 1.2 core schema: only these plain scalars are not strings (YAML 1.1's yes/no/on/off/y/n booleans, 010
+# octals, 1_000 and 1:20 sexagesimals are the text the user wrote); https://yaml.org/spec/1.2.2/#1032-tag-resolution
+_CORE_NULL = frozenset(("", "~", "null", "Null", "NULL"))
+_CORE_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+_CORE_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
+_CORE_FLOAT = re.compile(
+    r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"  # 1.5, .5, 3., 1e3
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+)
+MAX_NUMBER_LENGTH = 1000  # characters of a number; a longer one is refused (and int() of it is never tried)
+
+
+def _resolve(value: str, plain: bool) -> str:
+    """The tag of an untagged scalar under the YAML 1.2 core schema (a quoted scalar is always a string)."""
+    if not plain:
+        return _STR
+    if value in _CORE_NULL:
+        return _NULL
+    if value in _CORE_BOOL:
+        return _BOOL
+    if _CORE_INT.fullmatch(value):
+        return _INT
+    if _CORE_FLOAT.fullmatch(value):
+        return _FLOAT
+    return _STR
 
 
 class YamlInt(int):
@@ -105,30 +133,41 @@ def _line(mark: Any) -> int | None:
 
 
 def _scalar(event: yaml.ScalarEvent) -> Any:
-    tag = event.tag
-    if tag is None or tag == "!":
-        tag = _resolver.resolve(yaml.ScalarNode, event.value, event.implicit)  # type: ignore[no-untyped-call]
     value = event.value
     line = _line(event.start_mark)
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = _resolve(value, tag is None and bool(event.implicit[0]))
     if tag in (_STR, _TIMESTAMP):
         return value  # timestamps keep their text; the schema decides what a field accepts
-    if tag == _NULL:
+    if tag == _NULL and value in _CORE_NULL:
         return None
-    if tag == _BOOL:
-        return value.lower() in ("yes", "true", "on", "y")
-    node = yaml.ScalarNode(tag, value)
-    try:
-        if tag == _INT:
-            return YamlInt(_constructor.construct_yaml_int(node), value)
-        if tag == _FLOAT:
-            return YamlFloat(_constructor.construct_yaml_float(node), value)
-    except ValueError:  # what YAML 1.1 reads as a number without digits: 0b_, 0x_
-        raise YamlError(line, f"'{value}' is not a valid number (quote it if it is a string)") from None
-    if tag == _MERGE:
-        raise YamlError(line, "merge keys ('<<') are not allowed; write the values out")
+    if tag == _BOOL and value in _CORE_BOOL:
+        return _CORE_BOOL[value]
+    if tag in (_INT, _FLOAT):
+        return _number(tag, value, line)
+    if tag in (_NULL, _BOOL):
+        raise YamlError(line, f"{value!r} is not a valid {_tag_name(tag)} (YAML 1.2: only true/false, null)")
     raise YamlError(
         line, f"tag '{_tag_name(event.tag or tag)}' is not allowed (only plain strings, numbers, booleans, null)"
     )
+
+
+def _number(tag: str, value: str, line: int | None) -> YamlInt | YamlFloat:
+    """A number under the core schema, keeping its text; a malformed or overlong one is a :class:`YamlError`."""
+    if len(value) > MAX_NUMBER_LENGTH:
+        raise YamlError(line, f"number of {len(value)} characters is over the limit of {MAX_NUMBER_LENGTH} (quote it)")
+    text = value.strip()
+    try:
+        if tag == _INT and _CORE_INT.fullmatch(text):
+            base = 8 if text.startswith("0o") else 16 if text.startswith("0x") else 10
+            return YamlInt(int(text[2:] if base != 10 else text, base), value)
+        if tag == _FLOAT and _CORE_FLOAT.fullmatch(text):
+            special = text.lower().replace(".inf", "inf").replace(".nan", "nan")  # YAML's .inf / .nan
+            return YamlFloat(float(special), value)
+    except ValueError as exc:
+        raise YamlError(line, f"{value!r} is not a valid number (quote it if it is a string)") from exc
+    raise YamlError(line, f"{value!r} is not a valid {_tag_name(tag)} (quote it if it is a string)")
 
 
 class _Frame:
@@ -193,8 +232,8 @@ def _documents(text: str, path: str) -> Iterator[Document]:
                 key = event.value
                 tag = event.tag
                 if tag is None or tag == "!":
-                    tag = _resolver.resolve(yaml.ScalarNode, key, event.implicit)  # type: ignore[no-untyped-call]
-                if tag == _MERGE:
+                    tag = _resolve(key, tag is None and bool(event.implicit[0]))
+                if tag == _MERGE or (key == "<<" and event.tag is None and event.implicit[0]):
                     raise YamlError(line, "merge keys ('<<') are not allowed; write the values out")
                 if tag not in (_STR, _INT, _FLOAT, _BOOL, _NULL, _TIMESTAMP):
                     raise YamlError(line, f"tag '{_tag_name(event.tag)}' is not allowed on a key")
@@ -225,18 +264,18 @@ def parse_documents(path: str, data: bytes, max_size: int = DEFAULT_MAX_FILE_SIZ
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise YamlError(line, f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+        raise YamlError(line, f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})") from exc
     text = text.removeprefix("\ufeff")
     try:
         return list(_documents(text, path))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
-        raise YamlError(_line(mark), f"invalid YAML: {what}") from None
+        raise YamlError(_line(mark), f"invalid YAML: {what}") from exc
     except yaml.YAMLError as exc:
-        raise YamlError(None, f"invalid YAML: {exc}") from None
-    except RecursionError:
-        raise YamlError(None, "YAML nesting is too deep") from None
+        raise YamlError(None, f"invalid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise YamlError(None, "YAML nesting is too deep") from exc
 
 
 def parse_file(path: str, data: bytes, max_size: int = DEFAULT_MAX_FILE_SIZE) -> tuple[list[Document], list[Problem]]:

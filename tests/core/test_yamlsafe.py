@@ -6,6 +6,12 @@ import pytest
 
 from reconciler.core.yamlsafe import YamlError, parse_documents, scalar_text
 
+# what YAML 1.1 read as booleans, sexagesimals or (broken) numbers: text under the YAML 1.2 core schema
+YAML11_AS_TEXT: dict[str, object] = {
+    **{"a": "no", "b": "on", "c": "Off", "d": "y", "e": "YES", "f": "1_000", "g": "1:20", "h": "0b_"},
+    **{"i": ["-0x_"], "j": "=", "k": "<<"},
+}
+
 ACCEPTED = [
     ("plain", b"a: 1\nb: x\n", [{"a": 1, "b": "x"}]),
     ("version-text", b"v: 1.10\n", [{"v": 1.1}]),
@@ -16,6 +22,17 @@ ACCEPTED = [
     ("crlf", b"a: 1\r\nb:\r\n  - x\r\n", [{"a": 1, "b": ["x"]}]),
     ("bom", b"\xef\xbb\xbfa: 1\n", [{"a": 1}]),
     ("numeric-key-is-text", b"1: one\n", [{"1": "one"}]),
+    # YAML 1.2 core schema: what YAML 1.1 read as booleans, octals, sexagesimals or odd numbers is the text written
+    (
+        "yaml11-scalars-are-text",
+        b"a: no\nb: on\nc: Off\nd: y\ne: YES\nf: 1_000\ng: 1:20\nh: 0b_\ni: [-0x_]\nj: =\nk: <<\n",
+        [YAML11_AS_TEXT],
+    ),
+    (
+        "core-numbers",
+        b"a: 010\nb: 0o17\nc: 0x1F\nd: 1e3\ne: -.inf\nf: TRUE\ng: Null\n",
+        [{"a": 10, "b": 15, "c": 31, "d": 1000.0, "e": float("-inf"), "f": True, "g": None}],
+    ),
 ]
 
 
@@ -38,8 +55,9 @@ REFUSED = [
     ("bad-utf8", b"a: ok\nb: \xc3\x28\n", 2, "not valid UTF-8"),
     ("syntax", b"a: [1, 2\nb: 3\n", 2, "invalid YAML"),
     ("tab-indent", b"a:\n\t- x\n", 2, "invalid YAML"),
-    ("number-without-digits", b"a: 1\nb: 0b_\n", 2, "'0b_' is not a valid number (quote it if it is a string)"),
-    ("hex-without-digits", b"a: [-0x_]\n", 1, "'-0x_' is not a valid number"),
+    ("overlong-number", b"a: 1\nb: " + b"9" * 1001 + b"\n", 2, "number of 1001 characters is over the limit of 1000"),
+    ("yaml11-bool-tagged", b"a: !!bool yes\n", 1, "'yes' is not a valid !!bool (YAML 1.2: only true/false, null)"),
+    ("int-tag-on-text", b"a: !!int 1_000\n", 1, "'1_000' is not a valid !!int"),
 ]
 
 
