@@ -1,4 +1,10 @@
-"""The in-memory twin of a driver, for unit tests of the engine and planner (never the only test of a driver)."""
+"""The in-memory twin of a driver, for unit tests of the engine and planner (never the only test of a driver).
+
+It keeps what it holds per (environment, application), can be told to fail (per unit, per batch), to show drift,
+and to hold *foreign* units (deployed by someone else: never listed as ours, never to be touched), and it logs
+every effect that changed something (``effects``), so the stateful invariant tests can check that every effect
+has exactly one audit entry and that nothing foreign is deleted.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from reconciler.core.desired import DesiredUnit
+from reconciler.core.problems import PermanentError
 from reconciler.drivers.base import ApplyResult, Batching, Health, HealthReport, LiveUnit
 
 
@@ -20,6 +27,8 @@ class MemoryDriver(Batching):
     fail_with: dict[tuple[str, str], Exception] = field(default_factory=dict)
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     fail_batch: dict[tuple[str, str], Exception] = field(default_factory=dict)  # (environment, "begin"/"end")
+    foreign: dict[tuple[str, str], str] = field(default_factory=dict)  # someone else's units: key -> content
+    effects: list[tuple[str, str, str]] = field(default_factory=list)  # (action, environment, application)
 
     @contextmanager
     def batch(self, environment: str) -> Iterator[None]:
@@ -36,13 +45,13 @@ class MemoryDriver(Batching):
 
     def observe(self, environment: str, application: str, check_drift: bool = True) -> LiveUnit | None:
         unit = self.units.get((environment, application))
-        if unit is None:
+        if unit is None or (environment, application) in self.foreign:
             return None
         drift = ("*",) if check_drift and (environment, application) in self.drifted else ()
         return LiveUnit(environment, application, self.target, unit.version, unit.fingerprint, drift)
 
     def owned_applications(self, environment: str) -> list[str]:
-        return sorted(app for env, app in self.units if env == environment)
+        return sorted(app for env, app in self.units if env == environment and (env, app) not in self.foreign)
 
     def apply(self, unit: DesiredUnit, dry_run: bool = False) -> ApplyResult:
         key = (unit.environment, unit.application)
@@ -51,16 +60,21 @@ class MemoryDriver(Batching):
             raise self.fail_with[key]
         current = self.units.get(key)
         changed = current is None or current.fingerprint != unit.fingerprint or key in self.drifted
+        if key in self.foreign:
+            raise PermanentError(f"{self.target}: {unit.application} in {unit.environment} exists, not managed by us")
         if not dry_run:
             self.units[key] = unit
             self.drifted.discard(key)
+            if changed:
+                self.effects.append(("create" if current is None else "update", *key))
         return ApplyResult(changed, "applied" if changed else "unchanged")
 
     def remove(self, environment: str, application: str, dry_run: bool = False) -> ApplyResult:
         self.calls.append(("remove", environment, application))
-        present = (environment, application) in self.units
+        present = (environment, application) in self.units and (environment, application) not in self.foreign
         if present and not dry_run:
             del self.units[(environment, application)]
+            self.effects.append(("remove", environment, application))
         return ApplyResult(present, "removed" if present else "absent")
 
     def health(self, environment: str, application: str) -> HealthReport:

@@ -228,6 +228,7 @@ class Controller:
             owned=partial(self.owns, env.name),
             memo=self.memo,
             render_tokens=self.revisions.render_tokens(loaded, env),
+            clock=self.clock,
         )
 
     def _run_batch(self, jobs: list[tuple[Job, str]], stop: threading.Event | None) -> dict[str, EnvOutcome]:

@@ -8,6 +8,7 @@ Called by :func:`reconciler.engine.reconcile.reconcile_environment`, in a worker
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,8 +23,8 @@ from reconciler.engine.outcome import HEALTH_PHASE, AppStatus, EnvOutcome, class
 from reconciler.engine.targets import DriverPool
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Context:
     check_drift: bool = True
     owned: Callable[[], bool] | None = None
     requirement: Requirement | None = None  # why a release's ``requires`` are not met by the live versions
+    clock: Callable[[], float] = time.time  # the controller's clock: audit times (and so soak) follow it
 
 
 @dataclass
@@ -63,8 +65,9 @@ class Run:
     def record(self, task: Task, plan: UnitPlan, action: str, result: str, message: str, start: str) -> None:
         if self.ctx.dry_run:
             return
+        now = iso(self.ctx.clock())
         entry = AuditEntry(
-            time=now_iso(), start=start, end=now_iso(), revision=self.ctx.revision, author=self.ctx.author,
+            time=now, start=start, end=now, revision=self.ctx.revision, author=self.ctx.author,
             committer=self.ctx.committer, environment=self.ctx.environment, stage=self.ctx.stage,
             application=plan.application, target=plan.target, action=action, from_version=plan.from_version,
             to_version=plan.to_version, result=result,
@@ -152,7 +155,7 @@ def _apply(run: Run, task: Task) -> None:
         if not run.owns():
             _fail(run, task, "stopped: this replica lost the environment's lease")
             return
-        start = now_iso()
+        start = iso(run.ctx.clock())
         try:
             result = run.pool.get(plan.target).apply(plan.desired, dry_run=run.ctx.dry_run)
         except Exception as exc:  # noqa: BLE001 - per application: report, let independent applications go on
@@ -208,7 +211,7 @@ def _prune(run: Run, task: Task) -> None:
                 None, plan.from_version, Phase.FAILED, "lease lost: prune skipped"
             )
             continue
-        start = now_iso()
+        start = iso(run.ctx.clock())
         try:
             result = run.pool.get(plan.target).remove(run.ctx.environment, plan.application, dry_run=run.ctx.dry_run)
         except Exception as exc:  # noqa: BLE001 - isolate this failure

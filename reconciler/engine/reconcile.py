@@ -64,6 +64,7 @@ class Job:
     replica: str = field(default_factory=replica_identity)  # the controller replica running it (audit)
     memo: RenderMemo | None = None  # fingerprints of earlier renders: skip rendering what cannot have changed
     render_tokens: Mapping[str, str] = field(default_factory=dict)  # app -> digest of everything its render reads
+    clock: Callable[[], float] = time.time  # the controller's clock (audit times)
 
 
 def _dependencies(repo: ReleasesRepo, app: str, version: str | None) -> tuple[str, ...]:
@@ -247,7 +248,7 @@ def _reconcile(
     inputs = _inputs(job, decided)
     ctx = Context(env.name, env.stage, job.revision, job.author, job.committer, job.trigger,
                   facts.signer if facts else "", job.replica, job.dry_run, job.check_drift, job.owned,
-                  inputs.requirement)  # fmt: skip
+                  inputs.requirement, job.clock)  # fmt: skip
     return execute(ctx, pool, plan_tasks(plans, inputs), plans, _light(plans), clock() - started)
 
 
