@@ -17,6 +17,13 @@ environment once and write them once (``kubernetes`` does: one inventory read an
 instead of one of each per application). Leaving the block may raise (the records could not be written); the
 engine then reports the environment as failed, transient unless the error is a ``PermanentError``.
 
+A driver may also offer ``identity(unit) -> str``: what it adds to ``unit`` when it applies it, as text (the
+namespace it defaults objects to, target settings that decide what is written or refused, its ownership scheme).
+The engine folds it into the unit's fingerprint (:func:`identified`), so a change of what the driver would write
+is a change of the desired state even when the rendered files are the same ("Synced" means the driver observes
+exactly the desired state, what it adds included). A driver that writes the rendered files as they are and
+observes where it writes (``local``) needs none.
+
 A driver may set the class attribute ``observe_is_health = True`` when its health is nothing more than "observed
 without drift" (``local``): the engine then does not ask for the health of a unit that a drift-checking observe
 has just found unchanged.
@@ -29,7 +36,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, cast
 
-from reconciler.core.desired import DesiredUnit
+from reconciler.core.desired import DesiredUnit, with_identity
 from reconciler.core.state import HEALTH_SEVERITY, Health, LiveUnit, worst
 
 __all__ = [
@@ -39,6 +46,7 @@ __all__ = [
     "Health",
     "HealthReport",
     "LiveUnit",
+    "identified",
     "observe_environment",
     "worst",
 ]
@@ -48,6 +56,7 @@ __all__ = [
 class ApplyResult:
     changed: bool
     message: str = ""
+    adopted: tuple[str, ...] = ()  # objects that existed, were not ours, and were taken over on the unit's opt-in
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,13 @@ class Driver(Protocol):
 
 BatchObserve = Callable[[str, list[str], bool], dict[str, LiveUnit | None]]
 Batch = Callable[[str], AbstractContextManager[None]]
+Identity = Callable[[DesiredUnit], str]
+
+
+def identified(driver: Driver, unit: DesiredUnit) -> DesiredUnit:
+    """``unit`` with ``driver``'s identity of it folded into its fingerprint (unchanged for drivers without one)."""
+    identity = cast(Identity | None, getattr(driver, "identity", None))
+    return unit if identity is None else with_identity(unit, identity(unit))
 
 
 def observe_environment(

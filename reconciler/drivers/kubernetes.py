@@ -46,6 +46,7 @@ back. ``observe`` reports such drift: an object missing, no longer ours, or whos
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -83,6 +84,7 @@ from reconciler.drivers.k8s_objects import (
     same_state,
     state_digest,
     summary,
+    wants_adoption,
 )
 from reconciler.drivers.k8s_store import INVENTORY_NAMESPACE, Store
 from reconciler.drivers.k8s_yaml import parse_documents_of
@@ -91,6 +93,9 @@ FIELD_MANAGER = "reconciler"
 LISTING_TTL = 5.0  # seconds a batch trusts a listing of a kind in a namespace (its own writes keep it current)
 LISTING_LIMIT = 500  # more objects of a kind in a namespace than this: read them one by one
 LISTING_AFTER = 2  # objects of a kind in a namespace a batch reads one by one before it lists them all
+# what the driver adds to the rendered objects, as a version: bump it when the marks or the defaulting change, so
+# every unit's fingerprint changes and the next cycle re-applies (see KubernetesDriver.identity)
+IDENTITY_SCHEME = "kubernetes/1"
 log = logging.getLogger(__name__)
 
 
@@ -104,6 +109,7 @@ class Planned:
     source: str  # <component>/<file>:<line>
     component: str
     new_kind: bool = False  # defined by a CRD of the same unit (may not be served yet)
+    adopt: bool = False  # may be taken over if it exists and is not ours (component ``adopt`` or the annotation)
 
     @property
     def rank(self) -> int:
@@ -115,6 +121,7 @@ class Step:
     planned: Planned
     action: str  # created | configured | unchanged (what applying does) | apply (to be found out by applying)
     live: dict[str, Any] | None
+    adopting: bool = False  # it exists, is not ours, and the unit opts in to taking it over
 
 
 @dataclass
@@ -191,11 +198,27 @@ class KubernetesDriver:
         self._guard = threading.Lock()
 
     # -- desired objects -------------------------------------------------------------------------------------------
+    def identity(self, unit: DesiredUnit) -> str:
+        """What this driver adds to ``unit``'s rendered objects, folded into its fingerprint by the engine: the
+        namespace given to objects that name none (the environment's ``namespace`` parameter), the namespaces the
+        target allows, the field manager and inventory namespace, and the version of the ownership marks. When one
+        of them changes, what the target should hold changes, so the unit is applied again (objects move to the
+        new namespace and the old ones are pruned) instead of being reported in sync."""
+        default_ns = unit.parameters.get("namespace")
+        return json.dumps([
+            IDENTITY_SCHEME,
+            scalar_text(default_ns) if default_ns is not None else None,
+            sorted(self.namespaces),
+            self.field_manager,
+            self.store.namespace,
+        ])  # fmt: skip
+
     def _desired(self, unit: DesiredUnit) -> list[Planned]:
         owner = Owner(self.target, unit.environment, unit.application)
         docs = parse_documents_of(unit.files(), unit.filled())
         from_crds = crd_resources([d.body for d in docs])
         default_ns = unit.parameters.get("namespace")
+        adopting = {c.name for c in unit.components if c.adopt}
         seen: dict[tuple[str, str, str, str], str] = {}
         planned: list[Planned] = []
         for doc in docs:
@@ -224,8 +247,9 @@ class KubernetesDriver:
             if ref.identity in seen:
                 raise PermanentError(f"{doc.source}: {ref} is already defined by {seen[ref.identity]}")
             seen[ref.identity] = doc.source
+            adopt = doc.component in adopting or wants_adoption(body)
             mark(body, owner, doc.component, unit.version, unit.fingerprint)
-            planned.append(Planned(ref, resource, body, doc.source, doc.component, new_kind))
+            planned.append(Planned(ref, resource, body, doc.source, doc.component, new_kind, adopt))
         return sorted(planned, key=lambda p: p.rank)  # stable: file order within a rank
 
     def _check_allowed(self, ref: Ref, resource: Resource, source: str) -> None:
@@ -388,6 +412,9 @@ class KubernetesDriver:
             stale += [Entry(ref) for ref in found]
             previous = [*stale]
         known = {e.ref.identity for e in previous}
+        adopted = {e.ref.identity for e in previous if e.adopted} | {
+            s.planned.ref.identity for s in steps if s.adopting
+        }
         untracked = [p for p in planned if p.ref.identity not in known]
         if untracked:  # the inventory names where they may be created before they are
             self._cover(session, {(p.ref.api_version, p.ref.kind, p.ref.namespace) for p in untracked})
@@ -412,7 +439,8 @@ class KubernetesDriver:
                             rv = (step.live or {}).get("metadata", {}).get("resourceVersion")
                             step.action = "unchanged" if live["metadata"].get("resourceVersion") == rv else "configured"
                     counts[step.action] += 1
-                    entries.append(Entry(p.ref, p.component, *digests(live, self.field_manager)))
+                    fields, state = digests(live, self.field_manager)
+                    entries.append(Entry(p.ref, p.component, fields, state, p.ref.identity in adopted))
                 if rank == 0:  # CRDs: wait until they serve their kinds
                     crds = [(s.planned.resource, s.planned.ref, s.planned.body) for s in batch]
                     self.store.wait_established(crds, self.establish_timeout)
@@ -421,7 +449,8 @@ class KubernetesDriver:
             # a refusal (4xx: PermanentError, Replaced) wrote nothing, an outage (timeout, 5xx) may have
             if isinstance(exc, PermanentError | Replaced) and sending is not None:
                 attempted.remove(sending)
-            new = [Entry(p.ref, p.component) for p in attempted if p.ref.identity not in known]
+            new = [Entry(p.ref, p.component, adopted=p.ref.identity in adopted) for p in attempted
+                   if p.ref.identity not in known]  # fmt: skip
             if new or (record is not None and not usable):  # (an unreadable record: replaced by what was found)
                 base = record if record is not None and usable else Inventory(owner, None, None)
                 self._record(session, unit.application, replace(base, entries=(*previous, *new), unreadable=None))
@@ -435,7 +464,9 @@ class KubernetesDriver:
         applied_at = time.time() if wrote or not applied_at else applied_at
         final = Inventory(owner, unit.version, unit.fingerprint, applied_at, tuple(entries))
         self._record(session, unit.application, final)
-        return ApplyResult(wrote, summary(counts, notes))
+        taken = tuple(str(s.planned.ref) for s in steps if s.adopting)
+        notes = [*notes, f"adopted {', '.join(taken)}"] if taken else notes
+        return ApplyResult(wrote, summary(counts, notes), adopted=taken)
 
     def _check(
         self,
@@ -461,6 +492,14 @@ class KubernetesDriver:
                     f"{theirs.application} on target {theirs.target}; not applied"
                 )
             entry = recorded.get(p.ref.identity)
+            if live is not None and theirs is None and entry is None:  # exists, and we neither made nor adopted it
+                if not p.adopt:
+                    raise PermanentError(
+                        f"{p.source}: {p.ref} exists, not managed by reconciler; not applied (to take it over, "
+                        f'set adopt: true on component {p.component} or annotate it reconciler.io/adopt: "true")'
+                    )
+                steps.append(Step(p, "apply", live, adopting=True))
+                continue
             if live is None:
                 steps.append(Step(p, "created", None))
             elif (
@@ -546,17 +585,18 @@ class KubernetesDriver:
     def _describe(self, steps: list[Step], owner: Owner, stale: list[Entry]) -> ApplyResult:
         """The dry-run answer: what apply would create, configure and prune."""
         creates = [s.planned.ref for s in steps if s.action == "created"]
+        adopts = [s.planned.ref for s in steps if s.adopting]
         configures = [s.planned.ref for s in steps if s.action == "configured"]
         unchanged = sum(1 for s in steps if s.action == "unchanged")
         prunes, notes = self.store.prune(owner, stale, dry_run=True)
         parts = [
             f"{verb} {len(refs)} ({names(refs)})"
-            for verb, refs in (("create", creates), ("configure", configures), ("prune", prunes))
+            for verb, refs in (("create", creates), ("adopt", adopts), ("configure", configures), ("prune", prunes))
             if refs
         ]
         text = "dry-run: would " + ", ".join(parts) if parts else "dry-run: nothing would change"
         text += f"; {unchanged} unchanged" + "".join(f"; {n}" for n in notes)
-        return ApplyResult(bool(creates or configures or prunes), text)
+        return ApplyResult(bool(creates or adopts or configures or prunes), text)
 
     # -- reading -------------------------------------------------------------------------------------------------
     def observe(self, environment: str, application: str, check_drift: bool = True) -> LiveUnit | None:

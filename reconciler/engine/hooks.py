@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.plan import Phase
-from reconciler.drivers.base import ApplyResult, Batch, BatchObserve, Driver, HealthReport, LiveUnit
+from reconciler.drivers.base import ApplyResult, Batch, BatchObserve, Driver, HealthReport, Identity, LiveUnit
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -85,6 +85,7 @@ class InstrumentedDriver:
             None if batch is None else lambda env, apps, drift: self._call("observe", batch, env, apps, drift)
         )
         self.batch: Batch | None = getattr(inner, "batch", None)
+        self.identity: Identity | None = getattr(inner, "identity", None)  # pure and cheap: not instrumented
 
     def _call(self, operation: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
