@@ -12,8 +12,11 @@ from reconciler.core.loader import load_repo
 from reconciler.core.tree import MemoryTree
 from reconciler.drivers.base import ApplyResult, identified
 from reconciler.drivers.k8s_objects import Entry, Inventory, Owner, Ref, decode_record, wants_adoption
+from reconciler.drivers.memory import MemoryDriver
+from reconciler.engine.reconcile import EnvOutcome, Job, RenderMemo, reconcile_environment
+from reconciler.engine.targets import DriverPool
 from tests.drivers import make_unit
-from tests.drivers.test_kubernetes_ownership import SETTINGS, repo_files
+from tests.drivers.test_kubernetes_ownership import CONFIG, SETTINGS, repo_files
 
 
 class _Identifies:
@@ -60,3 +63,33 @@ def test_adopt_is_a_validated_component_field() -> None:
     refused = load_repo(MemoryTree(bad))
     assert refused.repo is None or any("adopt" in str(p) for p in refused.problems)
     assert any("applications/shop/application.yaml" in str(p) for p in refused.problems), refused.problems
+
+
+class _NamespacedMemory(MemoryDriver):
+    """The in-memory twin, adding what the kubernetes driver adds: the ``namespace`` parameter."""
+
+    def identity(self, unit: DesiredUnit) -> str:
+        return f"ns={unit.parameters.get('namespace')}"
+
+
+def test_the_engine_compares_identified_fingerprints_also_from_its_render_memo() -> None:
+    """Through the driver pool (the instrumented wrapper forwards ``identity``) and the render memo (which keeps
+    the identified fingerprint, so an unchanged unit is not re-applied every cycle); a namespace change applies."""
+    driver = _NamespacedMemory("k8s-test")
+    pool = DriverPool(CONFIG, factory=lambda target: driver)
+    memo = RenderMemo()
+
+    def run(namespace: str, token: str) -> EnvOutcome:
+        tree = MemoryTree(repo_files("e1", namespace, {"shop": SETTINGS.decode()}))
+        repo = load_repo(tree).repo
+        assert repo is not None
+        job = Job(env=repo.environments["e1"], repo=repo, tree=tree, revision=token, memo=memo,
+                  render_tokens={"shop": token})  # fmt: skip
+        return reconcile_environment(job, pool)
+
+    assert [e["action"] for e in run("ns1", "t1").audit] == ["create"]
+    again = run("ns1", "t1")  # the memo's stub: no render, same identified fingerprint
+    assert again.phase == "Synced" and not again.audit and driver.calls.count(("apply", "e1", "shop")) == 1
+    moved = run("ns2", "t2")  # the controller's token covers the parameters: a new token
+    assert [e["action"] for e in moved.audit] == ["update"], moved.message
+    assert driver.units[("e1", "shop")].parameters["namespace"] == "ns2"
