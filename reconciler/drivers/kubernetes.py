@@ -336,10 +336,11 @@ class KubernetesDriver:
         session.mine.clear()
         session.must_write = False
 
-    def _cover(self, session: _Session, scopes: set[Scope]) -> None:
-        """Record ``scopes`` as pending before anything is created there (the journal of a crash-safe apply)."""
+    def _cover(self, session: _Session, scopes: set[Scope], force: bool = False) -> None:
+        """Record ``scopes`` as pending before anything is created there (the journal of a crash-safe apply); with
+        ``force``, write the records as they are now even when the scopes are recorded already."""
         persisted = session.persisted.all_scopes() if session.persisted is not None else frozenset()
-        if scopes <= persisted:
+        if scopes <= persisted and not force:
             return
         inventory = session.inventory.copy()
         inventory.pending = inventory.pending | persisted | scopes
@@ -416,8 +417,14 @@ class KubernetesDriver:
             s.planned.ref.identity for s in steps if s.adopting
         }
         untracked = [p for p in planned if p.ref.identity not in known]
+        taking = [s.planned for s in steps if s.adopting and s.planned.ref.identity not in known]
+        if taking:  # recorded as adopted before they are marked as ours: a crash in between cannot make them ours
+            base = record if record is not None and usable else Inventory(owner, None, None)
+            journal = (*previous, *(Entry(p.ref, p.component, adopted=True) for p in taking))
+            self._record(session, unit.application, replace(base, entries=journal, unreadable=None))
         if untracked:  # the inventory names where they may be created before they are
-            self._cover(session, {(p.ref.api_version, p.ref.kind, p.ref.namespace) for p in untracked})
+            scopes = {(p.ref.api_version, p.ref.kind, p.ref.namespace) for p in untracked}
+            self._cover(session, scopes, force=bool(taking))
         counts: Counter[str] = Counter()
         entries: list[Entry] = []
         attempted: list[Planned] = []
@@ -492,7 +499,8 @@ class KubernetesDriver:
                     f"{theirs.application} on target {theirs.target}; not applied"
                 )
             entry = recorded.get(p.ref.identity)
-            if live is not None and theirs is None and entry is None:  # exists, and we neither made nor adopted it
+            # exists and not marked as ours: never recorded, or recorded as an adoption that was not written (yet)
+            if live is not None and theirs is None and (entry is None or entry.adopted):
                 if not p.adopt:
                     raise PermanentError(
                         f"{p.source}: {p.ref} exists, not managed by reconciler; not applied (to take it over, "

@@ -26,7 +26,16 @@ from reconciler.drivers.kubernetes import KubernetesDriver
 from reconciler.engine.reconcile import EnvOutcome, Job, reconcile_environment
 from reconciler.engine.targets import DriverPool
 from tests.drivers import k8s_support
-from tests.drivers.k8s_support import TARGET, cm_path, driver_for, inventory_record, new_namespace
+from tests.drivers.k8s_support import (
+    TARGET,
+    Killed,
+    cm_path,
+    configmap,
+    driver_for,
+    inventory_record,
+    kill_after_applies,
+    new_namespace,
+)
 from tests.support.kube import KubeServer
 
 api = k8s_support.api  # fixture
@@ -229,3 +238,28 @@ def test_a_dry_run_names_the_conflict_and_the_adoption(driver: KubernetesDriver,
                                                                           b"{reconciler.io/adopt: 'true'}, ")})  # fmt: skip
     result = driver.apply(adopting, dry_run=True)
     assert f"adopt 1 (ConfigMap/{ns}/shop-settings)" in result.message and result.changed
+
+
+def test_an_adoption_interrupted_by_a_crash_is_still_known_as_an_adoption(
+    kube_server: KubeServer, api: KubeApi, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller dies right after taking the object over, before its records are written: the restarted
+    controller still knows the object was adopted, and removing the application leaves the other team's data."""
+    foreign_configmap(api, ns, "shop-settings", owner="their-key")
+    dying = driver_for(kube_server, qps=1000, burst=1000)
+    dying.store._ensure_namespace()
+    adopt = b'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shop-settings\n  annotations: {reconciler.io/adopt: "true"}\ndata: {mode: x}\n'
+    files = {"a.yaml": adopt, "b.yaml": configmap("shop-other", mode="x")}
+    kill_after_applies(dying, monkeypatch, 1)  # the adoption is written, then the process dies
+    with pytest.raises(Killed):
+        dying.apply(k8s_support.unit(ns, files))
+    dying.close()
+    assert LABEL_MANAGED_BY in (api.get(cm_path(ns, "shop-settings")) or {})["metadata"]["labels"]
+
+    restarted = driver_for(kube_server, qps=1000, burst=1000)
+    try:
+        restarted.remove(ns, "shop")
+    finally:
+        restarted.close()
+    kept = api.get(cm_path(ns, "shop-settings")) or pytest.fail("the other team's ConfigMap was deleted")
+    assert kept["data"] == {"owner": "their-key"}
