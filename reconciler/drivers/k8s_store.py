@@ -4,7 +4,8 @@
 ``resourceVersion`` it read; a 409 re-reads and retries, bounded), lists which applications of an environment
 have one, reads the inventoried objects back, finds owned objects by label selector (``sweep``) and deletes
 objects (``prune``) with ``uid`` + ``resourceVersion`` preconditions after checking, on the object as it is right
-now, that its marks name this target, environment and application; anything else is left alone. Namespaces are
+now, that its marks name this target, environment and application; anything else is left alone. An adopted object
+that still holds another field manager's fields is released (our fields and marks removed), not deleted. Namespaces are
 never deleted, a CRD only when none of its custom resources remain (see :mod:`reconciler.drivers.kubernetes`).
 
 :func:`api_client_for` builds the official client's ``ApiClient`` from a kubeconfig (+ context) or the in-cluster

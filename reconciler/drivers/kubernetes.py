@@ -38,6 +38,19 @@ when their marks name this target, environment and application (``managed-by: re
 never deleted. Namespaces are never deleted (that would delete every object inside, ours or not) and a CRD only
 when no custom resource of it remains; such objects are left in place (orphaned) and the message says so.
 
+**Identity.** :meth:`KubernetesDriver.identity` names what the driver adds to the rendered objects (the default
+namespace, the allowed namespaces, field manager, inventory namespace, marks scheme); the engine folds it into the
+unit's fingerprint, so changing only the ``namespace`` parameter re-applies the unit (objects created in the new
+namespace, the old ones pruned) instead of reporting it in sync.
+
+**Objects that exist and are not ours.** An object of the unit that exists, is not marked as ours and is not in
+the application's record is a conflict (:class:`PermanentError` "<kind>/<ns>/<name> exists, not managed by
+reconciler"; nothing of the unit is applied) unless its component sets ``adopt`` or the object carries the
+annotation ``reconciler.io/adopt: "true"``. An adoption is recorded (``adopted``) in the inventory before the object
+is written and reported in :attr:`ApplyResult.adopted` (the engine audits it as ``adopt``). Prune *releases* an
+adopted object that still holds another field manager's fields (an apply of nothing by our field manager removes
+our fields and marks) instead of deleting it, so the other owner's data stays.
+
 **Conflicts.** A field owned by another manager that *applied* it (another controller) is a
 :class:`PermanentError` naming the manager and fields, unless ``forceConflicts``. A field of one of our objects
 taken by an imperative edit (``kubectl edit/scale/patch``: an ``Update`` manager) is drift, and apply takes it
