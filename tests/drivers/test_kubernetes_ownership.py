@@ -13,6 +13,7 @@ only what existed before the fix, so the file runs, and fails, against the old c
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +37,8 @@ from tests.drivers.k8s_support import (
     kill_after_applies,
     new_namespace,
 )
+from tests.engine import Fleet
+from tests.source import Upstream
 from tests.support.kube import KubeServer
 
 api = k8s_support.api  # fixture
@@ -263,3 +266,29 @@ def test_an_adoption_interrupted_by_a_crash_is_still_known_as_an_adoption(
         restarted.close()
     kept = api.get(cm_path(ns, "shop-settings")) or pytest.fail("the other team's ConfigMap was deleted")
     assert kept["data"] == {"owner": "their-key"}
+
+
+def test_through_controller_cycles_a_namespace_change_is_applied_audited_and_only_then_synced(
+    kube_server: KubeServer, api: KubeApi, ns: str, tmp_path: Path
+) -> None:
+    """Finding 2 as a user sees it: ``reconciler run --once`` on a real Git repository, then a commit that changes
+    only the environment's ``namespace`` parameter, then another cycle."""
+    ns2 = new_namespace(api)
+    apps = {"shop": SETTINGS.decode()}
+    fleet = Fleet(tmp_path, Upstream(tmp_path), tmp_path / "controller.yaml", tmp_path / "targets")
+    fleet.upstream.commit(repo_files(ns, ns, apps), "initial")
+    fleet.upstream.push()
+    pattern = {"match": "k8s-*", "driver": "kubernetes", "kubeconfig": str(kube_server.kubeconfig), "qps": 1000}
+    fleet.write_config(targetPatterns=[pattern])
+    assert fleet.once() == 0
+    assert fleet.env_status(ns)["phase"] == "Synced" and api.get(cm_path(ns, "shop-settings")) is not None
+    before = len(fleet.audit())
+
+    head = fleet.commit({"environments/env.yaml": repo_files(ns, ns2, apps)["environments/env.yaml"]}, "move")
+    assert fleet.once() == 0
+    status = fleet.env_status(ns)
+    assert status["phase"] == "Synced" and status["lastAppliedRevision"] == head, status
+    new = fleet.audit()[before:]
+    assert [(e["action"], e["result"], e["revision"]) for e in new] == [("update", "succeeded", head)], new
+    assert api.get(cm_path(ns2, "shop-settings")) is not None
+    assert api.get(cm_path(ns, "shop-settings")) is None
