@@ -47,6 +47,7 @@ __all__ = [
     "HealthReport",
     "LiveUnit",
     "identified",
+    "identity_of",
     "observe_environment",
     "worst",
 ]
@@ -98,9 +99,14 @@ Batch = Callable[[str], AbstractContextManager[None]]
 Identity = Callable[[DesiredUnit], str]
 
 
+def identity_of(driver: Driver) -> Identity | None:
+    """``driver``'s ``identity`` method, ``None`` when it declares none."""
+    return cast(Identity | None, getattr(driver, "identity", None))
+
+
 def identified(driver: Driver, unit: DesiredUnit) -> DesiredUnit:
     """``unit`` with ``driver``'s identity of it folded into its fingerprint (unchanged for drivers without one)."""
-    identity = cast(Identity | None, getattr(driver, "identity", None))
+    identity = identity_of(driver)
     return unit if identity is None else with_identity(unit, identity(unit))
 
 

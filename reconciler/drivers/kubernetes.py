@@ -59,7 +59,6 @@ back. ``observe`` reports such drift: an object missing, no longer ours, or whos
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -218,13 +217,9 @@ class KubernetesDriver:
         of them changes, what the target should hold changes, so the unit is applied again (objects move to the
         new namespace and the old ones are pruned) instead of being reported in sync."""
         default_ns = unit.parameters.get("namespace")
-        return json.dumps([
-            IDENTITY_SCHEME,
-            scalar_text(default_ns) if default_ns is not None else None,
-            sorted(self.namespaces),
-            self.field_manager,
-            self.store.namespace,
-        ])  # fmt: skip
+        allowed = ",".join(sorted(self.namespaces))
+        settings = f"{IDENTITY_SCHEME}\0{allowed}\0{self.field_manager}\0{self.store.namespace}"
+        return settings if default_ns is None else f"{settings}\0namespace={scalar_text(default_ns)}"
 
     def _desired(self, unit: DesiredUnit) -> list[Planned]:
         owner = Owner(self.target, unit.environment, unit.application)

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of
+from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of, with_identity
 from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.plan import Action, Phase, UnitPlan, apply_order, guard_empty, pair, worst_phase
 from reconciler.core.policy import requirement_hold
 from reconciler.core.problems import PermanentError, ReconcilerError, TemporaryError
 from reconciler.core.state import Health, LiveUnit, worst
 from reconciler.core.tree import SourceTree
-from reconciler.drivers.base import Batch, Driver, identified, observe_environment
+from reconciler.drivers.base import Batch, Driver, Identity, identity_of, observe_environment
 from reconciler.engine.targets import DriverPool
 
 HEALTH_PHASE = {
@@ -189,12 +189,16 @@ def identifier(pool: DriverPool) -> Identify:
     """Each unit with its target driver's identity folded into its fingerprint (see ``drivers.base.identified``):
     what a driver adds when it applies (a default namespace, target settings) is part of the desired state."""
 
+    identities: dict[str, Identity | None] = {}  # by target (one environment's targets: a few)
+
     def identify(unit: DesiredUnit) -> DesiredUnit:
-        try:
-            driver = pool.get(unit.target)
-        except ReconcilerError:  # a target that is not configured: observing it reports that
-            return unit
-        return identified(driver, unit)
+        if unit.target not in identities:
+            try:
+                identities[unit.target] = identity_of(pool.get(unit.target))
+            except ReconcilerError:  # a target that is not configured: observing it reports that
+                identities[unit.target] = None
+        identity = identities[unit.target]
+        return unit if identity is None else with_identity(unit, identity(unit))
 
     return identify
 
