@@ -176,6 +176,16 @@ def _uid_refused(exc: ApiError) -> bool:
     return isinstance(causes, list) and any(isinstance(c, dict) and c.get("field") == "metadata.uid" for c in causes)
 
 
+def _adoptable(p: Planned) -> bool:
+    """``p`` exists and is not ours: it may be taken over only when the unit opts in; else a conflict."""
+    if not p.adopt:
+        raise PermanentError(
+            f"{p.source}: {p.ref} exists, not managed by reconciler; not applied (to take it over, "
+            f'set adopt: true on component {p.component} or annotate it reconciler.io/adopt: "true")'
+        )
+    return True
+
+
 class KubernetesDriver:
     """Deploys units to one Kubernetes API server (see the module docstring for the semantics)."""
 
@@ -421,18 +431,7 @@ class KubernetesDriver:
             stale += [Entry(ref) for ref in found]
             previous = [*stale]
         known = {e.ref.identity for e in previous}
-        adopted = {e.ref.identity for e in previous if e.adopted} | {
-            s.planned.ref.identity for s in steps if s.adopting
-        }
-        untracked = [p for p in planned if p.ref.identity not in known]
-        taking = [s.planned for s in steps if s.adopting and s.planned.ref.identity not in known]
-        if taking:  # recorded as adopted before they are marked as ours: a crash in between cannot make them ours
-            base = record if record is not None and usable else Inventory(owner, None, None)
-            journal = (*previous, *(Entry(p.ref, p.component, adopted=True) for p in taking))
-            self._record(session, unit.application, replace(base, entries=journal, unreadable=None))
-        if untracked:  # the inventory names where they may be created before they are
-            scopes = {(p.ref.api_version, p.ref.kind, p.ref.namespace) for p in untracked}
-            self._cover(session, scopes, force=bool(taking))
+        adopted = self._track(session, unit.application, record if usable else None, owner, previous, steps)
         counts: Counter[str] = Counter()
         entries: list[Entry] = []
         attempted: list[Planned] = []
@@ -470,12 +469,49 @@ class KubernetesDriver:
                 base = record if record is not None and usable else Inventory(owner, None, None)
                 self._record(session, unit.application, replace(base, entries=(*previous, *new), unreadable=None))
             raise
+        return self._finish(session, unit, record if usable else None, owner, stale, counts, entries, steps)
+
+    def _track(
+        self,
+        session: _Session,
+        application: str,
+        record: Inventory | None,
+        owner: Owner,
+        previous: list[Entry],
+        steps: list[Step],
+    ) -> set[tuple[str, str, str, str]]:
+        """Before anything is written: the objects about to be adopted are recorded as adopted (so a crash after
+        they are marked cannot make them look created by us, to be deleted) and the kinds and namespaces where new
+        objects may appear are recorded as pending. Returns the identities of the adopted objects."""
+        known = {e.ref.identity for e in previous}
+        taking = [s.planned for s in steps if s.adopting and s.planned.ref.identity not in known]
+        if taking:
+            journal = (*previous, *(Entry(p.ref, p.component, adopted=True) for p in taking))
+            base = record or Inventory(owner, None, None)
+            self._record(session, application, replace(base, entries=journal, unreadable=None))
+        untracked = [s.planned.ref for s in steps if s.planned.ref.identity not in known]
+        if untracked:  # the inventory names where they may be created before they are
+            self._cover(session, {(r.api_version, r.kind, r.namespace) for r in untracked}, force=bool(taking))
+        return {e.ref.identity for e in previous if e.adopted} | {s.planned.ref.identity for s in steps if s.adopting}
+
+    def _finish(
+        self,
+        session: _Session,
+        unit: DesiredUnit,
+        record: Inventory | None,
+        owner: Owner,
+        stale: list[Entry],
+        counts: Counter[str],
+        entries: list[Entry],
+        steps: list[Step],
+    ) -> ApplyResult:
+        """After the writes: prune what left the unit, record what it holds now, say what was done."""
         pruned, notes = self.store.prune(owner, stale)
         for ref in pruned:
             self._saw(session, ref, None)
         counts["pruned"] = len(pruned)
         wrote = bool(counts["created"] or counts["configured"] or pruned)
-        applied_at = record.applied_at if record is not None and usable else 0.0
+        applied_at = record.applied_at if record is not None else 0.0
         applied_at = time.time() if wrote or not applied_at else applied_at
         final = Inventory(owner, unit.version, unit.fingerprint, applied_at, tuple(entries))
         self._record(session, unit.application, final)
@@ -507,14 +543,8 @@ class KubernetesDriver:
                     f"{theirs.application} on target {theirs.target}; not applied"
                 )
             entry = recorded.get(p.ref.identity)
-            # exists and not marked as ours: never recorded, or recorded as an adoption that was not written (yet)
-            if live is not None and theirs is None and (entry is None or entry.adopted):
-                if not p.adopt:
-                    raise PermanentError(
-                        f"{p.source}: {p.ref} exists, not managed by reconciler; not applied (to take it over, "
-                        f'set adopt: true on component {p.component} or annotate it reconciler.io/adopt: "true")'
-                    )
-                steps.append(Step(p, "apply", live, adopting=True))
+            if live is not None and theirs is None and (entry is None or entry.adopted) and _adoptable(p):
+                steps.append(Step(p, "apply", live, adopting=True))  # exists, not ours (or adopted, not written yet)
                 continue
             if live is None:
                 steps.append(Step(p, "created", None))
