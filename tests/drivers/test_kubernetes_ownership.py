@@ -33,6 +33,7 @@ from tests.drivers.k8s_support import (
     cm_path,
     configmap,
     driver_for,
+    edit,
     inventory_record,
     kill_after_applies,
     new_namespace,
@@ -292,3 +293,22 @@ def test_through_controller_cycles_a_namespace_change_is_applied_audited_and_onl
     assert [(e["action"], e["result"], e["revision"]) for e in new] == [("update", "succeeded", head)], new
     assert api.get(cm_path(ns2, "shop-settings")) is not None
     assert api.get(cm_path(ns, "shop-settings")) is None
+
+
+def test_an_adoption_refused_for_a_shared_field_is_audited_when_it_finally_happens(
+    api: KubeApi, ns: str, pool: DriverPool
+) -> None:
+    """Adopting an object whose field we also set is a field conflict (nothing written); once the other team
+    drops that field, the retry adopts the object, and that adoption is audited like a first one."""
+    foreign_configmap(api, ns, "shop-settings", owner="their-key", mode="theirs")
+    template = 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shop-settings\ndata:\n  mode: "${params.mode}"\n'
+    files = repo_files(ns, ns, {"shop": template}, adopt={"shop"})
+    refused = reconcile(files, ns, pool, "r1")
+    assert refused.phase == "Failed" and "owned by another field manager" in refused.message, refused.message
+    assert (api.get(cm_path(ns, "shop-settings")) or {})["data"] == {"owner": "their-key", "mode": "theirs"}
+
+    edit(api, cm_path(ns, "shop-settings"), {"data": {"mode": None}}, manager="other-team")
+    adopted = reconcile(files, ns, pool, "r1")
+    assert adopted.phase == "Synced", adopted.message
+    assert [e["action"] for e in adopted.audit] == ["update", "adopt"], adopted.audit
+    assert (api.get(cm_path(ns, "shop-settings")) or {})["data"] == {"owner": "their-key", "mode": "blue"}
