@@ -36,6 +36,7 @@ class DesiredComponent:
     # rendered bytes are the join of the two). A driver that parses rendered YAML may parse a template once and
     # fill in the texts instead; ``files`` stays the truth (equality and fingerprints ignore this).
     filled: Mapping[str, Filled] = field(default_factory=dict, compare=False, repr=False)
+    adopt: bool = False  # the application opts in to taking over objects that exist and are not ours (audited)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,19 @@ def fingerprint(components: tuple[DesiredComponent, ...], version: str) -> str:
             digest.update(b"\0f" + path.encode() + b"\0" + hashlib.sha256(comp.files[path]).digest())
         if comp.artifact:
             digest.update(b"\0a" + json.dumps(comp.artifact, sort_keys=True).encode())
+        if comp.adopt:  # (only when set: the fingerprints of units without it stay as they were)
+            digest.update(b"\0adopt")
     return digest.hexdigest()
+
+
+def with_identity(unit: DesiredUnit, identity: str) -> DesiredUnit:
+    """``unit`` whose fingerprint also covers ``identity``: what its driver adds when it applies it (see
+    ``reconciler.drivers.base.identified``). An empty identity leaves the unit as it is."""
+    if not identity:
+        return unit
+    digest = hashlib.sha256(f"{unit.fingerprint}\0identity\0{identity}".encode()).hexdigest()
+    u = unit  # (built directly: dataclasses.replace costs several times more, once per unit and cycle)
+    return DesiredUnit(u.environment, u.application, u.version, u.target, u.components, u.parameters, digest)
 
 
 class RenderError(ValueError):
@@ -255,7 +268,7 @@ def render_unit(
                 "version": release.version,
             }
             files["artifact.json"] = (json.dumps(artifact, indent=2, sort_keys=True) + "\n").encode()
-        comps.append(DesiredComponent(comp.name, comp.role, files, artifact, filled))
+        comps.append(DesiredComponent(comp.name, comp.role, files, artifact, filled, adopt=comp.adopt))
     components = tuple(comps)
     return DesiredUnit(
         environment=env.name,

@@ -206,6 +206,7 @@ class _Builder:
                     role=comp["target"],
                     templates=tuple(templates),
                     artifact=Artifact(art["name"], art.get("type", "")) if art else None,
+                    adopt=comp.get("adopt") is True,
                 )
             )
         names = [c.name for c in components]

@@ -48,6 +48,7 @@ class Component:
     role: str
     templates: tuple[str, ...] = ()  # repo-relative paths, already checked to stay inside the repo
     artifact: Artifact | None = None
+    adopt: bool = False  # take over objects that already exist and are not ours (kubernetes; audited as "adopt")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,12 @@ every call in Python 3.11, 10-100 times the cost of an ordinary ``isinstance``, 
   environment once and write them once (``kubernetes`` does: one inventory read and one write per environment
   instead of one of each per application). Leaving the block may raise (the records could not be written); the
   engine then reports the environment as failed, transient unless the error is a ``PermanentError``.
+- :class:`Identifies` (``identity(unit) -> str``): what the driver adds to ``unit`` when it applies it, as text
+  (the namespace it defaults objects to, target settings that decide what is written or refused, its ownership
+  scheme). The engine folds it into the unit's fingerprint (:func:`identified`), so a change of what the driver
+  would write is a change of the desired state even when the rendered files are the same ("Synced" means the
+  driver observes exactly the desired state, what it adds included). A driver that writes the rendered files as
+  they are and observes where it writes (``local``) needs none.
 - :class:`HealthIsObserved` (``observe_is_health``): a driver whose health is nothing more than "observed without
   drift" (``local``) sets it to ``True``; the engine then does not ask for the health of a unit that a
   drift-checking observe has just found unchanged (:func:`health_is_observed`).
@@ -32,7 +38,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, cast, runtime_checkable
 
-from reconciler.core.desired import DesiredUnit
+from reconciler.core.desired import DesiredUnit, with_identity
 from reconciler.core.state import HEALTH_SEVERITY, Health, LiveUnit, worst
 
 __all__ = [
@@ -43,10 +49,13 @@ __all__ = [
     "Health",
     "HealthIsObserved",
     "HealthReport",
+    "Identifies",
     "LiveUnit",
     "ObservesEnvironment",
     "batching",
     "health_is_observed",
+    "identified",
+    "identifying",
     "observe_environment",
     "observing",
     "worst",
@@ -57,7 +66,7 @@ __all__ = [
 class ApplyResult:
     changed: bool
     message: str = ""
-    adopted: tuple[str, ...] = ()  # objects that existed, not ours, taken over on the application's explicit opt-in
+    adopted: tuple[str, ...] = ()  # objects that existed, were not ours, and were taken over on the unit's opt-in
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,15 @@ class Batching(Protocol):
 
 
 @runtime_checkable
+class Identifies(Protocol):
+    """A driver that adds something of its own to what it applies (see the module docstring)."""
+
+    def identity(self, unit: DesiredUnit) -> str:
+        """What this driver adds to ``unit`` when it applies it, as text (empty: nothing)."""
+        ...
+
+
+@runtime_checkable
 class HealthIsObserved(Protocol):
     """A driver that says whether its health is exactly "observed without drift" (see the module docstring)."""
 
@@ -141,6 +159,17 @@ def batching(driver: Driver) -> Batching | None:
 def observing(driver: Driver) -> ObservesEnvironment | None:
     """``driver`` as an :class:`ObservesEnvironment` driver, or ``None`` when it observes one application a call."""
     return cast(ObservesEnvironment, driver) if _offers(driver, ObservesEnvironment) else None
+
+
+def identifying(driver: Driver) -> Identifies | None:
+    """``driver`` as an :class:`Identifies` driver, or ``None`` when it adds nothing of its own."""
+    return cast(Identifies, driver) if _offers(driver, Identifies) else None
+
+
+def identified(driver: Driver, unit: DesiredUnit) -> DesiredUnit:
+    """``unit`` with ``driver``'s identity of it folded into its fingerprint (unchanged for drivers without one)."""
+    found = identifying(driver)
+    return unit if found is None else with_identity(unit, found.identity(unit))
 
 
 def health_is_observed(driver: Driver) -> bool:

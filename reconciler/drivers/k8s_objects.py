@@ -44,6 +44,7 @@ ANN_FINGERPRINT = f"{DOMAIN}/fingerprint"
 ANN_COMPONENT = f"{DOMAIN}/component"
 ANN_ENVIRONMENT = f"{DOMAIN}/environment-name"
 ANN_APPLICATION = f"{DOMAIN}/application-name"
+ANN_ADOPT = f"{DOMAIN}/adopt"  # "true" on a manifest object: take it over if it exists and is not ours (audited)
 INVENTORY_KEY = "inventory.json"
 CRD_KIND = ("apiextensions.k8s.io", "CustomResourceDefinition")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
@@ -140,6 +141,12 @@ def owner_of(obj: Mapping[str, Any]) -> Owner | None:
     if labels.get(LABEL_APPLICATION) != label_value(owner.application):
         return None
     return owner
+
+
+def wants_adoption(body: Mapping[str, Any]) -> bool:
+    """The manifest object opts in to being taken over (annotation ``reconciler.io/adopt: "true"``)."""
+    value = ((body.get("metadata") or {}).get("annotations") or {}).get(ANN_ADOPT)
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def annotation(obj: Mapping[str, Any], key: str) -> str | None:
@@ -273,6 +280,7 @@ class Entry:
     component: str = ""
     fields: str = ""  # fields_digest after the last apply ("" while pending)
     state: str = ""  # state_digest after the last apply ("" while pending or unknown)
+    adopted: bool = False  # existed before our first apply (taken over on the application's opt-in)
 
 
 @dataclass(frozen=True)
@@ -306,6 +314,7 @@ class Inventory:
                     "component": e.component,
                     "fields": e.fields,
                     "state": e.state,
+                    **({"adopted": True} if e.adopted else {}),
                 }
                 for e in sorted(self.entries, key=lambda e: e.ref)
             ],
@@ -321,7 +330,7 @@ def decode_record(text: Any, owner: Owner, where: str) -> Inventory:
         doc = json.loads(text or "")
         entries = tuple(
             Entry(Ref(o["apiVersion"], o["kind"], o.get("namespace") or "", o["name"]), o.get("component", ""),
-                  o.get("fields", ""), o.get("state", ""))
+                  o.get("fields", ""), o.get("state", ""), o.get("adopted") is True)
             for o in doc["objects"]
         )  # fmt: skip
         if (doc["target"], doc["environment"], doc["application"]) != (

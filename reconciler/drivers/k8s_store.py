@@ -4,7 +4,8 @@
 ``resourceVersion`` it read; a 409 re-reads and retries, bounded), lists which applications of an environment
 have one, reads the inventoried objects back, finds owned objects by label selector (``sweep``) and deletes
 objects (``prune``) with ``uid`` + ``resourceVersion`` preconditions after checking, on the object as it is right
-now, that its marks name this target, environment and application; anything else is left alone. Namespaces are
+now, that its marks name this target, environment and application; anything else is left alone. An adopted object
+that still holds another field manager's fields is released (our fields and marks removed), not deleted. Namespaces are
 never deleted, a CRD only when none of its custom resources remain (see :mod:`reconciler.drivers.kubernetes`).
 
 :func:`api_client_for` builds the official client's ``ApiClient`` from a kubeconfig (+ context) or the in-cluster
@@ -24,7 +25,7 @@ from typing import Any
 
 from reconciler.core.durations import DurationError, parse_duration
 from reconciler.core.problems import PermanentError, TemporaryError
-from reconciler.drivers.k8s_api import MERGE_PATCH, ApiError, KubeApi, Resource, redact
+from reconciler.drivers.k8s_api import APPLY_PATCH, MERGE_PATCH, ApiError, KubeApi, Resource, redact
 from reconciler.drivers.k8s_objects import (
     ANN_COMPONENT,
     ANN_TARGET,
@@ -47,6 +48,7 @@ from reconciler.drivers.k8s_objects import (
     inventory_name,
     is_environment_inventory,
     legacy_inventory_name,
+    other_managers,
     owner_of,
     ref_of,
     selector,
@@ -154,22 +156,42 @@ class Store:
         for entry in entries:
             resource = self._resource(entry.ref)
             if resource is not None:  # a kind no longer served holds nothing to delete
-                ranked.append((apply_rank(entry.ref, resource.namespaced), entry.ref, resource))
+                ranked.append((apply_rank(entry.ref, resource.namespaced), entry.ref, resource, entry.adopted))
         deleted: list[Ref] = []
         notes: list[str] = []
         foreign: list[str] = []
-        for _, ref, resource in sorted(ranked, key=lambda r: -r[0]):
-            outcome = self._delete(resource, ref, owner, dry_run)
+        released: list[str] = []
+        for _, ref, resource, adopted in sorted(ranked, key=lambda r: -r[0]):
+            outcome = self._delete(resource, ref, owner, dry_run, adopted)
             if outcome == "deleted":
                 deleted.append(ref)
             elif outcome == "foreign":
                 foreign.append(str(ref))
+            elif outcome == "released":
+                released.append(str(ref))
             elif outcome in _KEPT:
                 notes.append(f"kept {ref} ({_KEPT[outcome]})")
         notes += [f"left {', '.join(foreign)} alone (not ours)"] if foreign else []
+        if released:
+            verb = "would release" if dry_run else "released"
+            notes.append(f"{verb} {', '.join(released)} (adopted; other field managers' data kept)")
         return deleted, notes
 
-    def _delete(self, resource: Resource, ref: Ref, owner: Owner, dry_run: bool) -> str:
+    def _release(self, resource: Resource, ref: Ref, live: dict[str, Any]) -> None:
+        """Give up an adopted object: an apply of nothing by our field manager removes the fields (and marks) it
+        owns alone; the other managers' fields, and the object, stay."""
+        metadata: dict[str, Any] = {"name": ref.name, "uid": (live.get("metadata") or {}).get("uid")}
+        metadata |= {"namespace": ref.namespace} if ref.namespace else {}
+        body = {"apiVersion": ref.api_version, "kind": ref.kind, "metadata": metadata}
+        try:
+            self.api.request(
+                "PATCH", resource.path(ref.namespace, ref.name), query=[("fieldManager", self.field_manager)],
+                body=body, content_type=APPLY_PATCH,
+            )  # fmt: skip
+        except ApiError as exc:
+            raise self.api.classify(exc, f"release {ref}") from exc
+
+    def _delete(self, resource: Resource, ref: Ref, owner: Owner, dry_run: bool, adopted: bool = False) -> str:
         path = resource.path(ref.namespace, ref.name)
         for _ in range(_RETRIES):
             live = self.get(resource, ref)
@@ -181,6 +203,10 @@ class Store:
                 return "namespace"
             if (ref.group, ref.kind) == CRD_KIND and self._has_custom_resources(live):
                 return "crd"
+            if adopted and other_managers(live, self.field_manager):  # never delete another owner's data
+                if not dry_run:
+                    self._release(resource, ref, live)
+                return "released"
             if dry_run:
                 return "deleted"
             metadata = live["metadata"]

@@ -38,6 +38,19 @@ when their marks name this target, environment and application (``managed-by: re
 never deleted. Namespaces are never deleted (that would delete every object inside, ours or not) and a CRD only
 when no custom resource of it remains; such objects are left in place (orphaned) and the message says so.
 
+**Identity.** :meth:`KubernetesDriver.identity` names what the driver adds to the rendered objects (the default
+namespace, the allowed namespaces, field manager, inventory namespace, marks scheme); the engine folds it into the
+unit's fingerprint, so changing only the ``namespace`` parameter re-applies the unit (objects created in the new
+namespace, the old ones pruned) instead of reporting it in sync.
+
+**Objects that exist and are not ours.** An object of the unit that exists, is not marked as ours and is not in
+the application's record is a conflict (:class:`PermanentError` "<kind>/<ns>/<name> exists, not managed by
+reconciler"; nothing of the unit is applied) unless its component sets ``adopt`` or the object carries the
+annotation ``reconciler.io/adopt: "true"``. An adoption is recorded (``adopted``) in the inventory before the object
+is written and reported in :attr:`ApplyResult.adopted` (the engine audits it as ``adopt``). Prune *releases* an
+adopted object that still holds another field manager's fields (an apply of nothing by our field manager removes
+our fields and marks) instead of deleting it, so the other owner's data stays.
+
 **Conflicts.** A field owned by another manager that *applied* it (another controller) is a
 :class:`PermanentError` naming the manager and fields, unless ``forceConflicts``. A field of one of our objects
 taken by an imperative edit (``kubectl edit/scale/patch``: an ``Update`` manager) is drift, and apply takes it
@@ -60,7 +73,16 @@ from reconciler.core.desired import DesiredUnit
 from reconciler.core.problems import PermanentError, TemporaryError
 from reconciler.core.state import HEALTH_SEVERITY, worst
 from reconciler.core.yamlsafe import scalar_text
-from reconciler.drivers.base import ApplyResult, Batching, Driver, Health, HealthReport, LiveUnit, ObservesEnvironment
+from reconciler.drivers.base import (
+    ApplyResult,
+    Batching,
+    Driver,
+    Health,
+    HealthReport,
+    Identifies,
+    LiveUnit,
+    ObservesEnvironment,
+)
 from reconciler.drivers.k8s_api import APPLY_PATCH, ApiError, KubeApi, NotServed, Resource, safe_name
 from reconciler.drivers.k8s_health import assess
 from reconciler.drivers.k8s_objects import (
@@ -83,6 +105,7 @@ from reconciler.drivers.k8s_objects import (
     same_state,
     state_digest,
     summary,
+    wants_adoption,
 )
 from reconciler.drivers.k8s_store import INVENTORY_NAMESPACE, Store, api_client_for, parse_timeout
 from reconciler.drivers.k8s_yaml import parse_documents_of
@@ -91,6 +114,9 @@ FIELD_MANAGER = "reconciler"
 LISTING_TTL = 5.0  # seconds a batch trusts a listing of a kind in a namespace (its own writes keep it current)
 LISTING_LIMIT = 500  # more objects of a kind in a namespace than this: read them one by one
 LISTING_AFTER = 2  # objects of a kind in a namespace a batch reads one by one before it lists them all
+# what the driver adds to the rendered objects, as a version: bump it when the marks or the defaulting change, so
+# every unit's fingerprint changes and the next cycle re-applies (see KubernetesDriver.identity)
+IDENTITY_SCHEME = "kubernetes/1"
 log = logging.getLogger(__name__)
 
 
@@ -104,6 +130,7 @@ class Planned:
     source: str  # <component>/<file>:<line>
     component: str
     new_kind: bool = False  # defined by a CRD of the same unit (may not be served yet)
+    adopt: bool = False  # may be taken over if it exists and is not ours (component ``adopt`` or the annotation)
 
     @property
     def rank(self) -> int:
@@ -115,6 +142,7 @@ class Step:
     planned: Planned
     action: str  # created | configured | unchanged (what applying does) | apply (to be found out by applying)
     live: dict[str, Any] | None
+    adopting: bool = False  # it exists, is not ours, and the unit opts in to taking it over
 
 
 @dataclass
@@ -157,7 +185,17 @@ def _uid_refused(exc: ApiError) -> bool:
     return isinstance(causes, list) and any(isinstance(c, dict) and c.get("field") == "metadata.uid" for c in causes)
 
 
-class KubernetesDriver(Batching, ObservesEnvironment):
+def _adoptable(p: Planned) -> bool:
+    """``p`` exists and is not ours: it may be taken over only when the unit opts in; else a conflict."""
+    if not p.adopt:
+        raise PermanentError(
+            f"{p.source}: {p.ref} exists, not managed by reconciler; not applied (to take it over, "
+            f'set adopt: true on component {p.component} or annotate it reconciler.io/adopt: "true")'
+        )
+    return True
+
+
+class KubernetesDriver(Batching, ObservesEnvironment, Identifies):
     """Deploys units to one Kubernetes API server (see the module docstring for the semantics)."""
 
     kind: str = "kubernetes"
@@ -191,11 +229,23 @@ class KubernetesDriver(Batching, ObservesEnvironment):
         self._guard = threading.Lock()
 
     # -- desired objects -------------------------------------------------------------------------------------------
+    def identity(self, unit: DesiredUnit) -> str:
+        """What this driver adds to ``unit``'s rendered objects, folded into its fingerprint by the engine: the
+        namespace given to objects that name none (the environment's ``namespace`` parameter), the namespaces the
+        target allows, the field manager and inventory namespace, and the version of the ownership marks. When one
+        of them changes, what the target should hold changes, so the unit is applied again (objects move to the
+        new namespace and the old ones are pruned) instead of being reported in sync."""
+        default_ns = unit.parameters.get("namespace")
+        allowed = ",".join(sorted(self.namespaces))
+        settings = f"{IDENTITY_SCHEME}\0{allowed}\0{self.field_manager}\0{self.store.namespace}"
+        return settings if default_ns is None else f"{settings}\0namespace={scalar_text(default_ns)}"
+
     def _desired(self, unit: DesiredUnit) -> list[Planned]:
         owner = Owner(self.target, unit.environment, unit.application)
         docs = parse_documents_of(unit.files(), unit.filled())
         from_crds = crd_resources([d.body for d in docs])
         default_ns = unit.parameters.get("namespace")
+        adopting = {c.name for c in unit.components if c.adopt}
         seen: dict[tuple[str, str, str, str], str] = {}
         planned: list[Planned] = []
         for doc in docs:
@@ -224,8 +274,9 @@ class KubernetesDriver(Batching, ObservesEnvironment):
             if ref.identity in seen:
                 raise PermanentError(f"{doc.source}: {ref} is already defined by {seen[ref.identity]}")
             seen[ref.identity] = doc.source
+            adopt = doc.component in adopting or wants_adoption(body)
             mark(body, owner, doc.component, unit.version, unit.fingerprint)
-            planned.append(Planned(ref, resource, body, doc.source, doc.component, new_kind))
+            planned.append(Planned(ref, resource, body, doc.source, doc.component, new_kind, adopt))
         return sorted(planned, key=lambda p: p.rank)  # stable: file order within a rank
 
     def _check_allowed(self, ref: Ref, resource: Resource, source: str) -> None:
@@ -312,10 +363,11 @@ class KubernetesDriver(Batching, ObservesEnvironment):
         session.mine.clear()
         session.must_write = False
 
-    def _cover(self, session: _Session, scopes: set[Scope]) -> None:
-        """Record ``scopes`` as pending before anything is created there (the journal of a crash-safe apply)."""
+    def _cover(self, session: _Session, scopes: set[Scope], force: bool = False) -> None:
+        """Record ``scopes`` as pending before anything is created there (the journal of a crash-safe apply); with
+        ``force``, write the records as they are now even when the scopes are recorded already."""
         persisted = session.persisted.all_scopes() if session.persisted is not None else frozenset()
-        if scopes <= persisted:
+        if scopes <= persisted and not force:
             return
         inventory = session.inventory.copy()
         inventory.pending = inventory.pending | persisted | scopes
@@ -388,9 +440,7 @@ class KubernetesDriver(Batching, ObservesEnvironment):
             stale += [Entry(ref) for ref in found]
             previous = [*stale]
         known = {e.ref.identity for e in previous}
-        untracked = [p for p in planned if p.ref.identity not in known]
-        if untracked:  # the inventory names where they may be created before they are
-            self._cover(session, {(p.ref.api_version, p.ref.kind, p.ref.namespace) for p in untracked})
+        adopted = self._track(session, unit.application, record if usable else None, owner, previous, steps)
         counts: Counter[str] = Counter()
         entries: list[Entry] = []
         attempted: list[Planned] = []
@@ -412,7 +462,8 @@ class KubernetesDriver(Batching, ObservesEnvironment):
                             rv = (step.live or {}).get("metadata", {}).get("resourceVersion")
                             step.action = "unchanged" if live["metadata"].get("resourceVersion") == rv else "configured"
                     counts[step.action] += 1
-                    entries.append(Entry(p.ref, p.component, *digests(live, self.field_manager)))
+                    fields, state = digests(live, self.field_manager)
+                    entries.append(Entry(p.ref, p.component, fields, state, p.ref.identity in adopted))
                 if rank == 0:  # CRDs: wait until they serve their kinds
                     crds = [(s.planned.resource, s.planned.ref, s.planned.body) for s in batch]
                     self.store.wait_established(crds, self.establish_timeout)
@@ -421,21 +472,61 @@ class KubernetesDriver(Batching, ObservesEnvironment):
             # a refusal (4xx: PermanentError, Replaced) wrote nothing, an outage (timeout, 5xx) may have
             if isinstance(exc, PermanentError | Replaced) and sending is not None:
                 attempted.remove(sending)
-            new = [Entry(p.ref, p.component) for p in attempted if p.ref.identity not in known]
+            new = [Entry(p.ref, p.component, adopted=p.ref.identity in adopted) for p in attempted
+                   if p.ref.identity not in known]  # fmt: skip
             if new or (record is not None and not usable):  # (an unreadable record: replaced by what was found)
                 base = record if record is not None and usable else Inventory(owner, None, None)
                 self._record(session, unit.application, replace(base, entries=(*previous, *new), unreadable=None))
             raise
+        return self._finish(session, unit, record if usable else None, owner, stale, counts, entries, steps)
+
+    def _track(
+        self,
+        session: _Session,
+        application: str,
+        record: Inventory | None,
+        owner: Owner,
+        previous: list[Entry],
+        steps: list[Step],
+    ) -> set[tuple[str, str, str, str]]:
+        """Before anything is written: the objects about to be adopted are recorded as adopted (so a crash after
+        they are marked cannot make them look created by us, to be deleted) and the kinds and namespaces where new
+        objects may appear are recorded as pending. Returns the identities of the adopted objects."""
+        known = {e.ref.identity for e in previous}
+        taking = [s.planned for s in steps if s.adopting and s.planned.ref.identity not in known]
+        if taking:
+            journal = (*previous, *(Entry(p.ref, p.component, adopted=True) for p in taking))
+            base = record or Inventory(owner, None, None)
+            self._record(session, application, replace(base, entries=journal, unreadable=None))
+        untracked = [s.planned.ref for s in steps if s.planned.ref.identity not in known]
+        if untracked:  # the inventory names where they may be created before they are
+            self._cover(session, {(r.api_version, r.kind, r.namespace) for r in untracked}, force=bool(taking))
+        return {e.ref.identity for e in previous if e.adopted} | {s.planned.ref.identity for s in steps if s.adopting}
+
+    def _finish(
+        self,
+        session: _Session,
+        unit: DesiredUnit,
+        record: Inventory | None,
+        owner: Owner,
+        stale: list[Entry],
+        counts: Counter[str],
+        entries: list[Entry],
+        steps: list[Step],
+    ) -> ApplyResult:
+        """After the writes: prune what left the unit, record what it holds now, say what was done."""
         pruned, notes = self.store.prune(owner, stale)
         for ref in pruned:
             self._saw(session, ref, None)
         counts["pruned"] = len(pruned)
         wrote = bool(counts["created"] or counts["configured"] or pruned)
-        applied_at = record.applied_at if record is not None and usable else 0.0
+        applied_at = record.applied_at if record is not None else 0.0
         applied_at = time.time() if wrote or not applied_at else applied_at
         final = Inventory(owner, unit.version, unit.fingerprint, applied_at, tuple(entries))
         self._record(session, unit.application, final)
-        return ApplyResult(wrote, summary(counts, notes))
+        taken = tuple(str(s.planned.ref) for s in steps if s.adopting)
+        notes = [*notes, f"adopted {', '.join(taken)}"] if taken else notes
+        return ApplyResult(wrote, summary(counts, notes), adopted=taken)
 
     def _check(
         self,
@@ -461,6 +552,9 @@ class KubernetesDriver(Batching, ObservesEnvironment):
                     f"{theirs.application} on target {theirs.target}; not applied"
                 )
             entry = recorded.get(p.ref.identity)
+            if live is not None and theirs is None and (entry is None or entry.adopted) and _adoptable(p):
+                steps.append(Step(p, "apply", live, adopting=True))  # exists, not ours (or adopted, not written yet)
+                continue
             if live is None:
                 steps.append(Step(p, "created", None))
             elif (
@@ -546,17 +640,18 @@ class KubernetesDriver(Batching, ObservesEnvironment):
     def _describe(self, steps: list[Step], owner: Owner, stale: list[Entry]) -> ApplyResult:
         """The dry-run answer: what apply would create, configure and prune."""
         creates = [s.planned.ref for s in steps if s.action == "created"]
+        adopts = [s.planned.ref for s in steps if s.adopting]
         configures = [s.planned.ref for s in steps if s.action == "configured"]
         unchanged = sum(1 for s in steps if s.action == "unchanged")
         prunes, notes = self.store.prune(owner, stale, dry_run=True)
         parts = [
             f"{verb} {len(refs)} ({names(refs)})"
-            for verb, refs in (("create", creates), ("configure", configures), ("prune", prunes))
+            for verb, refs in (("create", creates), ("adopt", adopts), ("configure", configures), ("prune", prunes))
             if refs
         ]
         text = "dry-run: would " + ", ".join(parts) if parts else "dry-run: nothing would change"
         text += f"; {unchanged} unchanged" + "".join(f"; {n}" for n in notes)
-        return ApplyResult(bool(creates or configures or prunes), text)
+        return ApplyResult(bool(creates or adopts or configures or prunes), text)
 
     # -- reading -------------------------------------------------------------------------------------------------
     def observe(self, environment: str, application: str, check_drift: bool = True) -> LiveUnit | None:

@@ -45,7 +45,8 @@ from typing import Any
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.problems import PermanentError, ReconcilerError, TemporaryError
-from reconciler.drivers.base import ApplyResult, Health, HealthReport, LiveUnit
+from reconciler.core.yamlsafe import scalar_text
+from reconciler.drivers.base import ApplyResult, Health, HealthReport, Identifies, LiveUnit
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 TAIL_CHARS = 2048
@@ -132,7 +133,7 @@ def run_bounded(argv: Sequence[str], payload: bytes, env: Mapping[str, str], tim
     return Completed(returncode, bytes(out), out_size, bytes(err))
 
 
-class ContractDriver:
+class ContractDriver(Identifies):
     """The shared implementation: build argv/env per verb, run, map exit codes and replies to results/errors."""
 
     kind: str = "script"
@@ -231,6 +232,13 @@ class ContractDriver:
         if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
             raise self._unexpected("list", '{"applications": [str]}')
         return sorted(set(apps))
+
+    def identity(self, unit: DesiredUnit) -> str:
+        """The environment's parameters: ``apply`` hands them to the agent (``as_json``), but the rendered files'
+        fingerprint does not cover them, so without this a changed parameter would never reach the host."""
+        if not unit.parameters:
+            return ""
+        return json.dumps(sorted((str(k), scalar_text(v)) for k, v in unit.parameters.items()))
 
     def apply(self, unit: DesiredUnit, dry_run: bool = False) -> ApplyResult:
         return self._change("apply", self.call("apply", {**unit.as_json(), "dryRun": dry_run}))

@@ -164,9 +164,9 @@ def _apply(run: Run, task: Task) -> None:
             _fail(run, task, f"{plan.target}: {safe_message(exc)}")
             return
         run.changed = run.changed or (result.changed and not run.ctx.dry_run)
-        for adopted in result.adopted:
-            run.record(task, plan, "adopt", "succeeded", f"adopted {adopted}", start)
         run.record(task, plan, str(plan.action), "succeeded", result.message or plan.reason, start)
+        if result.adopted:  # objects that existed and were not ours, taken over on the application's opt-in
+            run.record(task, plan, "adopt", "succeeded", f"adopted {', '.join(result.adopted)}", start)
     if run.ctx.dry_run:
         would = "; ".join(f"{p.action} {p.target}: {p.reason}" for p in task.plans)
         run.statuses[app] = AppStatus(task.desired, task.live, Phase.OUT_OF_SYNC, would)

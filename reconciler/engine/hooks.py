@@ -23,9 +23,11 @@ from reconciler.drivers.base import (
     Driver,
     HealthIsObserved,
     HealthReport,
+    Identifies,
     LiveUnit,
     ObservesEnvironment,
     health_is_observed,
+    identifying,
 )
 
 
@@ -92,7 +94,7 @@ class NullMetrics:
         return None
 
 
-class InstrumentedDriver(HealthIsObserved):
+class InstrumentedDriver(HealthIsObserved, Identifies):
     """A driver whose every call is reported to a :class:`MetricsSink` (operation, result, duration).
 
     Build it with :func:`instrument`, which adds the optional abilities the wrapped driver has."""
@@ -103,6 +105,7 @@ class InstrumentedDriver(HealthIsObserved):
         self.kind = inner.kind
         self.target = inner.target
         self.observe_is_health = health_is_observed(inner)
+        self._identifies = identifying(inner)
 
     def _call(self, operation: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -133,6 +136,10 @@ class InstrumentedDriver(HealthIsObserved):
     def health(self, environment: str, application: str) -> HealthReport:
         result: HealthReport = self._call("health", self.inner.health, environment, application)
         return result
+
+    def identity(self, unit: DesiredUnit) -> str:
+        """The wrapped driver's identity of ``unit`` (pure and cheap: not instrumented); empty when it has none."""
+        return self._identifies.identity(unit) if self._identifies is not None else ""
 
     def close(self) -> None:
         self.inner.close()

@@ -17,14 +17,15 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from reconciler.core.decide import ALLOWED, AppVerdict, Facts, verdicts
-from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of
+from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of, with_identity
 from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.plan import Action, Phase, UnitPlan, guard_empty, pair
 from reconciler.core.policy import requirement_hold
+from reconciler.core.problems import ReconcilerError
 from reconciler.core.state import LiveUnit
 from reconciler.core.tasks import Inputs, plan_tasks
 from reconciler.core.tree import SourceTree
-from reconciler.drivers.base import batching, health_is_observed, observe_environment
+from reconciler.drivers.base import Identifies, batching, health_is_observed, identifying, observe_environment
 from reconciler.engine.execute import Context, execute
 from reconciler.engine.memo import RenderMemo, Settled
 from reconciler.engine.outcome import AppStatus, EnvOutcome, classify, safe_message
@@ -76,13 +77,38 @@ def _dependencies(repo: ReleasesRepo, app: str, version: str | None) -> tuple[st
     return tuple(dict.fromkeys(deps))
 
 
+Identify = Callable[[DesiredUnit], DesiredUnit]
+
+
+def _as_is(unit: DesiredUnit) -> DesiredUnit:
+    return unit
+
+
+def identifier(pool: DriverPool) -> Identify:
+    """Each unit with its target driver's identity folded into its fingerprint (see ``drivers.base.identified``):
+    what a driver adds when it applies (a default namespace, target settings) is part of the desired state."""
+    drivers: dict[str, Identifies | None] = {}  # by target (one environment's targets: a few)
+
+    def identify(unit: DesiredUnit) -> DesiredUnit:
+        if unit.target not in drivers:
+            try:
+                drivers[unit.target] = identifying(pool.get(unit.target))
+            except ReconcilerError:  # a target that is not configured: observing it reports that
+                drivers[unit.target] = None
+        found = drivers[unit.target]
+        return unit if found is None else with_identity(unit, found.identity(unit))
+
+    return identify
+
+
 def render_desired(
-    job: Job, stubs: set[tuple[str, str]] | None = None
+    job: Job, stubs: set[tuple[str, str]] | None = None, identify: Identify = _as_is
 ) -> tuple[dict[tuple[str, str], DesiredUnit], dict[str, str]]:
     """Desired units by (application, target), and render errors by application.
 
     With a ``stubs`` set and a memo in the job, a unit whose inputs are unchanged since it was last rendered is
-    a stub (no components) and its key is added to ``stubs``: see :func:`realise`.
+    a stub (no components) and its key is added to ``stubs``: see :func:`realise`. ``identify`` gives each rendered
+    unit its driver's fingerprint (the memo keeps that one).
     """
     units: dict[tuple[str, str], DesiredUnit] = {}
     errors: dict[str, str] = {}
@@ -98,7 +124,8 @@ def render_desired(
                 stubs.add((app_name, target))
                 continue
             try:
-                unit = units[(app_name, target)] = render_unit(job.repo, job.env, app, release, target, job.tree.read)
+                unit = render_unit(job.repo, job.env, app, release, target, job.tree.read)
+                unit = units[(app_name, target)] = identify(unit)
             except RenderError as exc:
                 errors[app_name] = str(exc.problem)
                 continue
@@ -107,7 +134,9 @@ def render_desired(
     return units, errors
 
 
-def realise(job: Job, plans: list[UnitPlan], stubs: set[tuple[str, str]]) -> tuple[list[UnitPlan], dict[str, str]]:
+def realise(
+    job: Job, plans: list[UnitPlan], stubs: set[tuple[str, str]], identify: Identify = _as_is
+) -> tuple[list[UnitPlan], dict[str, str]]:
     """Render the real unit of every stub that a plan acts on (the others stay stubs: nothing reads their files)."""
     out: list[UnitPlan] = []
     errors: dict[str, str] = {}
@@ -117,7 +146,7 @@ def realise(job: Job, plans: list[UnitPlan], stubs: set[tuple[str, str]]) -> tup
             app = job.repo.applications[plan.application]
             release = job.repo.releases[(plan.application, plan.desired.version)]
             try:
-                unit = render_unit(job.repo, job.env, app, release, plan.target, job.tree.read)
+                unit = identify(render_unit(job.repo, job.env, app, release, plan.target, job.tree.read))
             except RenderError as exc:  # not expected: equal inputs rendered before
                 errors[plan.application] = str(exc.problem)
                 continue
@@ -209,10 +238,11 @@ def _reconcile(
     token = (tuple(sorted(env.targets.items())), frozenset(job.render_tokens.items())) if job.render_tokens else None
     settled = job.memo.settled(env.name, token) if job.memo and token and job.check_drift and not job.dry_run else None
     units: dict[tuple[str, str], DesiredUnit] | None = None
+    identify = identifier(pool)
     if settled is not None:
         wanted = settled.wanted
     else:
-        units, render_errors = render_desired(job, stubs)
+        units, render_errors = render_desired(job, stubs, identify)
         if render_errors:
             return _invalid(job, render_errors, started, clock)
         # observe: every target the environment maps, plus targets of desired units
@@ -225,13 +255,13 @@ def _reconcile(
     if settled is not None:
         if live == settled.live:
             return replace(settled.outcome, duration=clock() - started)
-        units, render_errors = render_desired(job, stubs)  # something changed: the whole reconcile
+        units, render_errors = render_desired(job, stubs, identify)  # something changed: the whole reconcile
         if render_errors:
             return _invalid(job, render_errors, started, clock)
     assert units is not None
     plans = guard_empty(pair(units, live), env.allow_empty)
     if stubs:
-        plans, render_errors = realise(job, plans, stubs)
+        plans, render_errors = realise(job, plans, stubs, identify)
         if render_errors:
             return _invalid(job, render_errors, started, clock)
     if job.check_drift and all(
