@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
@@ -44,6 +44,7 @@ from reconciler.engine.hooks import MetricsSink
 from reconciler.engine.reconcile import AppStatus, EnvOutcome, Job, RenderMemo, reconcile_environment
 from reconciler.engine.targets import DriverPool
 from reconciler.observability.logging import get_logger
+from reconciler.status.journal import AuditJournal, MemoryJournal
 
 
 class Source(Protocol):
@@ -100,6 +101,15 @@ class CycleReport:
         return all(p in (Phase.SYNCED, Phase.BLOCKED) for p in phases.values())
 
 
+def _noting_ids(entries: Iterable[Mapping[str, Any]], wanted: set[str], found: set[str]) -> Iterator[Mapping[str, Any]]:
+    """``entries`` as they are, noting in ``found`` the ids among ``wanted`` that they carry."""
+    for entry in entries:
+        ident = entry.get("id")
+        if wanted and isinstance(ident, str) and ident in wanted:
+            found.add(ident)
+        yield entry
+
+
 def _person(name: str, email: str) -> str:
     return f"{name} <{email}>" if email else name
 
@@ -116,6 +126,7 @@ class Controller:
         clock: Callable[[], float] = time.time,
         progress: Callable[[int, int], None] | None = None,
         metrics: MetricsSink | None = None,
+        journal: AuditJournal | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -133,6 +144,9 @@ class Controller:
         self.last_drift_check: float | None = None
         self.fetched_once = threading.Event()
         self.pending_audit: list[bytes] = []  # audit entries (JSON lines) not yet committed to the status branch
+        self.pending_ids: list[str] = []  # their ids: the journal forgets them once they are pushed
+        self.journal: AuditJournal = journal or MemoryJournal()  # entries survive a crash until they are pushed
+        self.journal_recovered = False  # what an earlier run journalled and did not push is pending again
         self.unpushed: set[str] = set()  # environments whose status documents failed to push
         self.controller_doc_identity: str | None = None
         self.last_good_hint: str | None = None  # from the status branch: what to serve if the head is invalid
@@ -160,9 +174,12 @@ class Controller:
         if self.store is None:
             return
         snapshot = self.store.read()
+        leftovers = self.journal.unpushed()
+        wanted, on_branch = {e["id"] for e in leftovers}, set[str]()
         audit_lines = getattr(self.store, "audit_lines", None)
         if audit_lines is not None:
-            self.gov.learn(audit_lines())
+            self.gov.learn(_noting_ids(audit_lines(), wanted, on_branch))
+        self._recover_journal(leftovers, on_branch)
         for path, data in snapshot.files.items():
             if not (path.startswith("environments/") and path.endswith(".yaml")):
                 continue
@@ -185,6 +202,41 @@ class Controller:
             good = doc.get("lastGoodRevision") if doc else None
             self.last_good_hint = good if isinstance(good, str) else None
             self.restored_invalid = bool(doc and doc.get("invalidRevision"))
+
+    def _recover_journal(self, leftovers: list[dict[str, Any]], on_branch: set[str]) -> None:
+        """Entries an earlier run journalled and did not push (applied, or begun and ``interrupted``) join the next
+        status commit; those the status branch already has (pushed, then the crash) are forgotten: each once."""
+        fresh = [e for e in leftovers if e["id"] not in on_branch]
+        if on_branch & {e["id"] for e in leftovers}:
+            self.journal.pushed(on_branch)
+        if fresh:
+            self.log.warning("audit entries recovered from the journal", entries=len(fresh),
+                             interrupted=sum(1 for e in fresh if e.get("result") == "interrupted"))  # fmt: skip
+            self.gov.learn(fresh)
+            lines = [json.dumps(e, sort_keys=True).encode() for e in fresh]
+            self.pending_audit[:0] = lines  # older than anything this run made
+            self.pending_ids[:0] = [e["id"] for e in fresh]
+            for entry, line in zip(fresh, lines, strict=True):
+                self.recent_audit.setdefault(str(entry.get("environment")), deque(maxlen=20)).append(line)
+        self.journal_recovered = True
+
+    def _recover_late(self) -> None:
+        """The journal's recovery when :meth:`restore` could not read the status branch: before the next status
+        commit, once the branch can be read."""
+        leftovers = self.journal.unpushed()
+        if not leftovers:
+            self.journal_recovered = True
+            return
+        wanted, on_branch = {e["id"] for e in leftovers}, set[str]()
+        audit_lines = getattr(self.store, "audit_lines", None)
+        try:
+            if audit_lines is not None:
+                for _ in _noting_ids(audit_lines(), wanted, on_branch):
+                    pass
+        except ReconcilerError as exc:
+            self.log.error("cannot read the audit trail; journalled entries wait", error=str(exc))
+            return
+        self._recover_journal(leftovers, on_branch)
 
     # --- load --------------------------------------------------------------------------------------------------
     def _load(self, head: str) -> None:
@@ -361,6 +413,7 @@ class Controller:
                 owned=partial(self.owns, name),
                 memo=self.memo,
                 render_tokens=self.render_tokens(loaded, env),
+                journal=None if self.dry_run else self.journal,
             )
             jobs.append((job, key))
         if recovered:  # every environment was shown Invalid: show it again as it is, at the new head
@@ -561,6 +614,7 @@ class Controller:
             self.gov.learn(outcome.audit)
             lines = [json.dumps(e, sort_keys=True).encode() for e in outcome.audit]
             self.pending_audit.extend(lines)
+            self.pending_ids.extend(e["id"] for e in outcome.audit if "id" in e)
             self.recent_audit.setdefault(outcome.environment, deque(maxlen=20)).extend(lines)
         return evolve(outcome, audit=(), changes=len(outcome.audit))
 
@@ -652,7 +706,11 @@ class Controller:
         ident = statusdoc.identity(controller)
         if ident != self.controller_doc_identity:
             replace["controller.yaml"] = statusdoc.dump(controller)
-        if self.dry_run or self.store is None or (not replace and not self.pending_audit):
+        if self.dry_run or self.store is None:
+            return
+        if not self.journal_recovered:
+            self._recover_late()
+        if not replace and not self.pending_audit:
             return
         append: dict[str, bytes] = {}
         if self.pending_audit:  # a new file per commit (the token: replicas never write the same name)
@@ -665,6 +723,8 @@ class Controller:
         )
         try:
             report.status_commit = self.store.write(replace, append, message)
+            self.journal.pushed(self.pending_ids)
+            self.pending_ids.clear()
             self.pending_audit.clear()
             self.unpushed.clear()
             self.controller_doc_identity = ident
@@ -739,5 +799,8 @@ class Controller:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        closing = getattr(self.journal, "close", None)
+        if closing is not None:
+            closing()
         self.pool.close()
         self.source.close()

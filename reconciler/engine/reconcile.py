@@ -25,6 +25,7 @@ from reconciler.core.state import Health, LiveUnit, worst
 from reconciler.core.tree import SourceTree
 from reconciler.drivers.base import Batch, Driver, observe_environment
 from reconciler.engine.targets import DriverPool
+from reconciler.status.journal import AuditJournal, JournalError, new_id
 
 HEALTH_PHASE = {
     Health.HEALTHY: Phase.SYNCED,
@@ -136,6 +137,7 @@ class Job:
     replica: str = field(default_factory=replica_identity)  # the controller replica running it (audit)
     memo: RenderMemo | None = None  # fingerprints of earlier renders: skip rendering what cannot have changed
     render_tokens: Mapping[str, str] = field(default_factory=dict)  # app -> digest of everything its render reads
+    journal: AuditJournal | None = None  # audit entries are journalled before each effect and after it
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,54 @@ def _light(plans: list[UnitPlan]) -> tuple[UnitPlan, ...]:
     )
 
 
+def _audit_base(job: Job, plan: UnitPlan) -> dict[str, Any]:
+    """An effect's audit entry as known before it is made (no result, no end), with its unique id."""
+    now = _now()
+    return {
+        "id": new_id(),
+        "time": now,
+        "start": now,
+        "end": None,
+        "revision": job.revision,
+        "author": job.author,
+        "committer": job.committer,
+        "environment": job.env.name,
+        "stage": job.env.stage,
+        "application": plan.application,
+        "target": plan.target,
+        "action": str(plan.action),
+        "from": plan.from_version,
+        "to": plan.to_version,
+        "trigger": "drift" if plan.reason.startswith("drift") else job.trigger,
+        "signer": job.signer or None,
+        "override": job.overrides.get(plan.application),
+        "replica": job.replica or None,
+    }
+
+
+def begin_effects(job: Job, plans: list[UnitPlan]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Journal every effect this reconcile may make (one durable write), keyed by (application, target): a crash
+    after any of them leaves its entry in the journal. Raises :class:`JournalError`: then nothing may be applied."""
+    if job.dry_run:
+        return {}
+    held = {a for a, (_, drift_ok) in job.holds.items() if not drift_ok}
+    acting = (Action.CREATE, Action.UPDATE, Action.REMOVE)
+    begun = {
+        (p.application, p.target): _audit_base(job, p)
+        for p in plans
+        if p.action in acting and p.application not in held
+    }
+    if job.journal is not None:
+        job.journal.begin(list(begun.values()))
+    return begun
+
+
+def _unjournalled(job: Job, exc: JournalError, started: float, clock: Callable[[], float]) -> EnvOutcome:
+    message = f"nothing applied: {exc}"
+    apps = {a: AppStatus(v, None, Phase.FAILED, message) for a, v in job.repo.desired_versions(job.env).items()}
+    return EnvOutcome(job.env.name, Phase.FAILED, message, apps, transient=True, duration=clock() - started)
+
+
 def _invalid(job: Job, errors: Mapping[str, str], started: float, clock: Callable[[], float]) -> EnvOutcome:
     desired_versions = job.repo.desired_versions(job.env)
     apps = {a: AppStatus(desired_versions.get(a), None, Phase.INVALID, m) for a, m in errors.items()}
@@ -344,6 +394,10 @@ def _reconcile(
         p.application: p.live.version for p in plans if p.live is not None and not p.live.drifted
     }
     order = apply_order(by_app, depends)
+    try:
+        begun = begin_effects(job, plans)
+    except JournalError as exc:  # an effect that could not be journalled must not be made
+        return _unjournalled(job, exc, started, clock)
     statuses: dict[str, AppStatus] = {}
     audit: list[dict[str, Any]] = []
     changed = transient = False
@@ -351,29 +405,11 @@ def _reconcile(
     not_ready: set[str] = set()
 
     def record(plan: UnitPlan, result: str, message: str, t0: str) -> None:
-        audit.append(
-            {
-                "time": _now(),
-                "start": t0,
-                "end": _now(),
-                "revision": job.revision,
-                "author": job.author,
-                "committer": job.committer,
-                "environment": env.name,
-                "stage": env.stage,
-                "application": plan.application,
-                "target": plan.target,
-                "action": str(plan.action),
-                "from": plan.from_version,
-                "to": plan.to_version,
-                "result": result,
-                "trigger": "drift" if plan.reason.startswith("drift") else job.trigger,
-                "signer": job.signer or None,
-                "override": job.overrides.get(plan.application),
-                "replica": job.replica or None,
-                "message": message,
-            }
-        )
+        base = begun.pop((plan.application, plan.target), None) or _audit_base(job, plan)
+        entry = {**base, "time": _now(), "start": t0, "end": _now(), "result": result, "message": message}
+        audit.append(entry)
+        if job.journal is not None:
+            job.journal.end(entry)
 
     removals: list[UnitPlan] = []
     for app in order:
@@ -491,6 +527,8 @@ def _reconcile(
             if not job.dry_run:
                 record(plan, "failed", _safe(exc), t0)
 
+    if begun and job.journal is not None:  # journalled, then held or skipped: no effect, no entry
+        job.journal.drop([e["id"] for e in begun.values()])
     phase = worst_phase(s.phase for s in statuses.values())
     problems = [f"{a}: {s.message}" for a, s in statuses.items() if s.phase is not Phase.SYNCED and s.message]
     if problems:

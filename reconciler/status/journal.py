@@ -1,0 +1,320 @@
+"""The audit write-ahead journal: audit entries that are not on the status branch yet, kept on local disk.
+
+Invariant 7 asks for exactly one audit entry per effect, whatever crashes when. The status branch gets an entry
+only with the cycle's status commit, long after the effect; this journal covers the gap. The engine journals a
+*begun* record for every effect it is about to make (one write and one ``fdatasync`` per environment, before its
+first effect), an *ended* record with the result after each effect, and *dropped* for a begun effect it did not
+make after all (held, waiting for a dependency that failed). The controller tells the journal which entries a status
+commit *pushed*; they are then forgotten (the file is rewritten without them). At start-up the controller asks for
+what is left (:meth:`AuditJournal.unpushed`): ended entries with their result, and begun-but-never-ended ones as
+result ``interrupted`` (the effect may or may not have happened; the next reconcile's own entry follows). Each entry
+carries a unique ``id``, so the controller skips those the status branch already has (a crash after the push but
+before the journal forgot them) and nothing is pushed twice.
+
+One JSON object a line: ``{"kind": "begun"|"ended", "id": ..., "entry": {...}}`` or ``{"kind": "dropped", "ids":
+[...]}``. A line cut short (a crash in the middle of a write) or otherwise unreadable is skipped with a warning that
+names the file and line, never a traceback; a cut last line is trimmed so that the next record starts on its own.
+Records are written with one unbuffered ``write`` each, so a killed process loses nothing it wrote.
+
+:class:`FileJournal` is the one in ``stateDir/audit-journal.jsonl`` (built by ``reconciler run``);
+:class:`MemoryJournal` is its in-memory twin for tests and for controllers built without a state directory. Used by
+:mod:`reconciler.engine.reconcile` (begin, end, drop) and :mod:`reconciler.engine.controller` (unpushed, pushed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from reconciler.core.problems import PermanentError, TemporaryError
+
+FILE_NAME = "audit-journal.jsonl"
+INTERRUPTED = "interrupted"
+INTERRUPTED_MESSAGE = "the controller stopped before this effect's result was recorded: it may or may not have happened"
+log = logging.getLogger(__name__)
+
+
+class Kind(StrEnum):
+    BEGUN = "begun"
+    ENDED = "ended"
+    DROPPED = "dropped"
+
+
+class JournalError(TemporaryError):
+    """A record could not be written: the effect it announces must not be made."""
+
+
+def new_id() -> str:
+    """A unique audit entry id (random, 32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+class AuditJournal(Protocol):
+    """What the engine and the controller need from a journal. Every entry is a dict with a string ``id``."""
+
+    def begin(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Record, durably, effects about to be made; raises :class:`JournalError` if that cannot be done."""
+        ...
+
+    def end(self, entry: Mapping[str, Any]) -> None:
+        """Record an effect's final entry (its result). Never raises: an entry not journalled stays in memory."""
+        ...
+
+    def drop(self, ids: Collection[str]) -> None:
+        """Begun effects that were not made after all: they get no entry. Never raises."""
+        ...
+
+    def unpushed(self) -> list[dict[str, Any]]:
+        """Entries not pushed yet, in journal order: ended ones, and begun ones as result ``interrupted``."""
+        ...
+
+    def pushed(self, ids: Collection[str]) -> None:
+        """These entries are on the status branch: forget them. Never raises."""
+        ...
+
+
+def interrupted(begun: Mapping[str, Any]) -> dict[str, Any]:
+    """The entry of an effect begun and never known to have ended."""
+    return {**begun, "result": INTERRUPTED, "end": None, "message": INTERRUPTED_MESSAGE}
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: Kind
+    ids: tuple[str, ...]
+    entry: Mapping[str, Any] | None = None
+
+    def line(self) -> bytes:
+        if self.kind is Kind.DROPPED:
+            return json.dumps({"kind": str(self.kind), "ids": list(self.ids)}).encode() + b"\n"
+        body = {"kind": str(self.kind), "id": self.ids[0], "entry": self.entry}
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+def _entry_id(entry: Mapping[str, Any]) -> str:
+    found = entry.get("id")
+    if not isinstance(found, str) or not found:
+        raise ValueError("an audit entry to journal has no id")
+    return found
+
+
+def parse_record(line: bytes) -> Record | None:
+    """A journal line as a record, or None when it is not one (bad JSON, wrong shape, unknown kind)."""
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("kind") not in set(Kind):
+        return None
+    kind = Kind(data["kind"])
+    if kind is Kind.DROPPED:
+        ids = data.get("ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return None
+        return Record(kind, tuple(ids))
+    ident, entry = data.get("id"), data.get("entry")
+    if not isinstance(ident, str) or not ident or not isinstance(entry, dict):
+        return None
+    return Record(kind, (ident,), {**entry, "id": ident})
+
+
+def replay(records: Iterable[Record]) -> list[dict[str, Any]]:
+    """What the records leave unpushed, in the order the effects were begun (the last record of an id wins)."""
+    begun: dict[str, Mapping[str, Any]] = {}
+    ended: dict[str, Mapping[str, Any]] = {}
+    for record in records:
+        if record.kind is Kind.DROPPED:
+            for ident in record.ids:
+                begun.pop(ident, None)
+                ended.pop(ident, None)
+        elif record.kind is Kind.BEGUN:
+            begun.setdefault(record.ids[0], record.entry or {})
+        else:
+            ended[record.ids[0]] = record.entry or {}
+            begun.setdefault(record.ids[0], record.entry or {})
+    return [dict(ended[i]) if i in ended else interrupted(entry) for i, entry in begun.items()]
+
+
+class MemoryJournal:
+    """The journal's in-memory twin: the same records and the same answers, lost with the process."""
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self._lock = threading.Lock()
+
+    def begin(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        records = [Record(Kind.BEGUN, (_entry_id(e),), dict(e)) for e in entries]
+        with self._lock:
+            self.records.extend(records)
+
+    def end(self, entry: Mapping[str, Any]) -> None:
+        with self._lock:
+            self.records.append(Record(Kind.ENDED, (_entry_id(entry),), dict(entry)))
+
+    def drop(self, ids: Collection[str]) -> None:
+        if ids:
+            with self._lock:
+                self.records.append(Record(Kind.DROPPED, tuple(ids)))
+
+    def unpushed(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return replay(self.records)
+
+    def pushed(self, ids: Collection[str]) -> None:
+        done = set(ids)
+        with self._lock:
+            self.records = [r for r in self.records if not done.intersection(r.ids)]
+
+
+class FileJournal:
+    """The journal in ``path`` (JSON lines, mode 0600). Thread-safe; one controller process per file."""
+
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
+        self.path = Path(path)
+        self.durable = durable  # fdatasync the begun records before the effects they announce
+        self._lock = threading.Lock()
+        self._finished: set[str] = set()  # dropped since the file was last rewritten
+        self._warned = False
+        self._records = self._load()
+        self._finished.update(i for r in self._records if r.kind is Kind.DROPPED for i in r.ids)
+        self._fd = self._open()
+
+    # reading
+
+    def _load(self) -> list[Record]:
+        """Every readable record of the file; an unreadable line is skipped with a warning, a cut last one trimmed."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise PermanentError(f"{self.path}: cannot read the audit journal: {exc.strerror or exc}") from exc
+        records: list[Record] = []
+        lines = data.split(b"\n")
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            record = parse_record(line)
+            if record is not None:
+                records.append(record)
+            elif number == len(lines):  # no newline after it: its write was cut short by a crash
+                log.warning("%s:%d: ignoring a record cut short (the controller stopped while writing it)",
+                            self.path, number)  # fmt: skip
+            else:
+                log.warning("%s:%d: ignoring an unreadable audit journal record", self.path, number)
+        if data and not data.endswith(b"\n"):
+            self._trim(len(data) - len(lines[-1]))
+        return records
+
+    def _trim(self, size: int) -> None:
+        try:
+            os.truncate(self.path, size)
+        except OSError as exc:
+            raise PermanentError(f"{self.path}: cannot trim the audit journal: {exc.strerror or exc}") from exc
+
+    def _open(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise PermanentError(f"{self.path}: cannot open the audit journal: {exc.strerror or exc}") from exc
+
+    def unpushed(self) -> list[dict[str, Any]]:
+        with self._lock:  # what the file held when it was opened (asked at start-up), less what was pushed since
+            return replay(self._records)
+
+    # writing
+
+    def _write(self, data: bytes, sync: bool) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        if sync:
+            os.fdatasync(self._fd)
+
+    def begin(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        if not entries:
+            return
+        data = b"".join(Record(Kind.BEGUN, (_entry_id(e),), e).line() for e in entries)
+        with self._lock:
+            try:
+                self._write(data, self.durable)
+            except OSError as exc:
+                raise JournalError(f"{self.path}: cannot journal the audit entries: {exc.strerror or exc}") from exc
+
+    def _record(self, record: Record) -> None:
+        with self._lock:
+            try:
+                self._write(record.line(), sync=False)
+            except OSError as exc:  # the entry is still in memory and goes to the status branch with the others
+                if not self._warned:
+                    log.error("%s: cannot write to the audit journal: %s", self.path, exc.strerror or exc)
+                    self._warned = True
+
+    def end(self, entry: Mapping[str, Any]) -> None:
+        self._record(Record(Kind.ENDED, (_entry_id(entry),), entry))
+
+    def drop(self, ids: Collection[str]) -> None:
+        if ids:
+            self._record(Record(Kind.DROPPED, tuple(ids)))
+            with self._lock:
+                self._finished.update(ids)
+
+    def pushed(self, ids: Collection[str]) -> None:
+        """Rewrite the file without the pushed and the dropped entries (a new file renamed over the old one)."""
+        with self._lock:
+            done = self._finished | set(ids)
+            try:
+                self._rewrite(done)
+            except OSError as exc:  # kept: at start-up, what the status branch already has is skipped by id
+                log.warning("%s: cannot rewrite the audit journal: %s", self.path, exc.strerror or exc)
+                return
+            self._finished.clear()
+            self._records = [r for r in self._records if not done.intersection(r.ids)]
+
+    def _rewrite(self, done: set[str]) -> None:
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with open(self.path, "rb") as old, open(temporary, "wb") as new:
+            os.chmod(temporary, 0o600)
+            for line in _kept(old, done):
+                new.write(line)
+            new.flush()
+            os.fsync(new.fileno())
+        os.replace(temporary, self.path)
+        fd = self._open()
+        os.close(self._fd)
+        self._fd = fd
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def _kept(lines: Iterable[bytes], done: set[str]) -> Iterator[bytes]:
+    """The journal lines that still matter: records of entries neither pushed nor dropped."""
+    for line in lines:
+        record = parse_record(line)
+        if record is None or record.kind is Kind.DROPPED or done.intersection(record.ids):
+            continue
+        yield line if line.endswith(b"\n") else line + b"\n"
+
+
+def open_journal(state_dir: Path, *, durable: bool = True) -> FileJournal:
+    """The controller's journal in ``state_dir``; :class:`PermanentError` naming the file if it cannot be used."""
+    return FileJournal(Path(state_dir) / FILE_NAME, durable=durable)
