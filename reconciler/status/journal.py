@@ -95,8 +95,8 @@ class Record:
     def line(self) -> bytes:
         if self.kind is Kind.DROPPED:
             return json.dumps({"kind": str(self.kind), "ids": list(self.ids)}).encode() + b"\n"
-        body = {"kind": str(self.kind), "id": self.ids[0], "entry": self.entry}
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        # json's default encoder (no options): its C encoder is built once, not for every record
+        return json.dumps({"kind": str(self.kind), "id": self.ids[0], "entry": self.entry}).encode() + b"\n"
 
 
 def _entry_id(entry: Mapping[str, Any]) -> str:
@@ -181,10 +181,9 @@ class FileJournal:
         self.path = Path(path)
         self.durable = durable  # fdatasync the begun records before the effects they announce
         self._lock = threading.Lock()
-        self._finished: set[str] = set()  # dropped since the file was last rewritten
         self._warned = False
         self._records = self._load()
-        self._finished.update(i for r in self._records if r.kind is Kind.DROPPED for i in r.ids)
+        self._outstanding = {e["id"] for e in replay(self._records)}  # in the file, neither pushed nor dropped
         self._fd = self._open()
 
     # reading
@@ -244,15 +243,21 @@ class FileJournal:
     def begin(self, entries: Sequence[Mapping[str, Any]]) -> None:
         if not entries:
             return
-        data = b"".join(Record(Kind.BEGUN, (_entry_id(e),), e).line() for e in entries)
+        records = [Record(Kind.BEGUN, (_entry_id(e),), e) for e in entries]
+        data = b"".join(r.line() for r in records)
         with self._lock:
             try:
                 self._write(data, self.durable)
             except OSError as exc:
                 raise JournalError(f"{self.path}: cannot journal the audit entries: {exc.strerror or exc}") from exc
+            self._outstanding.update(r.ids[0] for r in records)
 
     def _record(self, record: Record) -> None:
         with self._lock:
+            if record.kind is Kind.DROPPED:
+                self._outstanding.difference_update(record.ids)
+            else:
+                self._outstanding.update(record.ids)
             try:
                 self._write(record.line(), sync=False)
             except OSError as exc:  # the entry is still in memory and goes to the status branch with the others
@@ -266,26 +271,27 @@ class FileJournal:
     def drop(self, ids: Collection[str]) -> None:
         if ids:
             self._record(Record(Kind.DROPPED, tuple(ids)))
-            with self._lock:
-                self._finished.update(ids)
 
     def pushed(self, ids: Collection[str]) -> None:
-        """Rewrite the file without the pushed and the dropped entries (a new file renamed over the old one)."""
+        """Forget the pushed entries: the file is emptied when nothing else is in it (the common case: a cycle's
+        entries are pushed together), else rewritten with only the outstanding records (renamed over the old one)."""
         with self._lock:
-            done = self._finished | set(ids)
+            self._outstanding.difference_update(ids)
+            self._records = [r for r in self._records if self._outstanding.intersection(r.ids)]
             try:
-                self._rewrite(done)
+                if self._outstanding:
+                    self._rewrite(self._outstanding)
+                else:
+                    os.ftruncate(self._fd, 0)
+                    os.fsync(self._fd)
             except OSError as exc:  # kept: at start-up, what the status branch already has is skipped by id
                 log.warning("%s: cannot rewrite the audit journal: %s", self.path, exc.strerror or exc)
-                return
-            self._finished.clear()
-            self._records = [r for r in self._records if not done.intersection(r.ids)]
 
-    def _rewrite(self, done: set[str]) -> None:
+    def _rewrite(self, keep: set[str]) -> None:
         temporary = self.path.with_name(self.path.name + ".tmp")
         with open(self.path, "rb") as old, open(temporary, "wb") as new:
             os.chmod(temporary, 0o600)
-            for line in _kept(old, done):
+            for line in _kept(old, keep):
                 new.write(line)
             new.flush()
             os.fsync(new.fileno())
@@ -306,11 +312,11 @@ class FileJournal:
                 self._fd = -1
 
 
-def _kept(lines: Iterable[bytes], done: set[str]) -> Iterator[bytes]:
-    """The journal lines that still matter: records of entries neither pushed nor dropped."""
+def _kept(lines: Iterable[bytes], keep: set[str]) -> Iterator[bytes]:
+    """The journal lines that still matter: the records of ``keep``, the entries neither pushed nor dropped."""
     for line in lines:
         record = parse_record(line)
-        if record is None or record.kind is Kind.DROPPED or done.intersection(record.ids):
+        if record is None or record.kind is Kind.DROPPED or not keep.intersection(record.ids):
             continue
         yield line if line.endswith(b"\n") else line + b"\n"
 

@@ -220,11 +220,24 @@ def test_a_rewrite_that_fails_keeps_the_entries_and_does_not_raise(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     journal = open_journal(tmp_path)
-    a = entry()
-    journal.begin([a])
+    a, in_flight = entry("ref"), entry("famille")
+    journal.begin([a, in_flight])
     journal.end(ended(a))
-    (tmp_path / (FILE_NAME + ".tmp")).mkdir()  # the new file cannot be written
+    (tmp_path / (FILE_NAME + ".tmp")).mkdir()  # the new file (without a) cannot be written
     with caplog.at_level(logging.WARNING):
         journal.pushed([a["id"]])
     assert "cannot rewrite the audit journal" in caplog.text
-    assert [e["id"] for e in FileJournal(tmp_path / FILE_NAME).unpushed()] == [a["id"]]  # the restart dedupes by id
+    left = FileJournal(tmp_path / FILE_NAME).unpushed()
+    assert [e["id"] for e in left] == [a["id"], in_flight["id"]]  # a restart skips a by its id on the status branch
+
+
+def test_pushing_everything_empties_the_file_and_pushing_part_keeps_the_rest(tmp_path: Path) -> None:
+    journal = open_journal(tmp_path)
+    a, in_flight = entry("ref"), entry("famille")
+    journal.begin([a, in_flight])
+    journal.end(ended(a))
+    journal.pushed([a["id"]])
+    assert [json.loads(line)["id"] for line in (tmp_path / FILE_NAME).read_text().splitlines()] == [in_flight["id"]]
+    journal.end(ended(in_flight))
+    journal.pushed([in_flight["id"]])
+    assert (tmp_path / FILE_NAME).read_bytes() == b""
