@@ -404,6 +404,11 @@ def _reconcile(
     drifted = 0
     not_ready: set[str] = set()
 
+    def starting(plan: UnitPlan) -> None:
+        begun_entry = begun.get((plan.application, plan.target))
+        if begun_entry is not None and job.journal is not None:
+            job.journal.start(begun_entry["id"])
+
     def record(plan: UnitPlan, result: str, message: str, t0: str) -> None:
         base = begun.pop((plan.application, plan.target), None) or _audit_base(job, plan)
         entry = {**base, "time": _now(), "start": t0, "end": _now(), "result": result, "message": message}
@@ -460,6 +465,7 @@ def _reconcile(
                 transient = True
                 break
             t0 = _now()
+            starting(plan)
             try:
                 result = pool.get(plan.target).apply(plan.desired, dry_run=job.dry_run)
             except Exception as exc:  # noqa: BLE001 - per application: report, let independent applications go on
@@ -514,6 +520,7 @@ def _reconcile(
             transient = True
             continue
         t0 = _now()
+        starting(plan)
         try:
             result = pool.get(plan.target).remove(env.name, plan.application, dry_run=job.dry_run)
             changed = changed or (result.changed and not job.dry_run)

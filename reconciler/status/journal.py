@@ -2,23 +2,27 @@
 
 Invariant 7 asks for exactly one audit entry per effect, whatever crashes when. The status branch gets an entry
 only with the cycle's status commit, long after the effect; this journal covers the gap. The engine journals a
-*begun* record for every effect it is about to make (one write and one ``fdatasync`` per environment, before its
-first effect), an *ended* record with the result after each effect, and *dropped* for a begun effect it did not
-make after all (held, waiting for a dependency that failed). The controller tells the journal which entries a status
+*begun* record for every effect it may make (one write and one ``fdatasync`` per environment, before its first
+effect), a *started* record just before each effect (written, not synced: a crash of the process keeps it), an
+*ended* record with the result after it, and *dropped* for a begun effect it did not make after all (held, waiting
+for a dependency that failed). The controller tells the journal which entries a status
 commit *pushed*; they are then forgotten (the file is rewritten without them). At start-up the controller asks for
-what is left (:meth:`AuditJournal.unpushed`): ended entries with their result, and begun-but-never-ended ones as
-result ``interrupted`` (the effect may or may not have happened; the next reconcile's own entry follows). Each entry
+what is left (:meth:`AuditJournal.unpushed`): ended entries with their result, and started-but-never-ended ones as
+result ``interrupted`` (the effect may or may not have happened; the next reconcile's own entry follows). A begun
+effect never started is no effect, unless the machine rebooted since (the boot id in the begun record differs): then
+its unsynced *started* record may be lost, and it is ``interrupted`` too. Each entry
 carries a unique ``id``, so the controller skips those the status branch already has (a crash after the push but
 before the journal forgot them) and nothing is pushed twice.
 
-One JSON object a line: ``{"kind": "begun"|"ended", "id": ..., "entry": {...}}`` or ``{"kind": "dropped", "ids":
-[...]}``. A line cut short (a crash in the middle of a write) or otherwise unreadable is skipped with a warning that
-names the file and line, never a traceback; a cut last line is trimmed so that the next record starts on its own.
+One JSON object a line: ``{"kind": "begun"|"ended", "id": ..., "entry": {...}, "boot": ...}``, ``{"kind":
+"started", "id": ...}`` or ``{"kind": "dropped", "ids": [...]}``. A line cut short (a crash in the middle of a
+write) or otherwise unreadable is skipped with a warning that names the file and line, never a traceback; a cut last
+line is trimmed so that the next record starts on its own.
 Records are written with one unbuffered ``write`` each, so a killed process loses nothing it wrote.
 
 :class:`FileJournal` is the one in ``stateDir/audit-journal.jsonl`` (built by ``reconciler run``);
 :class:`MemoryJournal` is its in-memory twin for tests and for controllers built without a state directory. Used by
-:mod:`reconciler.engine.reconcile` (begin, end, drop) and :mod:`reconciler.engine.controller` (unpushed, pushed).
+:mod:`reconciler.engine.reconcile` (begin, start, end, drop) and :mod:`reconciler.engine.controller` (unpushed, pushed).
 """
 
 from __future__ import annotations
@@ -43,9 +47,10 @@ log = logging.getLogger(__name__)
 
 
 class Kind(StrEnum):
-    BEGUN = "begun"
-    ENDED = "ended"
-    DROPPED = "dropped"
+    BEGUN = "begun"  # an effect that may be made (durable, one fdatasync for an environment's effects)
+    STARTED = "started"  # it is being made now (written, not synced: it survives a crash of the process)
+    ENDED = "ended"  # its final entry, with the result
+    DROPPED = "dropped"  # it was not made after all
 
 
 class JournalError(TemporaryError):
@@ -64,6 +69,10 @@ class AuditJournal(Protocol):
         """Record, durably, effects about to be made; raises :class:`JournalError` if that cannot be done."""
         ...
 
+    def start(self, ident: str) -> None:
+        """The begun effect ``ident`` is being made now. Never raises."""
+        ...
+
     def end(self, entry: Mapping[str, Any]) -> None:
         """Record an effect's final entry (its result). Never raises: an entry not journalled stays in memory."""
         ...
@@ -73,7 +82,7 @@ class AuditJournal(Protocol):
         ...
 
     def unpushed(self) -> list[dict[str, Any]]:
-        """Entries not pushed yet, in journal order: ended ones, and begun ones as result ``interrupted``."""
+        """Entries not pushed yet, in journal order: ended ones, and started ones as result ``interrupted``."""
         ...
 
     def pushed(self, ids: Collection[str]) -> None:
@@ -86,17 +95,30 @@ def interrupted(begun: Mapping[str, Any]) -> dict[str, Any]:
     return {**begun, "result": INTERRUPTED, "end": None, "message": INTERRUPTED_MESSAGE}
 
 
+def boot_id() -> str | None:
+    """This boot of the machine (Linux), or None. A process that crashed leaves everything it wrote in the page
+    cache; only a reboot loses writes that were not synced."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class Record:
     kind: Kind
     ids: tuple[str, ...]
     entry: Mapping[str, Any] | None = None
+    boot: str | None = None  # begun records: the boot they were written in
 
     def line(self) -> bytes:
+        # json's default encoder (no options): its C encoder is built once, not for every record
         if self.kind is Kind.DROPPED:
             return json.dumps({"kind": str(self.kind), "ids": list(self.ids)}).encode() + b"\n"
-        # json's default encoder (no options): its C encoder is built once, not for every record
-        return json.dumps({"kind": str(self.kind), "id": self.ids[0], "entry": self.entry}).encode() + b"\n"
+        if self.kind is Kind.STARTED:
+            return json.dumps({"kind": str(self.kind), "id": self.ids[0]}).encode() + b"\n"
+        body = {"kind": str(self.kind), "id": self.ids[0], "entry": self.entry, "boot": self.boot}
+        return json.dumps(body).encode() + b"\n"
 
 
 def _entry_id(entry: Mapping[str, Any]) -> str:
@@ -120,40 +142,61 @@ def parse_record(line: bytes) -> Record | None:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             return None
         return Record(kind, tuple(ids))
-    ident, entry = data.get("id"), data.get("entry")
-    if not isinstance(ident, str) or not ident or not isinstance(entry, dict):
+    ident, entry, boot = data.get("id"), data.get("entry"), data.get("boot")
+    if not isinstance(ident, str) or not ident:
         return None
-    return Record(kind, (ident,), {**entry, "id": ident})
+    if kind is Kind.STARTED:
+        return Record(kind, (ident,))
+    if not isinstance(entry, dict) or not (boot is None or isinstance(boot, str)):
+        return None
+    return Record(kind, (ident,), {**entry, "id": ident}, boot)
 
 
-def replay(records: Iterable[Record]) -> list[dict[str, Any]]:
-    """What the records leave unpushed, in the order the effects were begun (the last record of an id wins)."""
-    begun: dict[str, Mapping[str, Any]] = {}
+def replay(records: Iterable[Record], boot: str | None) -> list[dict[str, Any]]:
+    """What the records leave unpushed, in the order the effects were begun (the last record of an id wins).
+
+    A begun effect that was never started is not an effect when it was begun in this boot (its *started* record
+    would have survived the crash of the process); after a reboot it may have been lost: ``interrupted``."""
+    begun: dict[str, Record] = {}
+    started: set[str] = set()
     ended: dict[str, Mapping[str, Any]] = {}
     for record in records:
+        ident = record.ids[0] if record.ids else ""
         if record.kind is Kind.DROPPED:
-            for ident in record.ids:
-                begun.pop(ident, None)
-                ended.pop(ident, None)
-        elif record.kind is Kind.BEGUN:
-            begun.setdefault(record.ids[0], record.entry or {})
+            for gone in record.ids:
+                begun.pop(gone, None)
+                ended.pop(gone, None)
+        elif record.kind is Kind.STARTED:
+            started.add(ident)
         else:
-            ended[record.ids[0]] = record.entry or {}
-            begun.setdefault(record.ids[0], record.entry or {})
-    return [dict(ended[i]) if i in ended else interrupted(entry) for i, entry in begun.items()]
+            begun.setdefault(ident, record)
+            if record.kind is Kind.ENDED:
+                ended[ident] = record.entry or {}
+    out: list[dict[str, Any]] = []
+    for ident, record in begun.items():
+        if ident in ended:
+            out.append(dict(ended[ident]))
+        elif ident in started or boot is None or record.boot != boot:
+            out.append(interrupted(record.entry or {}))
+    return out
 
 
 class MemoryJournal:
     """The journal's in-memory twin: the same records and the same answers, lost with the process."""
 
-    def __init__(self) -> None:
+    def __init__(self, boot: str | None = "this boot") -> None:
         self.records: list[Record] = []
+        self.boot = boot
         self._lock = threading.Lock()
 
     def begin(self, entries: Sequence[Mapping[str, Any]]) -> None:
-        records = [Record(Kind.BEGUN, (_entry_id(e),), dict(e)) for e in entries]
+        records = [Record(Kind.BEGUN, (_entry_id(e),), dict(e), self.boot) for e in entries]
         with self._lock:
             self.records.extend(records)
+
+    def start(self, ident: str) -> None:
+        with self._lock:
+            self.records.append(Record(Kind.STARTED, (ident,)))
 
     def end(self, entry: Mapping[str, Any]) -> None:
         with self._lock:
@@ -166,7 +209,7 @@ class MemoryJournal:
 
     def unpushed(self) -> list[dict[str, Any]]:
         with self._lock:
-            return replay(self.records)
+            return replay(self.records, self.boot)
 
     def pushed(self, ids: Collection[str]) -> None:
         done = set(ids)
@@ -177,13 +220,14 @@ class MemoryJournal:
 class FileJournal:
     """The journal in ``path`` (JSON lines, mode 0600). Thread-safe; one controller process per file."""
 
-    def __init__(self, path: Path, *, durable: bool = True) -> None:
+    def __init__(self, path: Path, *, durable: bool = True, boot: str | None = None) -> None:
         self.path = Path(path)
         self.durable = durable  # fdatasync the begun records before the effects they announce
+        self.boot = boot if boot is not None else boot_id()
         self._lock = threading.Lock()
         self._warned = False
         self._records = self._load()
-        self._outstanding = {e["id"] for e in replay(self._records)}  # in the file, neither pushed nor dropped
+        self._outstanding = {e["id"] for e in replay(self._records, self.boot)}  # neither pushed nor dropped
         self._fd = self._open()
 
     # reading
@@ -228,7 +272,7 @@ class FileJournal:
 
     def unpushed(self) -> list[dict[str, Any]]:
         with self._lock:  # what the file held when it was opened (asked at start-up), less what was pushed since
-            return replay(self._records)
+            return replay(self._records, self.boot)
 
     # writing
 
@@ -243,7 +287,7 @@ class FileJournal:
     def begin(self, entries: Sequence[Mapping[str, Any]]) -> None:
         if not entries:
             return
-        records = [Record(Kind.BEGUN, (_entry_id(e),), e) for e in entries]
+        records = [Record(Kind.BEGUN, (_entry_id(e),), e, self.boot) for e in entries]
         data = b"".join(r.line() for r in records)
         with self._lock:
             try:
@@ -256,7 +300,7 @@ class FileJournal:
         with self._lock:
             if record.kind is Kind.DROPPED:
                 self._outstanding.difference_update(record.ids)
-            else:
+            else:  # (started: its begun record made it outstanding already)
                 self._outstanding.update(record.ids)
             try:
                 self._write(record.line(), sync=False)
@@ -264,6 +308,9 @@ class FileJournal:
                 if not self._warned:
                     log.error("%s: cannot write to the audit journal: %s", self.path, exc.strerror or exc)
                     self._warned = True
+
+    def start(self, ident: str) -> None:
+        self._record(Record(Kind.STARTED, (ident,)))
 
     def end(self, entry: Mapping[str, Any]) -> None:
         self._record(Record(Kind.ENDED, (_entry_id(entry),), entry))
