@@ -224,7 +224,9 @@ class FileJournal:
         self.path = Path(path)
         self.durable = durable  # fdatasync the begun records before the effects they announce
         self.boot = boot if boot is not None else boot_id()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # writes (short)
+        self._sync_lock = threading.Lock()  # fdatasync and swapping the file; taken before ``_lock``
+        self._written = self._synced = 0  # begun batches written / known durable (group commit)
         self._warned = False
         self._records = self._load()
         self._outstanding = {e["id"] for e in replay(self._records, self.boot)}  # neither pushed nor dropped
@@ -276,13 +278,11 @@ class FileJournal:
 
     # writing
 
-    def _write(self, data: bytes, sync: bool) -> None:
+    def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        if sync:
-            os.fdatasync(self._fd)
 
     def begin(self, entries: Sequence[Mapping[str, Any]]) -> None:
         if not entries:
@@ -291,10 +291,28 @@ class FileJournal:
         data = b"".join(r.line() for r in records)
         with self._lock:
             try:
-                self._write(data, self.durable)
+                self._write(data)
             except OSError as exc:
                 raise JournalError(f"{self.path}: cannot journal the audit entries: {exc.strerror or exc}") from exc
             self._outstanding.update(r.ids[0] for r in records)
+            self._written += 1
+            mine = self._written
+        if self.durable:
+            self._sync(mine)
+
+    def _sync(self, mine: int) -> None:
+        """Make batch ``mine`` durable. Group commit: one ``fdatasync`` covers every batch written before it began,
+        so workers that journal at the same moment share it, and writing goes on meanwhile."""
+        with self._sync_lock:
+            if self._synced >= mine:
+                return
+            with self._lock:
+                upto, fd = self._written, self._fd
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                raise JournalError(f"{self.path}: cannot journal the audit entries: {exc.strerror or exc}") from exc
+            self._synced = upto
 
     def _record(self, record: Record) -> None:
         with self._lock:
@@ -303,7 +321,7 @@ class FileJournal:
             else:  # (started: its begun record made it outstanding already)
                 self._outstanding.update(record.ids)
             try:
-                self._write(record.line(), sync=False)
+                self._write(record.line())
             except OSError as exc:  # the entry is still in memory and goes to the status branch with the others
                 if not self._warned:
                     log.error("%s: cannot write to the audit journal: %s", self.path, exc.strerror or exc)
@@ -322,7 +340,7 @@ class FileJournal:
     def pushed(self, ids: Collection[str]) -> None:
         """Forget the pushed entries: the file is emptied when nothing else is in it (the common case: a cycle's
         entries are pushed together), else rewritten with only the outstanding records (renamed over the old one)."""
-        with self._lock:
+        with self._sync_lock, self._lock:
             self._outstanding.difference_update(ids)
             self._records = [r for r in self._records if self._outstanding.intersection(r.ids)]
             try:
@@ -353,7 +371,7 @@ class FileJournal:
             os.close(directory)
 
     def close(self) -> None:
-        with self._lock:
+        with self._sync_lock, self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -260,3 +261,23 @@ def test_a_begun_effect_never_started_is_no_effect_unless_the_machine_rebooted(t
     assert FileJournal(path, boot="boot-1").unpushed() == []
     after_reboot = FileJournal(path, boot="boot-2").unpushed()  # an unsynced start may be lost in a reboot
     assert [(e["id"], e["result"]) for e in after_reboot] == [(a["id"], INTERRUPTED)]
+
+
+def test_workers_journalling_at_the_same_time_lose_nothing(tmp_path: Path) -> None:
+    journal = open_journal(tmp_path)  # durable: concurrent begins share their fdatasync (group commit)
+    batches = [[entry(f"app-{worker}-{i}") for i in range(20)] for worker in range(8)]
+
+    def work(batch: list[dict[str, Any]]) -> None:
+        journal.begin(batch)
+        for e in batch:
+            journal.start(e["id"])
+            journal.end(ended(e))
+
+    threads = [threading.Thread(target=work, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    left = FileJournal(tmp_path / FILE_NAME).unpushed()
+    assert sorted(e["id"] for e in left) == sorted(e["id"] for batch in batches for e in batch)
+    assert {e["result"] for e in left} == {"succeeded"}
