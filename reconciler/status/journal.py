@@ -255,13 +255,17 @@ class FileJournal:
                             self.path, number)  # fmt: skip
             else:
                 log.warning("%s:%d: ignoring an unreadable audit journal record", self.path, number)
-        if data and not data.endswith(b"\n"):
-            self._trim(len(data) - len(lines[-1]))
+        if data and not data.endswith(b"\n"):  # the next record must start on a line of its own
+            whole = parse_record(lines[-1]) is not None  # (cut just before its newline)
+            self._trim(len(data) - (0 if whole else len(lines[-1])), whole)
         return records
 
-    def _trim(self, size: int) -> None:
+    def _trim(self, size: int, newline: bool) -> None:
         try:
             os.truncate(self.path, size)
+            if newline:
+                with open(self.path, "ab") as fh:
+                    fh.write(b"\n")
         except OSError as exc:
             raise PermanentError(f"{self.path}: cannot trim the audit journal: {exc.strerror or exc}") from exc
 

@@ -281,3 +281,16 @@ def test_workers_journalling_at_the_same_time_lose_nothing(tmp_path: Path) -> No
     left = FileJournal(tmp_path / FILE_NAME).unpushed()
     assert sorted(e["id"] for e in left) == sorted(e["id"] for batch in batches for e in batch)
     assert {e["result"] for e in left} == {"succeeded"}
+
+
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / FILE_NAME
+    journal = FileJournal(path)
+    a, b = entry("ref"), entry("famille")
+    journal.begin([a])
+    journal.start(a["id"])
+    path.write_bytes(path.read_bytes()[:-1])  # the crash came just before the newline
+    reopened = FileJournal(path)
+    reopened.begin([b])
+    reopened.start(b["id"])
+    assert [e["id"] for e in FileJournal(path).unpushed()] == [a["id"], b["id"]]
