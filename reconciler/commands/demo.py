@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from reconciler.commands.common import ConfigError, fail, load_config
+from reconciler.core.problems import ReconcilerError
 from reconciler.observability import logging as logs
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -140,7 +141,10 @@ def run_demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     metrics = PrometheusMetrics()
-    controller = build_controller(config, progress=True, metrics=metrics)
+    try:
+        controller = build_controller(config, progress=True, metrics=metrics)
+    except ReconcilerError as exc:  # the audit journal in the state directory cannot be used
+        return fail(str(exc))
     if args.once:
         return run_controller(controller, once=True)
     start = http_server(config, metrics)

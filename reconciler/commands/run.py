@@ -38,6 +38,7 @@ from reconciler.http.server import HttpServer
 from reconciler.http.webhooks import WebhookSecrets
 from reconciler.observability import logging as logs
 from reconciler.observability.metrics import PrometheusMetrics
+from reconciler.status.journal import open_journal
 
 
 def build_controller(
@@ -55,6 +56,7 @@ def build_controller(
         config.source_url, config.branch, Path(config.state_dir) / "source", timeout=config.source_timeout
     )
     store = None if dry_run else status_store(config)
+    journal = None if dry_run else open_journal(Path(config.state_dir))
     return Controller(
         config,
         source,
@@ -63,6 +65,7 @@ def build_controller(
         dry_run=dry_run,
         progress=_progress_printer() if progress else None,
         metrics=metrics,
+        journal=journal,
     )
 
 
@@ -233,7 +236,10 @@ def run_run(args: argparse.Namespace) -> int:
     replica = args.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     set_replica_identity(replica)
     metrics = PrometheusMetrics()
-    controller = build_controller(config, dry_run=args.dry_run, progress=True, metrics=metrics)
+    try:
+        controller = build_controller(config, dry_run=args.dry_run, progress=True, metrics=metrics)
+    except ReconcilerError as exc:  # the audit journal in stateDir cannot be used
+        return fail(str(exc))
     try:
         coordinator = attach_sharding(controller, args, replica)
     except ReconcilerError as exc:

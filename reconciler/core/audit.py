@@ -13,9 +13,10 @@ from typing import Any
 
 @dataclass(frozen=True)
 class AuditEntry:
+    id: str  # unique: the journal and the status branch know an entry by it (pushed exactly once)
     time: str
     start: str
-    end: str
+    end: str | None
     revision: str
     author: str
     committer: str
@@ -26,7 +27,7 @@ class AuditEntry:
     action: str  # create | update | remove | adopt
     from_version: str | None
     to_version: str | None
-    result: str  # succeeded | failed | interrupted
+    result: str | None  # succeeded | failed | interrupted (None: announced in the journal, not made yet)
     trigger: str  # revision | poll | webhook | manual | drift | drift-check
     signer: str | None
     override: str | None
@@ -35,7 +36,7 @@ class AuditEntry:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "time": self.time, "start": self.start, "end": self.end, "revision": self.revision,
+            "id": self.id, "time": self.time, "start": self.start, "end": self.end, "revision": self.revision,
             "author": self.author, "committer": self.committer, "environment": self.environment,
             "stage": self.stage, "application": self.application, "target": self.target, "action": self.action,
             "from": self.from_version, "to": self.to_version, "result": self.result, "trigger": self.trigger,

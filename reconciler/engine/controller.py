@@ -37,6 +37,7 @@ from reconciler.engine.schedule import EnvState, Scheduler, run_in_waves
 from reconciler.engine.targets import DriverPool
 from reconciler.engine.workers import Workers
 from reconciler.observability.logging import get_logger
+from reconciler.status.journal import AuditJournal
 
 __all__ = ["Controller", "CycleReport", "EnvState", "Loaded", "Source", "Store"]
 
@@ -70,6 +71,7 @@ class Controller:
         clock: Callable[[], float] = time.time,
         progress: Callable[[int, int], None] | None = None,
         metrics: MetricsSink | None = None,
+        journal: AuditJournal | None = None,
     ) -> None:
         self.config = config
         self.source = source
@@ -82,7 +84,7 @@ class Controller:
         self.gov = Governance(config, source)
         self.revisions = Revisions(config, source)
         self.sched = Scheduler(config)
-        self.publisher = Publisher(store, self.sched, self.revisions, self.gov, self.metrics, dry_run)
+        self.publisher = Publisher(store, self.sched, self.revisions, self.gov, self.metrics, dry_run, journal)
         self.workers = Workers(config.concurrency, config.apply_timeout, lambda: self.clock(), progress)
         self.source_error: str | None = None
         self.last_drift_check: float | None = None
@@ -229,6 +231,7 @@ class Controller:
             memo=self.memo,
             render_tokens=self.revisions.render_tokens(loaded, env),
             clock=self.clock,
+            journal=None if self.dry_run else self.publisher.journal,
         )
 
     def _run_batch(self, jobs: list[tuple[Job, str]], stop: threading.Event | None) -> dict[str, EnvOutcome]:
@@ -340,5 +343,6 @@ class Controller:
 
     def close(self) -> None:
         self.workers.close()
+        self.publisher.journal.close()
         self.pool.close()
         self.source.close()

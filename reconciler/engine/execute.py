@@ -1,5 +1,11 @@
 """The executor: runs one environment's sync tasks in order and records one audit entry per effect.
 
+Every effect is journalled (:mod:`reconciler.status.journal`) before it is made: the task list is announced in one
+durable write (an effect that cannot be announced is not made: the environment fails, transient), each effect is
+marked started just before the driver call and its final entry written after it; announced effects that were not
+made are dropped. A crash at any point leaves each effect's entry in the journal, and the controller pushes it
+exactly once (by id) after a restart.
+
 It decides nothing that :func:`reconciler.core.tasks.plan_tasks` could decide before acting: it applies and
 prunes through drivers, turns an apply into a wait when a dependency failed at run time, stops when this replica
 lost the environment's lease, asks drivers for health, and classifies the errors it met (which decides retry).
@@ -10,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +27,7 @@ from reconciler.core.tasks import Requirement, Task, TaskKind, is_drift_repair
 from reconciler.drivers.base import health_is_observed
 from reconciler.engine.outcome import HEALTH_PHASE, AppStatus, EnvOutcome, classify, safe_message, summary
 from reconciler.engine.targets import DriverPool
+from reconciler.status.journal import AuditJournal, JournalError, new_id
 
 
 def iso(moment: float) -> str:
@@ -44,6 +51,7 @@ class Context:
     owned: Callable[[], bool] | None = None
     requirement: Requirement | None = None  # why a release's ``requires`` are not met by the live versions
     clock: Callable[[], float] = time.time  # the controller's clock: audit times (and so soak) follow it
+    journal: AuditJournal | None = None  # effects are journalled before they are made (crash-safe audit)
 
 
 @dataclass
@@ -58,24 +66,36 @@ class Run:
     not_ready: set[str] = field(default_factory=set)
     live: dict[str, str | None] = field(default_factory=dict)  # versions live now (as the applies go)
     holds: set[str] = field(default_factory=set)
+    begun: dict[tuple[str, str], AuditEntry] = field(default_factory=dict)  # announced, not recorded yet
     changed: bool = False
     drifted: int = 0
     lease_lost: bool = False
 
+    def entry(self, task: Task, plan: UnitPlan, action: str, start: str, ident: str | None = None) -> AuditEntry:
+        return AuditEntry(
+            id=ident or new_id(), time=start, start=start, end=None, revision=self.ctx.revision,
+            author=self.ctx.author, committer=self.ctx.committer, environment=self.ctx.environment,
+            stage=self.ctx.stage, application=plan.application, target=plan.target, action=action,
+            from_version=plan.from_version, to_version=plan.to_version, result=None,
+            trigger="drift" if plan.reason.startswith("drift") else self.ctx.trigger,
+            signer=self.ctx.signer or None, override=task.override, replica=self.ctx.replica or None, message="",
+        )  # fmt: skip
+
+    def starting(self, plan: UnitPlan) -> None:
+        begun = self.begun.get((plan.application, plan.target))
+        if begun is not None and self.ctx.journal is not None:
+            self.ctx.journal.start(begun.id)
+
     def record(self, task: Task, plan: UnitPlan, action: str, result: str, message: str, start: str) -> None:
         if self.ctx.dry_run:
             return
-        now = iso(self.ctx.clock())
-        entry = AuditEntry(
-            time=now, start=start, end=now, revision=self.ctx.revision, author=self.ctx.author,
-            committer=self.ctx.committer, environment=self.ctx.environment, stage=self.ctx.stage,
-            application=plan.application, target=plan.target, action=action, from_version=plan.from_version,
-            to_version=plan.to_version, result=result,
-            trigger="drift" if plan.reason.startswith("drift") else self.ctx.trigger,
-            signer=self.ctx.signer or None, override=task.override, replica=self.ctx.replica or None,
-            message=message,
-        )  # fmt: skip
-        self.audit.append(entry.as_dict())
+        begun = self.begun.pop((plan.application, plan.target), None) if action != "adopt" else None
+        base = begun or self.entry(task, plan, action, start)
+        entry = replace(base, time=iso(self.ctx.clock()), start=start, end=iso(self.ctx.clock()), result=result,
+                        message=message).as_dict()  # fmt: skip
+        self.audit.append(entry)
+        if self.ctx.journal is not None:
+            self.ctx.journal.end(entry)
 
     def owns(self) -> bool:
         if self.ctx.owned is not None and not self.ctx.owned():
@@ -101,6 +121,10 @@ def execute(
     ``plans``: the light plans the outcome keeps)."""
     run = Run(ctx, pool)
     run.live = {p.application: p.live.version for p in plans_live if p.live is not None and not p.live.drifted}
+    try:
+        _announce(run, tasks)
+    except JournalError as exc:  # an effect that could not be journalled must not be made
+        return _unjournalled(ctx, plans_live, exc, duration)
     for task in tasks:
         if task.kind is TaskKind.APPLY:
             _apply(run, task)
@@ -115,6 +139,8 @@ def execute(
                 run.not_ready.add(task.application)
             elif task.desired is not None:
                 run.drifted += 1  # drift that self-heal may not repair
+    if run.begun and ctx.journal is not None:  # announced, then not made (a dependency failed): no entry
+        ctx.journal.drop([e.id for e in run.begun.values()])
     phase = worst_phase(s.phase for s in run.statuses.values())
     classified = classify(run.errors)
     failed = phase is Phase.FAILED
@@ -133,6 +159,27 @@ def execute(
         retry_after=classified.retry_after if failed else None,
         holds=frozenset(run.holds),
     )
+
+
+def _announce(run: Run, tasks: list[Task]) -> None:
+    """Journal every effect the tasks may make, in one durable write, before the first is made."""
+    if run.ctx.dry_run or run.ctx.journal is None:
+        return
+    start = iso(run.ctx.clock())
+    for task in tasks:
+        if task.kind in (TaskKind.APPLY, TaskKind.PRUNE):
+            for plan in task.plans:
+                action = "remove" if task.kind is TaskKind.PRUNE else str(plan.action)
+                run.begun[(plan.application, plan.target)] = run.entry(task, plan, action, start)
+    if run.begun:
+        run.ctx.journal.begin([e.as_dict() for e in run.begun.values()])
+
+
+def _unjournalled(ctx: Context, plans: list[UnitPlan], exc: JournalError, duration: float) -> EnvOutcome:
+    message = f"nothing applied: {exc}"
+    apps = {p.application: AppStatus(p.to_version, p.from_version, Phase.FAILED, message) for p in plans}
+    return EnvOutcome(ctx.environment, Phase.FAILED, message, apps, transient=True, duration=duration,
+                      retry_after=exc.delay)  # fmt: skip
 
 
 def _apply(run: Run, task: Task) -> None:
@@ -156,6 +203,7 @@ def _apply(run: Run, task: Task) -> None:
             _fail(run, task, "stopped: this replica lost the environment's lease")
             return
         start = iso(run.ctx.clock())
+        run.starting(plan)
         try:
             result = run.pool.get(plan.target).apply(plan.desired, dry_run=run.ctx.dry_run)
         except Exception as exc:  # noqa: BLE001 - per application: report, let independent applications go on
@@ -212,6 +260,7 @@ def _prune(run: Run, task: Task) -> None:
             )
             continue
         start = iso(run.ctx.clock())
+        run.starting(plan)
         try:
             result = run.pool.get(plan.target).remove(run.ctx.environment, plan.application, dry_run=run.ctx.dry_run)
         except Exception as exc:  # noqa: BLE001 - isolate this failure

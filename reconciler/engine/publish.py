@@ -14,7 +14,7 @@ import json
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace as evolve
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ from reconciler.engine.revision import Revisions
 from reconciler.engine.schedule import Scheduler
 from reconciler.observability.logging import get_logger
 from reconciler.status import document as statusdoc
+from reconciler.status.journal import AuditJournal, MemoryJournal
 from reconciler.status.store import AuditTrail
 
 
@@ -47,7 +48,7 @@ def _still_live(status: AppStatus, before: object) -> str | None:
 
 class Publisher:
     def __init__(self, store: Store | None, sched: Scheduler, revisions: Revisions, gov: Governance,
-                 metrics: MetricsSink, dry_run: bool) -> None:  # fmt: skip
+                 metrics: MetricsSink, dry_run: bool, journal: AuditJournal | None = None) -> None:  # fmt: skip
         self.store = store
         self.sched = sched
         self.revisions = revisions
@@ -56,6 +57,9 @@ class Publisher:
         self.dry_run = dry_run
         self.log = get_logger(component="controller")
         self.pending_audit: list[bytes] = []  # audit entries (JSON lines) not yet committed to the status branch
+        self.pending_ids: list[str] = []  # their ids: the journal forgets them once they are pushed
+        self.journal: AuditJournal = journal or MemoryJournal()  # entries survive a crash until they are pushed
+        self.journal_recovered = False  # what an earlier run journalled and did not push is pending again
         self.unpushed: set[str] = set()  # environments whose status documents failed to push
         self.controller_doc_identity: str | None = None
         self._recent: dict[str, deque[bytes]] = {}  # the last 20 audit entries (JSON) per environment
@@ -67,8 +71,11 @@ class Publisher:
         if self.store is None:
             return
         snapshot = self.store.read()
+        leftovers = self.journal.unpushed()
+        wanted, on_branch = {e["id"] for e in leftovers}, set[str]()
         if isinstance(self.store, AuditTrail):
-            self.gov.learn(self.store.audit_lines())
+            self.gov.learn(_noting_ids(self.store.audit_lines(), wanted, on_branch))
+        self._recover_journal(leftovers, on_branch)
         for path, data in snapshot.files.items():
             if not (path.startswith("environments/") and path.endswith(".yaml")):
                 continue
@@ -83,6 +90,41 @@ class Publisher:
             self.revisions.last_good_hint = good if isinstance(good, str) else None
             self.revisions.restored_invalid = bool(doc and doc.get("invalidRevision"))
 
+    def _recover_journal(self, leftovers: list[dict[str, Any]], on_branch: set[str]) -> None:
+        """Entries an earlier run journalled and did not push (applied, or begun and ``interrupted``) join the next
+        status commit; those the status branch already has (pushed, then the crash) are forgotten: each once."""
+        fresh = [e for e in leftovers if e["id"] not in on_branch]
+        if on_branch & {e["id"] for e in leftovers}:
+            self.journal.pushed(on_branch)
+        if fresh:
+            self.log.warning("audit entries recovered from the journal", entries=len(fresh),
+                             interrupted=sum(1 for e in fresh if e.get("result") == "interrupted"))  # fmt: skip
+            self.gov.learn(fresh)
+            lines = [json.dumps(e, sort_keys=True).encode() for e in fresh]
+            self.pending_audit[:0] = lines  # older than anything this run made
+            self.pending_ids[:0] = [e["id"] for e in fresh]
+            with self._recent_lock:
+                for entry, line in zip(fresh, lines, strict=True):
+                    self._recent.setdefault(str(entry.get("environment")), deque(maxlen=20)).append(line)
+        self.journal_recovered = True
+
+    def _recover_late(self) -> None:
+        """The journal's recovery when :meth:`restore` could not read the status branch: before the next status
+        commit, once the branch can be read."""
+        leftovers = self.journal.unpushed()
+        if not leftovers:
+            self.journal_recovered = True
+            return
+        wanted, on_branch = {e["id"] for e in leftovers}, set[str]()
+        try:
+            if isinstance(self.store, AuditTrail):
+                for _ in _noting_ids(self.store.audit_lines(), wanted, on_branch):
+                    pass
+        except ReconcilerError as exc:
+            self.log.error("cannot read the audit trail; journalled entries wait", error=str(exc))
+            return
+        self._recover_journal(leftovers, on_branch)
+
     # --- audit ---------------------------------------------------------------------------------------------
     def take(self, outcome: EnvOutcome) -> EnvOutcome:
         """Take an environment's audit entries as soon as its reconcile returns: governance learns them, they wait
@@ -94,6 +136,7 @@ class Publisher:
             self.gov.learn(outcome.audit)
             lines = [json.dumps(e, sort_keys=True).encode() for e in outcome.audit]
             self.pending_audit.extend(lines)
+            self.pending_ids.extend(e["id"] for e in outcome.audit if "id" in e)
             with self._recent_lock:
                 self._recent.setdefault(outcome.environment, deque(maxlen=20)).extend(lines)
         return evolve(outcome, audit=(), changes=len(outcome.audit))
@@ -171,7 +214,11 @@ class Publisher:
         ident = statusdoc.identity(controller)
         if ident != self.controller_doc_identity:
             replace["controller.yaml"] = statusdoc.dump(controller)
-        if self.dry_run or self.store is None or (not replace and not self.pending_audit):
+        if self.dry_run or self.store is None:
+            return None
+        if not self.journal_recovered:
+            self._recover_late()
+        if not replace and not self.pending_audit:
             return None
         return self._commit(replace, ident)
 
@@ -196,8 +243,19 @@ class Publisher:
                     self.unpushed.add(name)
             self.log.error("status push failed; will retry", error=str(exc))
             return None
+        self.journal.pushed(self.pending_ids)
+        self.pending_ids.clear()
         self.pending_audit.clear()
         self.unpushed.clear()
         self.controller_doc_identity = controller_identity
         self.metrics.status_push(True)
         return commit
+
+
+def _noting_ids(entries: Iterable[Mapping[str, Any]], wanted: set[str], found: set[str]) -> Iterator[Mapping[str, Any]]:
+    """``entries`` as they are, noting in ``found`` the ids among ``wanted`` that they carry."""
+    for entry in entries:
+        ident = entry.get("id")
+        if wanted and isinstance(ident, str) and ident in wanted:
+            found.add(ident)
+        yield entry

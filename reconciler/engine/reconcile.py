@@ -30,6 +30,7 @@ from reconciler.engine.execute import Context, execute
 from reconciler.engine.memo import RenderMemo, Settled
 from reconciler.engine.outcome import AppStatus, EnvOutcome, classify, safe_message
 from reconciler.engine.targets import DriverPool
+from reconciler.status.journal import AuditJournal
 
 __all__ = ["AppStatus", "EnvOutcome", "Job", "RenderMemo", "Settled", "reconcile_environment"]
 
@@ -66,6 +67,7 @@ class Job:
     memo: RenderMemo | None = None  # fingerprints of earlier renders: skip rendering what cannot have changed
     render_tokens: Mapping[str, str] = field(default_factory=dict)  # app -> digest of everything its render reads
     clock: Callable[[], float] = time.time  # the controller's clock (audit times)
+    journal: AuditJournal | None = None  # audit entries are journalled before each effect and after it
 
 
 def _dependencies(repo: ReleasesRepo, app: str, version: str | None) -> tuple[str, ...]:
@@ -278,7 +280,7 @@ def _reconcile(
     inputs = _inputs(job, decided)
     ctx = Context(env.name, env.stage, job.revision, job.author, job.committer, job.trigger,
                   facts.signer if facts else "", job.replica, job.dry_run, job.check_drift, job.owned,
-                  inputs.requirement, job.clock)  # fmt: skip
+                  inputs.requirement, job.clock, None if job.dry_run else job.journal)  # fmt: skip
     return execute(ctx, pool, plan_tasks(plans, inputs), plans, _light(plans), clock() - started)
 
 

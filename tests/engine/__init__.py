@@ -41,6 +41,7 @@ class Fleet:
             "applyTimeout": "60s",
             "driftCheckInterval": "0s",
             "backoff": {"initial": "1s", "max": "2s"},
+            "listen": "127.0.0.1:0",  # a running controller serves on an ephemeral port, never a fixed one
             "targets": {},
             "targetPatterns": [
                 {"match": "aix-*", "driver": "script", "timeout": "20s",
