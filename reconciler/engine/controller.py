@@ -118,6 +118,10 @@ class Controller:
         return self.sched.states
 
     @property
+    def journal(self) -> AuditJournal:
+        return self.publisher.journal
+
+    @property
     def pending_audit(self) -> list[bytes]:
         return self.publisher.pending_audit
 
