@@ -28,6 +28,7 @@ from reconciler.core.plan import Phase
 from reconciler.core.problems import Problem, ReconcilerError
 from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
+from reconciler.engine.loop import Debounce, SourceBackoff
 from reconciler.engine.memo import RenderMemo
 from reconciler.engine.outcome import AppStatus, EnvOutcome
 from reconciler.engine.publish import Publisher, Store
@@ -87,6 +88,8 @@ class Controller:
         self.publisher = Publisher(store, self.sched, self.revisions, self.gov, self.metrics, dry_run, journal)
         self.workers = Workers(config.concurrency, config.apply_timeout, lambda: self.clock(), progress)
         self.source_error: str | None = None
+        self.source_backoff = SourceBackoff(config.interval, config.backoff_max)
+        self.debounce = Debounce()
         self.last_drift_check: float | None = None
         self.fetched_once = threading.Event()
         self.cycles = 0
@@ -118,6 +121,10 @@ class Controller:
         return self.sched.states
 
     @property
+    def source_failures(self) -> int:
+        return self.source_backoff.failures
+
+    @property
     def journal(self) -> AuditJournal:
         return self.publisher.journal
 
@@ -135,7 +142,7 @@ class Controller:
         self.cycles += 1
         self.workers.take_late(self.publisher.take)
         report = CycleReport(revision=None)
-        recovered = self._fetch(report)
+        recovered = self._fetch(report, triggered=trigger in ("webhook", "manual"))
         loaded = self.good
         if loaded is None:
             self._publish({}, report)
@@ -162,19 +169,14 @@ class Controller:
             listener(report)
         return report
 
-    def _fetch(self, report: CycleReport) -> bool:
-        """Fetch the source and load a new head; returns whether the head recovered from an invalid one."""
-        fetch_started = time.perf_counter()
-        try:
-            head = self.source.fetch()
-            self.source_error = None
-            self.fetched_once.set()
-            self.metrics.fetch(time.perf_counter() - fetch_started, True)
-        except ReconcilerError as exc:
-            head = None
-            self.source_error = report.source_error = str(exc)
-            self.metrics.fetch(time.perf_counter() - fetch_started, False)
-            self.log.error("source fetch failed; serving the last good revision", error=str(exc))
+    def _fetch(self, report: CycleReport, triggered: bool) -> bool:
+        """Fetch the source (unless it is backing off after failures and nobody asked) and load a new head; returns
+        whether the head recovered from an invalid one."""
+        head: str | None = None
+        if not self.source_backoff.due(self.clock(), triggered):
+            report.source_error = self.source_error  # still failing: served from the last good revision
+        else:
+            head = self._fetch_head(report)
         recovered = False
         if head is not None and head != self.head:
             recovered = self.revisions.advance(head)
@@ -183,6 +185,23 @@ class Controller:
         if self.invalid:
             report.invalid = self.invalid[1]
         return recovered
+
+    def _fetch_head(self, report: CycleReport) -> str | None:
+        fetch_started = time.perf_counter()
+        try:
+            head = self.source.fetch()
+        except ReconcilerError as exc:
+            self.source_error = report.source_error = str(exc)
+            self.metrics.fetch(time.perf_counter() - fetch_started, False)
+            delay = self.source_backoff.failed(exc, self.clock())
+            self.log.error("source fetch failed; serving the last good revision", error=str(exc),
+                           failures=self.source_backoff.failures, retry_in=round(delay, 1))  # fmt: skip
+            return None
+        self.source_error = None
+        self.source_backoff.succeeded()
+        self.fetched_once.set()
+        self.metrics.fetch(time.perf_counter() - fetch_started, True)
+        return head
 
     def _plan(
         self, loaded: Loaded, trigger: str, report: CycleReport
@@ -322,6 +341,7 @@ class Controller:
             "invalidRevision": invalid[0] if invalid else None,
             "problems": [str(p) for p in invalid[1][:50]] if invalid else [],
             "sourceError": self.source_error,
+            "sourceFailures": self.source_backoff.failures,
             "cycles": self.cycles,
             "ready": self.fetched_once.is_set(),
             "applications": sorted(loaded.repo.applications) if loaded else [],
@@ -334,6 +354,8 @@ class Controller:
         try:
             while not stop.is_set():
                 trigger = "webhook" if wake.is_set() else "poll"
+                if trigger == "webhook":
+                    self.debounce.settle(wake, stop)  # a burst of pushes: one cycle
                 wake.clear()
                 try:
                     self.cycle(trigger, stop)

@@ -22,6 +22,12 @@ class ControllerView(Protocol):
     config: ControllerConfig
     fetched_once: threading.Event  # set once the source has been fetched
     loop_running: bool  # the controller loop runs (for ``/readyz``)
+    source_error: str | None  # the last fetch's error (None: it succeeded)
+
+    @property
+    def source_failures(self) -> int:
+        """How many fetches failed in a row (0: the last one succeeded)."""
+        ...
 
     def snapshot(self) -> dict[str, Any]:
         """Phases, revisions and recent audit of every environment (the API and dashboard read only this)."""

@@ -6,7 +6,8 @@ Routes (anything else is 404; a known path with another method is 405 with ``All
 - ``GET /api/v1/environments`` (filters ``stage``, ``phase``, ``application``) and ``/api/v1/environments/<name>``;
 - ``GET /metrics``: Prometheus text format (gzip when the scraper accepts it);
 - ``GET /healthz``: 200 while the process serves; ``GET /readyz``: 200 once the source was fetched and the
-  controller loop runs, else 503 with the reasons;
+  controller loop runs, and while the source has not failed ``UNREADY_AFTER_FAILURES`` fetches in a row, else 503
+  with the reasons;
 - ``POST /webhook``: see :mod:`reconciler.http.webhooks`.
 
 Every request runs in its own daemon thread and only reads :meth:`Controller.snapshot` or calls
@@ -35,6 +36,8 @@ from reconciler.observability.metrics import PrometheusMetrics
 
 DEFAULT_MAX_BODY = 1024 * 1024
 DASHBOARD_MODULE = "reconciler.http.dashboard"
+
+UNREADY_AFTER_FAILURES = 3  # consecutive failed fetches after which /readyz says 503
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -190,6 +193,9 @@ class HttpServer(App):
             reasons.append("controller loop not running")
         if not self.controller.fetched_once.is_set():
             reasons.append("source not fetched yet")
+        failures = self.controller.source_failures
+        if failures >= UNREADY_AFTER_FAILURES:  # serving the last good revision, but blind to new commits
+            reasons.append(f"source failing ({failures} fetches in a row): {self.controller.source_error}")
         return reasons
 
     def render_metrics(self, accept_encoding: str) -> tuple[bytes, dict[str, str]] | None:
