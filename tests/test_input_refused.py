@@ -268,3 +268,15 @@ def test_history_compares_instants_not_strings(fleet: Fleet, capsys: pytest.Capt
     shifted = f"{day}T{(hour + 2) % 24:02d}{first[13:19]}+02:00" if hour < 22 else first
     assert count("--since", shifted) == len(entries)
     assert count("--until", first) == 0
+
+
+def test_plan_refuses_an_unreadable_now(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = write_repo(tmp_path / "repo", minimal_repo())
+    git("init", "-q", "-b", "main", cwd=repo)
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "valid", cwd=repo)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "--repo", str(repo), "--base", "HEAD", "--head", "HEAD", "--now", "2026-13-45"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "--now" in err and "'2026-13-45'" in err and "internal error" not in err, err

@@ -44,7 +44,7 @@ _MERGE = "tag:yaml.org,2002:merge"
 # YAML 1.2 core schema: only these plain scalars are not strings (YAML 1.1's yes/no/on/off/y/n booleans, 010
 # octals, 1_000 and 1:20 sexagesimals are the text the user wrote); https://yaml.org/spec/1.2.2/#1032-tag-resolution
 _CORE_NULL = frozenset(("", "~", "null", "Null", "NULL"))
-_CORE_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+CORE_BOOL = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
 _CORE_INT = re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+")
 _CORE_FLOAT = re.compile(
     r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"  # 1.5, .5, 3., 1e3
@@ -53,13 +53,13 @@ _CORE_FLOAT = re.compile(
 MAX_NUMBER_LENGTH = 1000  # characters of a number; a longer one is refused (and int() of it is never tried)
 
 
-def _resolve(value: str, plain: bool) -> str:
+def resolve_core(value: str, plain: bool) -> str:
     """The tag of an untagged scalar under the YAML 1.2 core schema (a quoted scalar is always a string)."""
     if not plain:
         return _STR
     if value in _CORE_NULL:
         return _NULL
-    if value in _CORE_BOOL:
+    if value in CORE_BOOL:
         return _BOOL
     if _CORE_INT.fullmatch(value):
         return _INT
@@ -137,13 +137,13 @@ def _scalar(event: yaml.ScalarEvent) -> Any:
     line = _line(event.start_mark)
     tag = event.tag
     if tag is None or tag == "!":
-        tag = _resolve(value, tag is None and bool(event.implicit[0]))
+        tag = resolve_core(value, tag is None and bool(event.implicit[0]))
     if tag in (_STR, _TIMESTAMP):
         return value  # timestamps keep their text; the schema decides what a field accepts
     if tag == _NULL and value in _CORE_NULL:
         return None
-    if tag == _BOOL and value in _CORE_BOOL:
-        return _CORE_BOOL[value]
+    if tag == _BOOL and value in CORE_BOOL:
+        return CORE_BOOL[value]
     if tag in (_INT, _FLOAT):
         return _number(tag, value, line)
     if tag in (_NULL, _BOOL):
@@ -153,21 +153,28 @@ def _scalar(event: yaml.ScalarEvent) -> Any:
     )
 
 
+def core_number(tag: str, value: str) -> int | float:
+    """The value of a scalar resolved (or tagged) ``!!int`` / ``!!float`` under the YAML 1.2 core schema. Raises
+    ValueError for one that is not such a number or is over :data:`MAX_NUMBER_LENGTH` characters. Also used by the
+    kubernetes driver's fast readers, so they read numbers exactly as this module does."""
+    if len(value) > MAX_NUMBER_LENGTH:
+        raise ValueError(f"number of {len(value)} characters is over the limit of {MAX_NUMBER_LENGTH} (quote it)")
+    text = value.strip()
+    if tag == _INT and _CORE_INT.fullmatch(text):
+        base = 8 if text.startswith("0o") else 16 if text.startswith("0x") else 10
+        return int(text[2:] if base != 10 else text, base)
+    if tag == _FLOAT and _CORE_FLOAT.fullmatch(text):
+        return float(text.lower().replace(".inf", "inf").replace(".nan", "nan"))  # YAML's .inf / .nan
+    raise ValueError(f"{value!r} is not a valid {_tag_name(tag)} (quote it if it is a string)")
+
+
 def _number(tag: str, value: str, line: int | None) -> YamlInt | YamlFloat:
     """A number under the core schema, keeping its text; a malformed or overlong one is a :class:`YamlError`."""
-    if len(value) > MAX_NUMBER_LENGTH:
-        raise YamlError(line, f"number of {len(value)} characters is over the limit of {MAX_NUMBER_LENGTH} (quote it)")
-    text = value.strip()
     try:
-        if tag == _INT and _CORE_INT.fullmatch(text):
-            base = 8 if text.startswith("0o") else 16 if text.startswith("0x") else 10
-            return YamlInt(int(text[2:] if base != 10 else text, base), value)
-        if tag == _FLOAT and _CORE_FLOAT.fullmatch(text):
-            special = text.lower().replace(".inf", "inf").replace(".nan", "nan")  # YAML's .inf / .nan
-            return YamlFloat(float(special), value)
+        number = core_number(tag, value)
     except ValueError as exc:
-        raise YamlError(line, f"{value!r} is not a valid number (quote it if it is a string)") from exc
-    raise YamlError(line, f"{value!r} is not a valid {_tag_name(tag)} (quote it if it is a string)")
+        raise YamlError(line, str(exc)) from exc
+    return YamlInt(number, value) if isinstance(number, int) else YamlFloat(number, value)
 
 
 class _Frame:
@@ -232,7 +239,7 @@ def _documents(text: str, path: str) -> Iterator[Document]:
                 key = event.value
                 tag = event.tag
                 if tag is None or tag == "!":
-                    tag = _resolve(key, tag is None and bool(event.implicit[0]))
+                    tag = resolve_core(key, tag is None and bool(event.implicit[0]))
                 if tag == _MERGE or (key == "<<" and event.tag is None and event.implicit[0]):
                     raise YamlError(line, "merge keys ('<<') are not allowed; write the values out")
                 if tag not in (_STR, _INT, _FLOAT, _BOOL, _NULL, _TIMESTAMP):

@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import yaml
-from yaml.constructor import SafeConstructor
 
 from reconciler.core.desired import Compiled, Filled
 from reconciler.core.problems import PermanentError
-from reconciler.core.yamlsafe import DEFAULT_MAX_FILE_SIZE, YamlError, parse_documents
+from reconciler.core.yamlsafe import CORE_BOOL, DEFAULT_MAX_FILE_SIZE, YamlError, core_number, parse_documents
 
 _CLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -92,11 +91,27 @@ _SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float
 _MAP_TAG = "tag:yaml.org,2002:map"
 _STR_TAG = "tag:yaml.org,2002:str"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
-_constructor = SafeConstructor()
 
 
 class _Unusual(Exception):
     pass
+
+
+def _core_resolvers() -> dict[Any, Any]:
+    """PyYAML implicit resolvers (first character -> [(tag, regexp)]) of the YAML 1.2 core schema, which the
+    hardened reader (:func:`reconciler.core.yamlsafe.resolve_core`) uses: ``yes``/``no``/``on``/``1_000`` are text."""
+    core = [
+        ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+        ("int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+        ("float", r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)",
+         "-+0123456789."),
+        ("null", r"~|null|Null|NULL|", ["~", "n", "N", ""]),
+    ]  # fmt: skip
+    resolvers: dict[Any, Any] = {}
+    for name, pattern, first in core:
+        for char in first:
+            resolvers.setdefault(char, []).append((f"tag:yaml.org,2002:{name}", re.compile(f"^(?:{pattern})$")))
+    return resolvers
 
 
 class _PlainLoader(_CLoader):  # type: ignore[valid-type, misc]
@@ -105,7 +120,7 @@ class _PlainLoader(_CLoader):  # type: ignore[valid-type, misc]
     is registered for, is a string (what ``Resolver.resolve`` answers for it, without looking up the resolvers)."""
 
     _STR = _STR_TAG
-    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = dict(_CLoader.yaml_implicit_resolvers)  # its own (_FIRST)
+    yaml_implicit_resolvers: ClassVar[dict[Any, Any]] = _core_resolvers()  # YAML 1.2 core, as the hardened reader
     yaml_path_resolvers: ClassVar[dict[Any, Any]] = {}
     _FIRST = frozenset(k for k in yaml_implicit_resolvers if k)
 
@@ -146,12 +161,10 @@ def _node_value(node: yaml.Node) -> Any:
             return value  # timestamps keep their text, as the hardened reader does
         if tag == "tag:yaml.org,2002:null":
             return None
-        if tag == "tag:yaml.org,2002:bool":
-            return value.lower() in ("yes", "true", "on", "y")
-        if tag == "tag:yaml.org,2002:int":
-            return int(_constructor.construct_yaml_int(node))
-        if tag == "tag:yaml.org,2002:float":
-            return float(_constructor.construct_yaml_float(node))
+        if tag == "tag:yaml.org,2002:bool" and value in CORE_BOOL:
+            return CORE_BOOL[value]
+        if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float"):
+            return core_number(tag, value)  # as the hardened reader (ValueError: it says where)
         raise _Unusual(tag)
     if isinstance(node, yaml.MappingNode) and tag == _MAP_TAG:
         out: dict[str, Any] = {}

@@ -24,6 +24,7 @@ CASES = [
     b"just a scalar\n",
     b"a: [1, 2.5, .inf, 0x1F, 0o17, 1_000, yes, No, null, ~, 2001-12-14, '12', \"t\", 1.10, 012, 1:20]\n",
     b"a:\n  b: {c: d, e: [f]}\n  80: x\n  true: y\n  null: z\n",
+    b"a: =\nb: [yes, off, y, 0b_, 1_0]\n",  # YAML 1.2 core schema: text, read by the fast reader as by the hardened
     b"a: |\n  multi\n  line\nb: >-\n  folded\n  text\n",
     b"\n\n\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
 ]
@@ -33,7 +34,6 @@ UNUSUAL = [
     b"? [a]\n: b\n",
     b"a: b: c\n",
     b"a: 'unterminated\n",
-    b"a: =\n",
     b"a: &x 1\nb: *x\n",
     b"a: !!python/object:os.system x\n",
     b"a: {<<: {b: 1}}\n",
@@ -148,7 +148,8 @@ TEMPLATES = [
     (OBJ + "spec:\n  a: zqRECONCILERslot00000zq${x}\n", "b", False),  # the marker itself
     (OBJ + 'data:\n  a: "\\x7aqRECONCILERslot00000zq"\n  b: c # ${x}\n', "v", False),  # a marker spelled by escapes
     (OBJ + 'data:\n  a: "zqRECONCILER\\\n    slot00000zq"\n  b: c # ${x}\n', "v", False),  # ... by a folded line
-    (OBJ + "data:\n  a: ${x}\n", "0b_", False),  # a number without digits: the hardened reader's error
+    (OBJ + "data:\n  a: ${x}\n", "9" * 1001, False),  # a number over 1,000 characters: the hardened reader's error
+    (OBJ + "data:\n  a: ${x}\n", "no", True),  # YAML 1.2 core schema: the text no, either way
     (OBJ + "data: {a: b}\n", None, True),  # no slot: parsed once
     (OBJ + "data:\n  a: ${x}\n---\n" + OBJ.replace("name: m", "name: n") + "data:\n  b: ${x}\n", "v", True),
     (OBJ + "data:\n  a: ${x}\n  a: 2\n", "v", False),  # a duplicate key: the hardened reader refuses it
