@@ -92,15 +92,8 @@ def test_promotion_needs_soak_in_the_previous_stage(fleet: Fleet, capsys: pytest
 
 
 def test_protected_stage_applies_only_changes_signed_by_an_allowed_key(fleet: Fleet, tmp_path: Path) -> None:
-    ops = keypair(tmp_path, "ops", "ops@example.org")
+    ops = protect_production(fleet, tmp_path)
     rogue = keypair(tmp_path, "rogue", "rogue@example.org")
-    allowed = tmp_path / "allowed_signers"
-    allowed.write_text(
-        f'ops@example.org namespaces="git" {" ".join(ops.with_suffix(".pub").read_text().split()[:2])}\n'
-    )
-    fleet.write_config(allowedSigners=str(allowed))
-    text = prod_stage(fleet).replace("soak: 24h", "soak: 24h\n  protected: true").replace("  promotesFrom: dev\n", "")
-    signed_commit(fleet, ops, {"stages/production.yaml": text.encode()}, "protect production")
     assert fleet.once() == 0  # a signed change: applied
     fleet.commit({"releases/ref/3.11.yaml": REF_311}, "release ref 3.11")
     fleet.edit("stages/production.yaml", "ref: 3.0", "ref: 3.11", "unsigned change to production")

@@ -26,6 +26,7 @@ from reconciler.drivers.memory import MemoryDriver
 from reconciler.engine.controller import Controller
 from reconciler.engine.targets import DriverPool
 from reconciler.source.gitrepo import GitSource
+from tests.engine import NEW_REF_RELEASE as REF_311
 from tests.minirepo import minimal_repo
 from tests.source import Upstream, git
 
@@ -33,16 +34,6 @@ TEMPLATE = "applications/ref/templates/deployment.yaml"
 DEV = ("lille-dev", "rennes-dev")
 PRODUCTION = ("lille-production", "rennes-production", "shared-production")
 SOAK = 24 * 3600.0
-REF_311 = b"""apiVersion: reconciler.io/v1
-kind: Release
-metadata:
-  name: ref-3.11
-spec:
-  application: ref
-  version: 3.11
-  components:
-    api: {image: "registry.example.org/ref/api:3.11"}
-"""
 FOREIGN = ("lille-production", "legacy-tool")  # someone else's unit on k8s-nord: never ours to touch
 
 
