@@ -96,6 +96,7 @@ class Controller:
         self.listeners: list[Callable[[CycleReport], None]] = []
         self.wake = threading.Event()  # set by trigger(): the next cycle starts at once
         self.loop_running = False  # for /readyz
+        self.waiting = False  # the loop waits for a trigger or the poll interval, none came during the last cycle
         # sharding: which environments this replica reconciles, and a check that it still does (see sharding.py)
         self.owns: Callable[[str], bool] = lambda _name: True
 
@@ -352,10 +353,11 @@ class Controller:
         wake = wake or self.wake
         self.loop_running = True
         try:
+            idle = False  # no trigger came during the last cycle: the next one starts a cycle at once
             while not stop.is_set():
                 trigger = "webhook" if wake.is_set() else "poll"
                 if trigger == "webhook":
-                    self.debounce.settle(wake, stop)  # a burst of pushes: one cycle
+                    self.debounce.settle(wake, stop, idle=idle)  # a burst of pushes: few cycles
                 wake.clear()
                 try:
                     self.cycle(trigger, stop)
@@ -363,7 +365,10 @@ class Controller:
                     self.log.exception("cycle failed")
                 if stop.is_set():
                     break
+                idle = not wake.is_set()
+                self.waiting = idle
                 wake.wait(self.config.interval * random.uniform(0.9, 1.1))
+                self.waiting = False
         finally:
             self.loop_running = False
 

@@ -1,9 +1,9 @@
 """The controller's loop timing: bursts of triggers coalesce, and a failing source backs off.
 
-:class:`Debounce` turns a burst of triggers (webhook pushes, manual requests) into one cycle: after the first
-trigger it waits until no new one came for ``quiet`` seconds, at most ``most`` seconds, so 1,000 pushes in a
-second cost a few fetches, and a single push waits only ``quiet``. A trigger that arrives during a cycle starts
-exactly one more cycle after it. :class:`SourceBackoff` spaces the fetches of a source that keeps failing
+:class:`Debounce` turns a burst of triggers (webhook pushes, manual requests) into few cycles: a trigger that
+finds the loop idle starts a cycle at once (the leading edge: a single push waits for nothing); triggers that
+arrive during a cycle start exactly one more cycle after it, once no new one came for ``quiet`` seconds (at most
+``most`` seconds), so 1,000 pushes in a second cost a few fetches. :class:`SourceBackoff` spaces the fetches of a source that keeps failing
 (authentication refused, remote down): exponentially from the poll interval to ``backoff.max``, at least as long
 as the error asked (``TemporaryError.delay``); a trigger fetches at once; a success resets it. Used by
 :class:`reconciler.engine.controller.Controller`.
@@ -23,8 +23,11 @@ class Debounce:
     quiet: float = 0.05
     most: float = 1.0
 
-    def settle(self, wake: threading.Event, stop: threading.Event) -> None:
-        """Return once triggers stopped coming for ``quiet`` seconds (or ``most`` seconds passed, or a stop)."""
+    def settle(self, wake: threading.Event, stop: threading.Event, *, idle: bool = False) -> None:
+        """Return once triggers stopped coming for ``quiet`` seconds (or ``most`` seconds passed, or a stop); at once
+        when the trigger found the loop ``idle`` (none came during the last cycle): the leading edge of a burst."""
+        if idle:
+            return
         deadline = time.monotonic() + self.most
         while not stop.is_set():
             wake.clear()

@@ -148,3 +148,21 @@ def test_the_debounce_waits_for_quiet_but_not_forever() -> None:
     stop.set()
     pusher.join()
     assert 0.25 <= waited < 2.0  # an endless stream is cut at ``most``
+
+
+def test_a_push_to_an_idle_loop_starts_its_cycle_at_once(fleet: Fleet) -> None:
+    """Commit-to-live: a push that finds the loop idle does not wait for the debounce's quiet time (the leading
+    edge); pushes arriving during that cycle still coalesce into one more cycle."""
+    from reconciler.engine.loop import Debounce
+
+    configure(fleet, driftCheckInterval="1h")
+    with served(fleet) as s:
+        s.controller.debounce = Debounce(quiet=30.0, most=60.0)  # a trailing-only debounce would wait 30 s
+        with loop(s.controller):
+            assert poll(lambda: s.controller.cycles >= 1, "the first cycle")
+            assert poll(lambda: s.controller.waiting, "the loop idle")
+            cycles = s.controller.cycles
+            started = time.monotonic()
+            s.controller.trigger()
+            assert poll(lambda: s.controller.cycles > cycles, "the pushed cycle", timeout=20)
+            assert time.monotonic() - started < 20
