@@ -3,10 +3,10 @@
 :class:`Debounce` turns a burst of triggers (webhook pushes, manual requests) into few cycles: a trigger that
 finds the loop idle starts a cycle at once (the leading edge: a single push waits for nothing); triggers that
 arrive during a cycle start exactly one more cycle after it, once no new one came for ``quiet`` seconds (at most
-``most`` seconds), so 1,000 pushes in a second cost a few fetches. :class:`SourceBackoff` spaces the fetches of a source that keeps failing
-(authentication refused, remote down): exponentially from the poll interval to ``backoff.max``, at least as long
-as the error asked (``TemporaryError.delay``); a trigger fetches at once; a success resets it. Used by
-:class:`reconciler.engine.controller.Controller`.
+``most`` seconds), so 1,000 pushes in a second cost a few fetches. :class:`SourceBackoff` spaces the fetches of
+a source that keeps failing (authentication refused, remote down): exponentially from the poll interval to
+``backoff.max``, at least as long as the error asked (``TemporaryError.delay``); a trigger fetches at once; a
+success resets it. Used by :class:`reconciler.engine.controller.Controller`.
 """
 
 from __future__ import annotations

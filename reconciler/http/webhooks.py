@@ -23,16 +23,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from reconciler.observability.metrics import WebhookResult
+from reconciler.secrets.references import SecretError, resolve_secret
 
-MAX_SECRET_FILE = 64 * 1024
+__all__ = ["SecretError", "resolve_secret"]  # (they lived here first)
 
 
 class Forge(StrEnum):
@@ -56,42 +55,6 @@ EVENT_HEADERS = {
 }
 PUSH_EVENTS = {"push", "Push Hook", "Tag Push Hook"}
 PING_EVENTS = {"ping"}
-
-
-class SecretError(ValueError):
-    """A secret reference that cannot be resolved. The message names the reference, never a secret value."""
-
-
-def resolve_secret(value: str | None, environ: Mapping[str, str] | None = None) -> str | None:
-    """The secret a config value stands for; None when unset or empty.
-
-    ``env:NAME`` is the value of environment variable ``NAME``; ``file:/path`` is the content of that file
-    (UTF-8, surrounding whitespace stripped, at most 64 KiB: a Kubernetes Secret mounted as a file works as is);
-    anything else is the secret itself. Raises :class:`SecretError` when the variable is unset or the file cannot
-    be read.
-    """
-    if not value:
-        return None
-    if value.startswith("env:"):
-        name = value[4:]
-        found = (os.environ if environ is None else environ).get(name)
-        if not name or found is None:
-            raise SecretError(f"environment variable {name!r} is not set")
-        return found.strip() or None
-    if value.startswith("file:"):
-        path = Path(value[5:])
-        try:
-            with path.open("rb") as handle:
-                data = handle.read(MAX_SECRET_FILE + 1)
-        except OSError as exc:
-            raise SecretError(f"cannot read secret file {str(path)!r}: {exc.strerror or type(exc).__name__}") from None
-        if len(data) > MAX_SECRET_FILE:
-            raise SecretError(f"secret file {str(path)!r} is larger than {MAX_SECRET_FILE} bytes")
-        try:
-            return data.decode().strip() or None
-        except UnicodeDecodeError:
-            raise SecretError(f"secret file {str(path)!r} is not UTF-8") from None
-    return value
 
 
 @dataclass(frozen=True)
