@@ -98,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", type=_instant, help="before this time (ISO 8601)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
+    p = sub.add_parser("codeowners", help="print or write the CODEOWNERS file that the Teams imply")
+    p.add_argument("path", nargs="?", default=".", help="the releases repo (default: current directory)")
+    p.add_argument("--syntax", choices=("github", "gitlab"), default="github",
+                   help="github: one line a pattern; gitlab: a section per team (default github)")  # fmt: skip
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--write", nargs="?", const="", metavar="FILE",
+                   help="write it (default: the repo's CODEOWNERS, else .github/CODEOWNERS)")  # fmt: skip
+    g.add_argument("--check", action="store_true", help="exit 1 when the committed CODEOWNERS is stale or missing")
+
     p = sub.add_parser("demo", help="run the controller on the embedded example fleet")
     p.add_argument("--state-dir", default=".reconciler-demo", help="where the demo keeps everything")
     p.add_argument("--listen", default="127.0.0.1:8080", help="address of the dashboard and metrics")
@@ -159,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from reconciler.commands.status import run_history
 
             return run_history(args)
+        if args.command == "codeowners":
+            from reconciler.commands.codeowners import run_codeowners
+
+            return run_codeowners(args)
         if args.command == "demo":
             from reconciler.commands.demo import run_demo
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from reconciler.commands.codeowners import stale_codeowners
 from reconciler.core.loader import Limits, load_repo
 from reconciler.source.fstree import DirectoryTree
 
@@ -27,6 +28,9 @@ def run_validate(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     problems = result.all_problems()
     counts = result.repo.counts() if result.repo else {}
+    warnings = [w for w in [stale_codeowners(root, result.repo) if result.repo else None] if w]
+    if result.repo is not None and not result.repo.teams and result.repo.applications:
+        warnings.append("no Team is declared: application owners are free text and CODEOWNERS cannot be derived")
     if args.format == "json":
         print(
             json.dumps(
@@ -36,6 +40,7 @@ def run_validate(args: argparse.Namespace) -> int:
                     "files": result.files,
                     "seconds": round(elapsed, 3),
                     "problems": [p.as_dict() for p in problems],
+                    "warnings": warnings,
                 },
                 indent=2,
             )
@@ -46,9 +51,12 @@ def run_validate(args: argparse.Namespace) -> int:
             print(problem)
         print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {args.path}", file=sys.stderr)
         return 1
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"valid: {counts['applications']} applications, {counts['releases']} releases, "
-        f"{counts['environments']} environments, {counts['stages']} stages, {counts['freezeWindows']} freeze windows "
+        f"{counts['environments']} environments, {counts['stages']} stages, "
+        f"{counts['freezeWindows']} freeze windows, {counts['teams']} teams "
         f"({result.files} files, {elapsed:.2f}s)"
     )
     return 0

@@ -29,6 +29,7 @@ from reconciler.core.model import (
     Environment,
     FreezeWindow,
     Kind,
+    Member,
     Origin,
     RecurringWindow,
     Release,
@@ -36,6 +37,7 @@ from reconciler.core.model import (
     ReleasesRepo,
     Requirement,
     Stage,
+    Team,
     Wave,
 )
 from reconciler.core.problems import Problem, sort_problems
@@ -105,6 +107,7 @@ class _Builder:
         self.stages: dict[str, Stage] = {}
         self.environments: dict[str, Environment] = {}
         self.freezes: dict[str, FreezeWindow] = {}
+        self.teams: dict[str, Team] = {}
         self.sets: dict[str, Origin] = {}
         self.broken: set[str] = set()  # names of documents that failed their schema: no cascade of "unknown" errors
         self.parsed: dict[tuple[str, str, int], Parsed] = {}
@@ -170,6 +173,7 @@ class _Builder:
             "Environment": self.build_environment,
             "EnvironmentSet": self.build_environmentset,
             "FreezeWindow": self.build_freezewindow,
+            "Team": self.build_team,
         }
         builders[kind](doc, data["metadata"], data["spec"])
 
@@ -395,6 +399,28 @@ class _Builder:
         else:
             self.freezes[freeze.name] = freeze
 
+    def build_team(self, doc: Document, meta: dict[str, Any], spec: dict[str, Any]) -> None:
+        members, seen = [], set()
+        for i, member in enumerate(spec["members"]):
+            email = member["email"]
+            if email.lower() in seen:
+                self.error(doc, ("spec", "members", i, "email"), f"{email} is listed twice")
+                continue
+            seen.add(email.lower())
+            members.append(Member(email, member.get("name", ""), tuple(member.get("signingKeys", ()))))
+        team = Team(
+            name=meta["name"],
+            members=tuple(members),
+            ops=spec.get("ops") is True,
+            codeowners=tuple(spec.get("codeowners", ())),
+            description=spec.get("description", ""),
+            origin=_origin(doc),
+        )
+        if team.name in self.teams:
+            self.duplicate(doc, "Team", team.name, self.teams[team.name].origin)
+        else:
+            self.teams[team.name] = team
+
 
 Parsed = tuple[list[Document], list[Problem]]
 # the files of the last load, parsed, by (path, content digest, size limit): the next revision of a repo differs
@@ -430,6 +456,7 @@ def load_repo(tree: SourceTree, limits: Limits | None = None) -> LoadResult:
         environments=dict(sorted(builder.environments.items())),
         freezes=dict(sorted(builder.freezes.items())),
         environment_sets=dict(sorted(builder.sets.items())),
+        teams=dict(sorted(builder.teams.items())),
     )
     global_problems, env_problems = validate_repo(repo, frozenset(builder.broken))
     problems = sort_problems(builder.problems + global_problems)

@@ -23,6 +23,7 @@ class Kind(StrEnum):
     ENVIRONMENT = "Environment"
     ENVIRONMENT_SET = "EnvironmentSet"
     FREEZE_WINDOW = "FreezeWindow"
+    TEAM = "Team"
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,28 @@ def selector_matches(selector: Mapping[str, tuple[str, ...]], labels: Mapping[st
 
 
 @dataclass(frozen=True)
+class Member:
+    email: str
+    name: str = ""
+    signing_keys: tuple[str, ...] = ()  # public SSH keys ("ssh-ed25519 AAAA...")
+
+
+@dataclass(frozen=True)
+class Team:
+    """People who own applications (``Application.owner``); ``ops`` teams approve and own the shared files."""
+
+    name: str
+    members: tuple[Member, ...]
+    ops: bool = False
+    codeowners: tuple[str, ...] = ()  # the forge's handles for the team; default: the members' e-mail addresses
+    description: str = ""
+    origin: Origin = field(default_factory=lambda: Origin(""))
+
+    def emails(self) -> frozenset[str]:
+        return frozenset(m.email.lower() for m in self.members)
+
+
+@dataclass(frozen=True)
 class ReleasesRepo:
     """Everything one revision of the releases repo declares, expanded and cross-checked."""
 
@@ -175,6 +198,7 @@ class ReleasesRepo:
     environments: Mapping[str, Environment]  # explicit and generated, by name (sorted)
     freezes: Mapping[str, FreezeWindow]
     environment_sets: Mapping[str, Origin] = field(default_factory=dict)
+    teams: Mapping[str, Team] = field(default_factory=dict)
 
     def desired_versions(self, env: Environment) -> dict[str, str]:
         """Application -> version for ``env``: its pin, else its stage's version; restricted by its allow-list."""
@@ -207,4 +231,5 @@ class ReleasesRepo:
             "environments": len(self.environments),
             "stages": len(self.stages),
             "freezeWindows": len(self.freezes),
+            "teams": len(self.teams),
         }

@@ -31,6 +31,7 @@ KIND_FILES = {
     "Environment": "environment",
     "EnvironmentSet": "environmentset",
     "FreezeWindow": "freezewindow",
+    "Team": "team",
 }
 
 

@@ -64,6 +64,9 @@ def parse_version(text: str) -> Version | None:
 
 def _check_applications(repo: ReleasesRepo, broken: frozenset[str], out: list[Problem]) -> None:
     for app in repo.applications.values():
+        if repo.teams and app.owner not in repo.teams and app.owner not in broken:  # no Team at all: not enforced
+            known = ", ".join(list(repo.teams)[:8]) + (", ..." if len(repo.teams) > 8 else "")
+            out.append(_p(app.origin, f"owner {app.owner!r} is not a declared Team (teams: {known})"))
         for dep in app.depends_on:
             if dep == app.name:
                 out.append(_p(app.origin, f"application {app.name!r} depends on itself"))

@@ -1,0 +1,130 @@
+"""Teams in the releases repo: ``Application.owner`` names a Team once Teams are declared, and ``reconciler
+codeowners`` derives CODEOWNERS from them (GitHub and GitLab syntax), checked against the example fleet; ``validate``
+warns when a committed CODEOWNERS is stale."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from reconciler.core.codeowners import Syntax, codeowners, ownership
+from reconciler.core.loader import load_repo
+from reconciler.core.tree import MemoryTree
+from reconciler.source.fstree import DirectoryTree
+from tests.minirepo import _d, minimal_repo, write_repo
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "releases-repo"
+
+
+def team(name: str, *emails: str, ops: bool = False, handle: str | None = None) -> bytes:
+    members = "".join(f"    - email: {e}\n" for e in emails)
+    extra = ("  ops: true\n" if ops else "") + (f'  codeowners: ["{handle}"]\n' if handle else "")
+    return (
+        _d(f"""
+        apiVersion: reconciler.io/v1
+        kind: Team
+        metadata:
+          name: {name}
+        spec:
+        """)
+        + (extra + "  members:\n" + members).encode()
+    )
+
+
+def with_teams() -> dict[str, bytes]:
+    return {
+        **minimal_repo(),
+        "teams/ref.yaml": team("team-ref", "ana@example.org", handle="@org/ref"),
+        "teams/famille.yaml": team("team-famille", "bob@example.org", "carl@example.org"),
+        "teams/ops.yaml": team("team-ops", "ops@example.org", ops=True),
+    }
+
+
+def problems(files: dict[str, bytes]) -> list[str]:
+    return [str(p) for p in load_repo(MemoryTree(files)).all_problems()]
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler", *argv], capture_output=True, text=True, timeout=120)
+
+
+def test_owners_must_name_a_declared_team_once_teams_exist() -> None:
+    assert problems(minimal_repo()) == []  # no Team at all: owners stay free text (validate warns)
+    files = with_teams()
+    assert problems(files) == []
+    del files["teams/famille.yaml"]
+    assert problems(files) == [
+        "applications/famille/application.yaml:1: owner 'team-famille' is not a declared Team "
+        "(teams: team-ops, team-ref)"
+    ]
+
+
+def test_bad_teams_are_named_with_file_and_line() -> None:
+    files = with_teams()
+    files["teams/ref.yaml"] = team("team-ref", "ana@example.org", "ANA@example.org")
+    files["teams/dup.yaml"] = team("team-ops", "x@example.org")
+    files["teams/bad.yaml"] = team("team-bad", "not-an-address")
+    found = problems(files)
+    assert "teams/ref.yaml:8: ANA@example.org is listed twice" in found
+    assert "teams/ops.yaml:4: duplicate Team 'team-ops' (first declared at teams/dup.yaml:1)" in found
+    assert any(p.startswith("teams/bad.yaml:7: spec.members[0].email: 'not-an-address'") for p in found)
+
+
+def test_codeowners_of_the_example_fleet_gives_every_application_to_its_team() -> None:
+    repo = load_repo(DirectoryTree.scan(EXAMPLE)).repo
+    assert repo is not None and len(repo.teams) == 13
+    table = ownership(repo)
+    assert table["*"] == ["team-ops"]
+    for app in repo.applications.values():
+        assert table[str(Path(app.origin.path).parent) + "/"] == [app.owner], app.name
+    for rel in repo.releases.values():
+        owner = repo.applications[rel.application].owner
+        assert table.get(str(Path(rel.origin.path).parent) + "/") == [owner] or table.get(rel.origin.path) == [owner]
+    for stage in repo.stages.values():
+        owners = table[stage.origin.path]
+        assert owners == ["team-ops"] if stage.protected else "team-ops" in owners and len(owners) > 2
+    text = codeowners(repo)
+    assert "/applications/action-sociale/ @caisse-nationale/team-famille\n" in text
+    assert "/stages/production.yaml @caisse-nationale/team-ops\n" in text
+    gitlab = codeowners(repo, Syntax.GITLAB)
+    assert "\n[team-famille] @caisse-nationale/team-famille\n/applications/action-sociale/\n" in gitlab
+    # the committed file is fresh: the CLI's --check agrees
+    assert (EXAMPLE / ".github" / "CODEOWNERS").read_text() == text
+    assert run("codeowners", str(EXAMPLE), "--check").returncode == 0
+
+
+def test_members_stand_in_for_a_team_without_forge_handles() -> None:
+    repo = load_repo(MemoryTree(with_teams())).repo
+    assert repo is not None
+    text = codeowners(repo)
+    assert "/applications/famille/ bob@example.org carl@example.org\n" in text
+    assert "/applications/ref/ @org/ref\n" in text
+    assert "/releases/ref/ @org/ref\n" in text
+
+
+def test_stale_or_missing_codeowners_is_reported(tmp_path: Path) -> None:
+    root = write_repo(tmp_path / "repo", with_teams())
+    missing = run("codeowners", str(root), "--check")
+    assert missing.returncode == 1 and "no CODEOWNERS file" in missing.stderr
+    wrote = run("codeowners", str(root), "--write")
+    assert wrote.returncode == 0 and (root / ".github" / "CODEOWNERS").is_file()
+    assert run("codeowners", str(root), "--check").returncode == 0
+    valid = run("validate", str(root))
+    assert valid.returncode == 0 and "warning" not in valid.stderr and "3 teams" in valid.stdout
+    shutil.copy(root / "teams" / "ref.yaml", root / "teams" / "ref2.yaml")
+    (root / "teams" / "ref2.yaml").write_text(
+        (root / "teams" / "ref.yaml").read_text().replace("team-ref", "team-ref2")
+    )
+    (root / "applications" / "ref" / "application.yaml").write_text(
+        (root / "applications" / "ref" / "application.yaml").read_text().replace("owner: team-ref", "owner: team-ref2")
+    )
+    stale = run("codeowners", str(root), "--check")
+    assert stale.returncode == 1 and ".github/CODEOWNERS: stale" in stale.stderr
+    warned = run("validate", str(root))
+    assert warned.returncode == 0 and "warning: .github/CODEOWNERS: stale" in warned.stderr
+    bare = write_repo(tmp_path / "bare", minimal_repo())
+    untouched = run("validate", str(bare))
+    assert untouched.returncode == 0 and "warning: no Team is declared" in untouched.stderr
+    assert run("codeowners", str(bare)).returncode == 1
