@@ -60,10 +60,10 @@ def ownership(repo: ReleasesRepo) -> dict[str, list[str]]:
     by_dir: dict[str, set[str]] = defaultdict(set)
     by_file: dict[str, set[str]] = defaultdict(set)
     for rel in repo.releases.values():
-        app = repo.applications.get(rel.application)
-        if app is not None:
-            by_dir[posixpath.dirname(rel.origin.path)].add(app.owner)
-            by_file[rel.origin.path].add(app.owner)
+        owning = repo.applications.get(rel.application)
+        if owning is not None:
+            by_dir[posixpath.dirname(rel.origin.path)].add(owning.owner)
+            by_file[rel.origin.path].add(owning.owner)
     for directory, owners in by_dir.items():
         if len(owners) == 1 and directory and not _holds_shared(directory, shared):
             owned[directory + "/"] |= owners  # a new release file there needs the same review
@@ -96,9 +96,9 @@ def codeowners(repo: ReleasesRepo, syntax: Syntax = Syntax.GITHUB) -> str:
     sections: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for pattern, teams in table.items():
         sections[tuple(teams)].append(pattern)
-    for teams, patterns in sections.items():
-        name = ", ".join(teams) or "unowned"
-        lines.append(f"\n[{name}] {' '.join(_owners(repo, list(teams)))}".rstrip() + "\n")
+    for owners, patterns in sections.items():
+        name = ", ".join(owners) or "unowned"
+        lines.append(f"\n[{name}] {' '.join(_owners(repo, list(owners)))}".rstrip() + "\n")
         lines.extend(f"{_pattern(p)}\n" for p in patterns)
     return "".join(lines)
 
