@@ -23,6 +23,7 @@ from reconciler.core.policy import (
     Hold,
     HoldKind,
     Signature,
+    approval_hold,
     freeze_hold,
     promotion_hold,
     signature_hold,
@@ -123,7 +124,10 @@ def _unsigned(repo: ReleasesRepo, env: Environment, facts: Facts) -> Hold | None
         return None
     if facts.signatures is None:
         return Hold(HoldKind.SIGNATURE, "signatures were not verified for this attempt")
-    return signature_hold(True, facts.signatures)
+    unsigned = signature_hold(True, facts.signatures)
+    if unsigned is not None or not repo.teams:
+        return unsigned
+    return approval_hold(repo.approvers(stage), stage.name, facts.signatures)
 
 
 def removal_verdict(repo: ReleasesRepo, env: Environment, app: str, facts: Facts) -> AppVerdict:

@@ -273,6 +273,7 @@ class _Builder:
             soak_seconds=soak,
             protected=spec.get("protected", False),
             self_heal=spec.get("selfHeal", True),
+            approvers=tuple(spec.get("approvers", ())),
             waves=waves,
             origin=_origin(doc),
             release_origins={k: _origin(doc, ("spec", "releases", k)) for k in spec.get("releases", {})},

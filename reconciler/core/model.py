@@ -108,6 +108,7 @@ class Stage:
     protected: bool = False
     self_heal: bool = True
     waves: tuple[Wave, ...] = ()
+    approvers: tuple[str, ...] = ()  # Teams that may sign changes to it (empty: the ops Teams)
     origin: Origin = Origin("")
     release_origins: Mapping[str, Origin] = field(default_factory=dict)  # where each application's version is set
 
@@ -223,6 +224,12 @@ class ReleasesRepo:
             if wave.selector and selector_matches(wave.selector, env.labels):
                 return wave.name
         return stage.waves[-1].name
+
+    def approvers(self, stage: Stage) -> frozenset[str]:
+        """The e-mail addresses (lower case) that may approve changes to ``stage``: members of its ``approvers``
+        Teams, else of every ops Team."""
+        names = stage.approvers or tuple(n for n, t in self.teams.items() if t.ops)
+        return frozenset(e for n in names if n in self.teams for e in self.teams[n].emails())
 
     def counts(self) -> dict[str, int]:
         return {

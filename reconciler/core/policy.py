@@ -32,6 +32,7 @@ class HoldKind(StrEnum):
     SIGNATURE = "signature"
     REQUIRES = "requires"
     WAVE = "wave"
+    APPROVAL = "approval"  # signed, but not by an approver of the stage, or by the change's only author
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ class Signature:
     good: bool
     signer: str = ""
     detail: str = ""
+    authors: tuple[str, ...] = ()  # e-mail addresses (lower case) of the commits this one brought in
 
 
 def signature_hold(stage_protected: bool, signatures: Iterable[Signature]) -> Hold | None:
@@ -207,6 +209,20 @@ def signature_hold(stage_protected: bool, signatures: Iterable[Signature]) -> Ho
         if not sig.good:
             why = f" ({sig.detail})" if sig.detail else ""
             return Hold(HoldKind.SIGNATURE, f"commit {sig.commit[:12]} is not signed by an allowed signer{why}")
+    return None
+
+
+def approval_hold(approvers: frozenset[str], stage: str, signatures: Iterable[Signature]) -> Hold | None:
+    """With Teams declared, each signed change to a protected stage needs a signer among the stage's approvers who
+    is not the change's only author (four-eyes)."""
+    for sig in signatures:
+        signer = sig.signer.lower()
+        if signer not in approvers:
+            return Hold(HoldKind.APPROVAL, f"commit {sig.commit[:12]} is signed by {sig.signer or 'nobody'}, "
+                                           f"who is not an approver of stage {stage}")  # fmt: skip
+        if sig.authors and set(sig.authors) == {signer}:
+            return Hold(HoldKind.APPROVAL, f"commit {sig.commit[:12]} is signed by its only author {sig.signer}: "
+                                           "another approver must sign it (four-eyes)")  # fmt: skip
     return None
 
 

@@ -62,6 +62,16 @@ def parse_version(text: str) -> Version | None:
         return None
 
 
+def _check_approvers(repo: ReleasesRepo, broken: frozenset[str], out: list[Problem]) -> None:
+    for stage in repo.stages.values():
+        for name in stage.approvers:
+            if name not in repo.teams and name not in broken:
+                out.append(_p(stage.origin, f"approvers: {name!r} is not a declared Team"))
+        if stage.protected and repo.teams and not repo.approvers(stage):
+            out.append(_p(stage.origin, f"protected stage {stage.name!r} has no approver: declare an ops Team "
+                                        "or list the approving Teams in spec.approvers"))  # fmt: skip
+
+
 def _check_applications(repo: ReleasesRepo, broken: frozenset[str], out: list[Problem]) -> None:
     for app in repo.applications.values():
         if repo.teams and app.owner not in repo.teams and app.owner not in broken:  # no Team at all: not enforced
@@ -214,6 +224,7 @@ def validate_repo(
     _check_releases(repo, broken, problems)
     _check_stages(repo, broken, problems)
     _check_freezes(repo, broken, problems)
+    _check_approvers(repo, broken, problems)
     per_env: dict[str, list[Problem]] = defaultdict(list)
     for env in repo.environments.values():
         found = _check_environment(repo, broken, env)

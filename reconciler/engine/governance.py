@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,7 +58,7 @@ class Governance:
 
     # --- signatures -------------------------------------------------------------------------------------------------
     def _signatures(self, repo: ReleasesRepo, env: Environment, since: str | None, head: str) -> list[Signature]:
-        from reconciler.source.history import commits_touching, verify_signature
+        from reconciler.source.history import change_authors, commits_touching, verify_signature
 
         paths = {env.origin.path}
         stage = repo.stages.get(env.stage)
@@ -71,7 +72,10 @@ class Governance:
             if release is not None:
                 paths.add(release.origin.path)
         commits = commits_touching(self.source, since, head, tuple(sorted(paths)))
-        return [verify_signature(self.source, c, self.config.allowed_signers) for c in commits]
+        found = [verify_signature(self.source, c, self.config.allowed_signers) for c in commits]
+        if repo.teams:  # four-eyes: who wrote what each signer approved
+            found = [replace(s, authors=change_authors(self.source, s.commit)) for s in found]
+        return found
 
     def head_signature(self, head: str) -> Signature:
         from reconciler.source.history import verify_signature

@@ -47,6 +47,25 @@ def _commits_touching(repo: BareRepo, old: str | None, new: str, paths: tuple[st
     return tuple(line for line in done.stdout.decode().split() if line)
 
 
+def change_authors(source: GitSource, sha: str) -> tuple[str, ...]:
+    """The e-mail addresses (lower case, sorted) of the authors of what ``sha`` brought to the first-parent history:
+    its own author and, for a merge, the authors of the commits it merged."""
+    return _change_authors(source.repo, sha)
+
+
+@lru_cache(maxsize=4096)
+def _change_authors(repo: BareRepo, sha: str) -> tuple[str, ...]:
+    done = repo.run("log", "-1", "--format=%P", sha)
+    if done.returncode:
+        raise TemporaryError(f"cannot read commit {sha[:12]}: {repo.tail(done)}")
+    parents = done.stdout.decode().split()
+    span = [sha, "--not", parents[0]] if parents else [sha]
+    done = repo.run("log", "--format=%ae", "--no-show-signature", *span)
+    if done.returncode:
+        raise TemporaryError(f"cannot list the authors of {sha[:12]}: {repo.tail(done)}")
+    return tuple(sorted({line.strip().lower() for line in done.stdout.decode().splitlines() if line.strip()}))
+
+
 def verify_signature(
     source: GitSource, sha: str, allowed_signers: str | None, gpg_home: str | None = None
 ) -> Signature:
