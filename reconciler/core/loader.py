@@ -15,6 +15,7 @@ import posixpath
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from reconciler.core import schemas
@@ -40,6 +41,7 @@ from reconciler.core.model import (
     Team,
     Wave,
 )
+from reconciler.core.plaintext import plaintext_secrets_cached
 from reconciler.core.problems import Problem, sort_problems
 from reconciler.core.tree import PathEscapes, SourceTree, is_manifest_path, join_inside
 from reconciler.core.yamlsafe import DEFAULT_MAX_FILE_SIZE, Document, parse_file, scalar_text
@@ -202,6 +204,9 @@ class _Builder:
                 if path not in self.tree:
                     self.error(doc, where, f"template {ref!r} not found (looked for {path})")
                     continue
+                self.problems.extend(
+                    plaintext_secrets_cached(path, self.tree.digest(path), partial(self.tree.read, path))
+                )
                 templates.append(path)
             art = comp.get("artifact")
             components.append(

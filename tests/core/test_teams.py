@@ -128,3 +128,26 @@ def test_stale_or_missing_codeowners_is_reported(tmp_path: Path) -> None:
     untouched = run("validate", str(bare))
     assert untouched.returncode == 0 and "warning: no Team is declared" in untouched.stderr
     assert run("codeowners", str(bare)).returncode == 1
+
+
+def test_a_plaintext_secret_in_a_template_is_refused_with_file_and_line() -> None:
+    """Secrets belong in SOPS-encrypted files: a Secret template with a value in clear fails validation."""
+    files = minimal_repo()
+    files["applications/ref/templates/deployment.yaml"] += _d("""
+        ---
+        apiVersion: v1
+        kind: Secret
+        metadata:
+          name: db
+        stringData:
+          password: hunter2
+          token: ENC[AES256_GCM,data:abc=,iv:abc=,tag:abc=,type:str]
+        """)
+    assert problems(files) == [
+        "applications/ref/templates/deployment.yaml:14: Secret stringData.password is in plain text: encrypt the "
+        "file with sops (age recipients; see docs/secrets.md)"
+    ]
+    files["applications/ref/templates/deployment.yaml"] = files["applications/ref/templates/deployment.yaml"].replace(
+        b"password: hunter2", b"password: ENC[AES256_GCM,data:abc=,iv:abc=,tag:abc=,type:str]"
+    )
+    assert problems(files) == []
