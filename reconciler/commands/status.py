@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from reconciler.commands.common import ConfigError, fail, load_config, status_store
+from reconciler.core.audit import AuditEntry
 from reconciler.core.instants import read_instant
 from reconciler.core.problems import ReconcilerError
 from reconciler.status import document
@@ -88,25 +89,16 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-AUDIT_FIELDS = [
-    "time",
-    "environment",
-    "stage",
-    "application",
-    "action",
-    "from",
-    "to",
-    "result",
-    "revision",
-    "author",
-    "committer",
-    "signer",
-    "trigger",
-    "target",
-    "start",
-    "end",
-    "message",
-]
+# the CSV's first columns (a reader's order); then every other field of AuditEntry, then any other key an entry has
+AUDIT_FIELDS = ["time", "environment", "stage", "application", "action", "from", "to", "result", "revision", "author",
+                "committer", "signer", "override", "trigger", "target", "start", "end", "message"]  # fmt: skip
+
+
+def csv_columns(entries: list[dict[str, Any]]) -> list[str]:
+    """Every key of ``entries`` (what the JSON export shows), known ones in a fixed order."""
+    columns = AUDIT_FIELDS + [f for f in AuditEntry.FIELDS if f not in AUDIT_FIELDS]
+    extra = sorted({k for e in entries for k in e} - set(columns))
+    return columns + extra
 
 
 def run_history(args: argparse.Namespace) -> int:
@@ -124,10 +116,11 @@ def run_history(args: argparse.Namespace) -> int:
         print(json.dumps(selected, indent=2, default=str))
     elif args.format == "csv":
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=AUDIT_FIELDS, extrasaction="ignore", lineterminator="\n")
+        columns = csv_columns(selected)
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for entry in selected:
-            writer.writerow({k: "" if entry.get(k) is None else entry.get(k) for k in AUDIT_FIELDS})
+            writer.writerow({k: "" if entry.get(k) is None else entry.get(k) for k in columns})
         sys.stdout.write(out.getvalue())
     else:
         rows = [

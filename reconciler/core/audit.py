@@ -34,6 +34,11 @@ class AuditEntry:
     replica: str | None
     message: str
 
+    # the keys of as_dict(), in its order (history's CSV has a column for each)
+    FIELDS = ("id", "time", "start", "end", "revision", "author", "committer", "environment", "stage",
+              "application", "target", "action", "from", "to", "result", "trigger", "signer", "override", "replica",
+              "message")  # fmt: skip
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "time": self.time, "start": self.start, "end": self.end, "revision": self.revision,

@@ -302,3 +302,33 @@ def test_the_promotion_gate_holds_after_an_environment_was_invalid(fleet: Fleet)
     status = fleet.env_status("shared-production")
     assert status["phase"] == "Blocked" and "ref 3.11 has not run in dev yet" in status["message"]
     assert status["applications"]["ref"]["live"] == "3.0"
+
+
+def test_the_csv_export_has_every_column_of_the_json(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15: the CSV export had no ``override`` column (the JSON has it), nor ``id`` or ``replica``."""
+    ops = protect_production(fleet, tmp_path)
+    text = prod_stage(fleet).replace("soak: 24h", "soak: 24h\n  promotesFrom: dev")
+    signed_commit(fleet, ops, {"stages/production.yaml": text.encode()}, "production promotes from dev again")
+    assert fleet.once() == 0
+    text = prod_stage(fleet).replace("ref: 3.0", "ref: 3.11")
+    signed_commit(fleet, ops, {"releases/ref/3.11.yaml": REF_311, "stages/production.yaml": text.encode()},
+                  "hotfix\n\nPromotion-Override: incident 4711")  # fmt: skip
+    assert fleet.once() == 0
+    capsys.readouterr()
+    assert main(["history", "--config", str(fleet.config), "--format", "json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert main(["history", "--config", str(fleet.config), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == len(entries) and set().union(*(e.keys() for e in entries)) <= set(rows[0])
+    for entry, row in zip(entries, rows, strict=True):
+        assert {k: "" if v is None else str(v) for k, v in entry.items()} == {k: row[k] for k in entry}
+    assert any(r["override"] == "promotion: incident 4711" and r["signer"] == "ops@example.org" for r in rows)
+
+
+def test_audit_entry_fields_name_every_key_of_its_dict() -> None:
+    from reconciler.core.audit import AuditEntry
+
+    entry = AuditEntry(*(None for _ in AuditEntry.__dataclass_fields__))  # type: ignore[arg-type]
+    assert tuple(entry.as_dict()) == AuditEntry.FIELDS
