@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="the controller config (with --live)")
     p.add_argument("--status-ref", help="where the audit trail is (default: reconciler-status, local or origin)")
     p.add_argument("--now", type=_instant, help="evaluate time-based policies at this ISO 8601 time (default: now)")
+    p.add_argument("--env", action="append", metavar="NAME", help="only this environment (repeatable)")
+    p.add_argument("--stage", action="append", metavar="NAME", help="only this stage (repeatable)")
+    p.add_argument("--app", action="append", metavar="NAME", help="only this application (repeatable)")
+    p.add_argument("--output", metavar="DIR", help="also write the full report there (plan.md uncut, plan.json, "
+                   "plan.txt): a CI artifact")  # fmt: skip
     _add_limits(p)
 
     p = sub.add_parser("run", help="run the controller")

@@ -15,8 +15,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from reconciler.commands import plan_report
 from reconciler.commands.common import ConfigError, fail, load_config, status_store
 from reconciler.core.diffplan import RepoPlan, compare
 from reconciler.core.loader import Limits, LoadResult, load_repo
@@ -112,51 +114,8 @@ def render_text(plan: RepoPlan, verdicts: list[Verdict], base: str, head: str) -
     return "\n".join(lines)
 
 
-ICONS = {"violation": "❌", "held": "⏸️", "info": "ℹ️", "override": "⚠️"}
-
-
 def render_markdown(plan: RepoPlan, verdicts: list[Verdict], base: str, head: str) -> str:
-    ok = not any(v.outcome == "violation" for v in verdicts)
-    out = [f"### reconciler plan `{base[:12]}..{head[:12]}` {'✅' if ok else '❌ policy violation'}", "",
-           f"**Blast radius:** {plan.blast_radius()}", ""]  # fmt: skip
-    if verdicts:
-        out += ["| | policy | verdict | environments |", "|---|---|---|---|"]
-        for v in verdicts:
-            msg = v.message.replace("|", "\\|")
-            out.append(
-                f"| {ICONS.get(v.outcome, '')} | {v.policy} | {msg} | {len(v.environments)}: {_envs(v.environments)} |"
-            )
-        out.append("")
-    by_change: dict[tuple[str, str, str], list[str]] = {}
-    for env in plan.environments:
-        for c in env.changes:
-            by_change.setdefault((c.application, c.before or "-", c.after or "-"), []).append(env.environment)
-    if by_change:
-        out += ["| application | from | to | environments |", "|---|---|---|---|"]
-        for (app, before, after), envs in sorted(by_change.items()):
-            out.append(f"| {app} | {before} | {after} | {len(envs)}: {_envs(tuple(envs))} |")
-        out.append("")
-    for env in plan.environments[:50]:
-        diffs = [c for c in env.changes if c.diff or c.error]
-        if not diffs:
-            continue
-        out.append(f"<details><summary>{env.environment} ({env.stage}): {len(env.changes)} change(s)</summary>\n")
-        for c in diffs:
-            body = c.error or c.diff
-            out += [
-                f"**{c.application}** {c.before or '-'} → {c.after or '-'}",
-                "",
-                "```diff",
-                body.rstrip(),
-                "```",
-                "",
-            ]
-        out.append("</details>")
-    if len(plan.environments) > 50:
-        out.append(f"\n_{len(plan.environments) - 50} more environments not shown._")
-    for note in plan.notes:
-        out.append(f"\n> {note}")
-    return "\n".join(out) + "\n"
+    return plan_report.render_markdown(plan, verdicts, base, head)
 
 
 def render_json(plan: RepoPlan, verdicts: list[Verdict], base: str, head: str) -> str:
@@ -214,6 +173,7 @@ def run_plan(args: argparse.Namespace) -> int:
         base_result = load_repo(base_tree, limits) if base_tree is not None else None
         base_repo = base_result.repo if base_result else None
         plan = compare(base_repo, base_tree, head_result.repo, head_tree, live)
+        plan = plan_report.select(plan, args.env or (), args.stage or (), args.app or ())
         now = args.now or datetime.now(UTC)  # parsed (aware) by the CLI
         history, status_ref = _history(source, args.status_ref)
         trailers = source.commit(head).trailers
@@ -222,6 +182,34 @@ def run_plan(args: argparse.Namespace) -> int:
         return fail(str(exc))
     except ReconcilerError as exc:
         return fail(f"plan: {exc}")
-    render = {"text": render_text, "markdown": render_markdown, "json": render_json}[args.format]
-    print(render(plan, verdicts, base, head))
+    filtered = _filters(args)
+    if args.output:
+        written = _write_reports(Path(args.output), plan, verdicts, base, head, filtered)
+        if written:
+            return fail(written)
+    if args.format == "markdown":
+        print(plan_report.render_markdown(plan, verdicts, base, head, filtered=filtered), end="")
+    else:
+        render = {"text": render_text, "json": render_json}[args.format]
+        print(render(plan, verdicts, base, head))
     return 1 if any(v.outcome == "violation" for v in verdicts) else 0
+
+
+def _filters(args: argparse.Namespace) -> str:
+    given = [f"{flag} {', '.join(values)}" for flag, values in
+             (("environment", args.env), ("stage", args.stage), ("application", args.app)) if values]  # fmt: skip
+    return f" (filtered: {'; '.join(given)})" if given else ""
+
+
+def _write_reports(out: Path, plan: RepoPlan, verdicts: list[Verdict], base: str, head: str, filtered: str) -> str:
+    """The full reports for a CI artifact: plan.md (no size bound), plan.json, plan.txt. An error text, or ""."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "plan.md").write_text(
+            plan_report.render_markdown(plan, verdicts, base, head, budget=None, filtered=filtered), encoding="utf-8"
+        )
+        (out / "plan.json").write_text(render_json(plan, verdicts, base, head) + "\n", encoding="utf-8")
+        (out / "plan.txt").write_text(render_text(plan, verdicts, base, head) + "\n", encoding="utf-8")
+    except OSError as exc:
+        return f"plan: cannot write the report to {out}: {exc.strerror or exc}"
+    return ""

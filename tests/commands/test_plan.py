@@ -82,3 +82,66 @@ def test_unknown_revision_and_not_a_repository(
     assert "unknown revision" in capsys.readouterr().err
     assert main(["plan", "--repo", str(tmp_path), "--base", "HEAD~1", "--head", "HEAD"]) == 1
     assert "not a git repository" in capsys.readouterr().err
+
+
+def all_environments(repo: Path) -> list[str]:
+    from reconciler.core.loader import load_repo
+    from reconciler.source.fstree import DirectoryTree
+
+    loaded = load_repo(DirectoryTree.scan(repo)).repo
+    assert loaded is not None
+    return list(loaded.environments)
+
+
+@pytest.mark.parametrize(
+    ("line", "grouped"),
+    [('  FEATURE_FLAGS: "new-ui"', True), ('  HOSTNAME: "${env.name}.${params.domain}"', False)],
+    ids=["same-diff-everywhere", "a-different-diff-in-each-environment"],
+)
+def test_a_change_to_all_235_environments_fits_a_pr_comment_and_names_them_all(
+    example_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, grouped: bool
+) -> None:
+    """Issue 15: `plan --format markdown` on a large change was 114 KB; GitHub refuses comments over 65,536."""
+    commit_edit(example_repo, "applications/action-sociale/templates/configmap.yaml", "\ndata:\n", f"\ndata:\n{line}\n")
+    names = all_environments(example_repo)
+    code, md = run_plan(example_repo, capsys, "--format", "markdown", "--output", str(tmp_path / "report"))
+    assert code == 0 and len(md) < 65_000, len(md)
+    assert "**Blast radius:** 235 of 235 environments" in md
+    table = md.split("<details>")[0]
+    assert all(f" {n}," in table or f" {n} |" in table for n in names)  # every environment named
+    full = (tmp_path / "report" / "plan.md").read_text()
+    data = json.loads((tmp_path / "report" / "plan.json").read_text())
+    assert len(data["environments"]) == 235 and (tmp_path / "report" / "plan.txt").is_file()
+    if grouped:
+        assert "same change in " in md and "were cut" not in md
+    else:
+        assert len(full) > 65_000 and "were cut to keep this comment under 65,000 characters" in md
+        assert "cut to fit the comment: see the full report" in md and "were cut" not in full
+    git("reset", "-q", "--hard", "HEAD~1", cwd=example_repo)
+
+
+def test_plan_filters_by_environment_stage_and_application(
+    example_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commit_edit(example_repo, "stages/dev.yaml", "action-sociale: 2.3.4", "action-sociale: 2.3.3")
+    code, out = run_plan(example_repo, capsys, "--format", "json", "--env", "lille-dev", "--env", "rennes-dev")
+    assert code == 0 and sorted(e["name"] for e in json.loads(out)["environments"]) == ["lille-dev", "rennes-dev"]
+    code, out = run_plan(example_repo, capsys, "--format", "json", "--stage", "production")
+    assert json.loads(out)["environments"] == []
+    code, out = run_plan(example_repo, capsys, "--format", "json", "--app", "aides-logement")
+    assert json.loads(out)["environments"] == []
+    code, md = run_plan(example_repo, capsys, "--format", "markdown", "--stage", "dev", "--app", "action-sociale")
+    assert "(filtered: stage dev; application action-sociale)" in md
+    git("reset", "-q", "--hard", "HEAD~1", cwd=example_repo)
+
+
+def test_an_unwritable_output_directory_is_a_clear_error(
+    example_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commit_edit(example_repo, "stages/dev.yaml", "action-sociale: 2.3.4", "action-sociale: 2.3.3")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    capsys.readouterr()
+    assert main(["plan", "--repo", str(example_repo), "--output", str(blocker / "sub")]) == 1
+    assert f"plan: cannot write the report to {blocker / 'sub'}" in capsys.readouterr().err
+    git("reset", "-q", "--hard", "HEAD~1", cwd=example_repo)
