@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from reconciler.core.model import Environment, ReleasesRepo
+from reconciler.core.operations import Suspensions, suspended
 from reconciler.core.policy import (
     History,
     Hold,
@@ -45,6 +46,7 @@ class Facts:
     # the revision being applied, verified: an override counts only in a commit signed by an allowed key
     head_signature: Signature | None = None
     trailers: Mapping[str, str] = field(default_factory=dict)  # of the revision being applied
+    suspensions: Suspensions = field(default_factory=dict)  # what operators suspended (status branch)
 
     @property
     def overrides(self) -> dict[HoldKind, str]:
@@ -97,6 +99,10 @@ def verdict(
     holds: list[Hold] = []
     overrides: list[str] = []
     drift_repair = True
+    brake = suspended(facts.suspensions, env.name, app)
+    if brake is not None:  # nothing moves, not even a drift repair, until resumed
+        holds.append(Hold(HoldKind.SUSPENDED, brake.message()))
+        drift_repair = False
     overriding = facts.overrides
     frozen = freeze_hold(repo, env, app, facts.now)
     if frozen is not None:
@@ -135,6 +141,9 @@ def removal_verdict(repo: ReleasesRepo, env: Environment, app: str, facts: Facts
     a protected stage holds a removal like any other change."""
     holds: list[Hold] = []
     overrides: list[str] = []
+    brake = suspended(facts.suspensions, env.name, app)
+    if brake is not None:
+        holds.append(Hold(HoldKind.SUSPENDED, brake.message()))
     frozen = freeze_hold(repo, env, app, facts.now)
     if frozen is not None:
         if HoldKind.FREEZE in facts.overrides:

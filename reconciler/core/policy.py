@@ -32,6 +32,7 @@ class HoldKind(StrEnum):
     SIGNATURE = "signature"
     REQUIRES = "requires"
     WAVE = "wave"
+    SUSPENDED = "suspended"  # an operator's emergency brake (reconciler suspend)
     APPROVAL = "approval"  # signed, but not by an approver of the stage, or by the change's only author
 
 

@@ -18,18 +18,20 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 from reconciler.core.config import ControllerConfig
 from reconciler.core.model import Environment
+from reconciler.core.operations import Action, Operation
 from reconciler.core.plan import Phase
 from reconciler.core.problems import Problem, ReconcilerError
 from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
 from reconciler.engine.loop import Debounce, SourceBackoff
 from reconciler.engine.memo import RenderMemo
+from reconciler.engine.operate import Operations, OperationsStore, RequestError
 from reconciler.engine.outcome import AppStatus, EnvOutcome
 from reconciler.engine.publish import Publisher, Store
 from reconciler.engine.reconcile import Job, reconcile_environment
@@ -99,6 +101,11 @@ class Controller:
         self.waiting = False  # the loop waits for a trigger or the poll interval, none came during the last cycle
         # sharding: which environments this replica reconciles, and a check that it still does (see sharding.py)
         self.owns: Callable[[str], bool] = lambda _name: True
+        self.shared = False  # other replicas write the status branch too: re-read their operations now and then
+        self.operations = Operations(store if isinstance(store, OperationsStore) else None, self.gov,
+                                     lambda: self.clock(), None)  # fmt: skip
+        self.requested: dict[str, Action] = {}  # environments an operator asked to sync or refresh now
+        self._requested_lock = threading.Lock()
 
     # --- views of the parts ----------------------------------------------------------------------------------
     @property
@@ -136,6 +143,26 @@ class Controller:
     def restore(self) -> None:
         """Seed per-environment memory from the status branch, so a restart does not rewrite unchanged status."""
         self.publisher.restore()
+        self.operations.restore()
+
+    # --- operator requests ---------------------------------------------------------------------------------------
+    def request(
+        self, action: Action, environment: str, application: str | None, by: str, reason: str = ""
+    ) -> Operation:
+        """An operator's sync / refresh / suspend / resume of one environment (or application): recorded on the
+        status branch and audited first (raises if that fails: nothing done), then honoured from the next cycle,
+        which starts at once. Raises :class:`RequestError` for an unknown environment or application."""
+        loaded = self.good
+        env = loaded.repo.environments.get(environment) if loaded else None
+        if loaded is None or env is None:
+            raise RequestError(f"unknown environment {environment[:200]!r}")
+        if application is not None and application not in loaded.repo.desired_versions(env):
+            raise RequestError(f"application {application[:200]!r} is not deployed in {environment}")
+        op = self.operations.request(action, environment, application, by, reason, env.stage)
+        with self._requested_lock:  # a suspend or resume is shown (and held) from the next cycle on
+            self.requested[environment] = Action.REFRESH if action is Action.REFRESH else Action.SYNC
+        self.trigger()
+        return op
 
     # --- the cycle -----------------------------------------------------------------------------------------------
     def cycle(self, trigger: str = "poll", stop: threading.Event | None = None) -> CycleReport:
@@ -149,6 +176,8 @@ class Controller:
             self._publish({}, report)
             report.duration = self.clock() - started
             return report
+        if self.shared:
+            self.operations.poll(self.clock())
         jobs, invalid_outcomes = self._plan(loaded, trigger, report)
         if recovered:  # every environment was shown Invalid: show it again as it is, at the new head
             for name in loaded.repo.environments:
@@ -214,6 +243,8 @@ class Controller:
             self.last_drift_check = now
         jobs: list[tuple[Job, str]] = []
         invalid: dict[str, EnvOutcome] = {}
+        with self._requested_lock:
+            requested, self.requested = self.requested, {}
         for name, env in loaded.repo.environments.items():
             if name in loaded.env_problems:
                 invalid[name] = self._invalid_outcome(loaded, env)
@@ -222,11 +253,18 @@ class Controller:
                 report.skipped += 1
                 continue
             key = self.revisions.input_key(loaded, env)
-            due = self.sched.due(name, key, now, drift_due, manual=trigger == "manual")
+            asked = requested.get(name)  # an operator's sync or refresh: now, observed in full, whatever else
+            due = self.sched.due(
+                name, key, now, drift_due or asked is not None, manual=trigger == "manual" or asked is not None
+            )
             if not due.due:
                 report.skipped += 1
                 continue
-            jobs.append((self._job(loaded, env, trigger, drift_due, due.changed, due.settled, now), key))
+            job = self._job(loaded, env, "manual" if asked else trigger, drift_due or asked is not None,
+                            due.changed, due.settled and not asked, now)  # fmt: skip
+            if asked is Action.REFRESH:  # observe and drift-check, apply nothing
+                job = replace(job, dry_run=True, journal=None)
+            jobs.append((job, key))
         return jobs, invalid
 
     @staticmethod

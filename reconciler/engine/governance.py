@@ -20,6 +20,7 @@ from typing import Any
 from reconciler.core.config import ControllerConfig
 from reconciler.core.decide import FREEZE_OVERRIDE, PROMOTION_OVERRIDE, Facts
 from reconciler.core.model import Environment, ReleasesRepo
+from reconciler.core.operations import Suspensions
 from reconciler.core.plan import Phase
 from reconciler.core.policy import Signature, Stint, extend_history
 from reconciler.core.problems import ReconcilerError
@@ -49,6 +50,7 @@ class Governance:
         self.source = source
         self.history: dict[tuple[str, str], list[Stint]] = {}  # (env, app) -> stints, oldest first
         self._lock = threading.Lock()  # workers read the history while the controller extends it
+        self.suspensions: Suspensions = {}  # replaced whole (never mutated) when an operator suspends or resumes
 
     # --- facts ---------------------------------------------------------------------------------------------------
     def learn(self, entries: Iterable[Mapping[str, Any]]) -> None:
@@ -98,7 +100,8 @@ class Governance:
                 signatures = (Signature(head, False, detail=str(exc)),)
         overriding = any(trailers.get(t) for t in (FREEZE_OVERRIDE, PROMOTION_OVERRIDE))
         head_signature = self.head_signature(head) if overriding else None
-        return Facts(datetime.fromtimestamp(now, UTC), _HistoryView(self), signatures, head_signature, dict(trailers))
+        return Facts(datetime.fromtimestamp(now, UTC), _HistoryView(self), signatures, head_signature, dict(trailers),
+                     self.suspensions)  # fmt: skip
 
     # --- waves ----------------------------------------------------------------------------------------------------
     @staticmethod

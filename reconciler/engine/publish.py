@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from reconciler.core.model import Environment
+from reconciler.core.operations import Suspension
 from reconciler.core.plan import Phase
 from reconciler.core.problems import ReconcilerError
 from reconciler.engine.governance import Governance
@@ -163,6 +164,7 @@ class Publisher:
             if outcome is not None and outcome.applications
             else before
         )
+        phase, message, apps, brake = self._suspended(name, phase, message, apps)
         invalid, good = self.revisions.invalid, self.revisions.good
         if invalid is not None and good is not None:
             bad, problems = invalid
@@ -182,8 +184,31 @@ class Publisher:
             "desiredDigest": state.input_key,
             **({"attemptedDigest": state.attempted_key} if state.attempted_key != state.input_key else {}),
             **({"stalled": True} if state.stalled else {}),
+            **({"suspended": brake} if brake else {}),
             "applications": apps,
         }
+
+    def _suspended(self, name: str, phase: Phase, message: str, apps: dict[str, Any]
+                   ) -> tuple[Phase, str, dict[str, Any], dict[str, Any] | None]:  # fmt: skip
+        """Suspensions shown as they hold: the environment (or the applications) Blocked, saying by whom and why."""
+        found = self.gov.suspensions
+        whole = found.get((name, None))
+        held: dict[str, Suspension] = {}
+        for app in apps:
+            brake = whole or found.get((name, app))
+            if brake is not None:
+                held[app] = brake
+        if not held and whole is None:
+            return phase, message, apps, None
+        apps = {a: statusdoc.app_entry(e.get("desired"), e.get("live"), str(Phase.BLOCKED), held[a].message())
+                if a in held and isinstance(e, Mapping) else e for a, e in apps.items()}  # fmt: skip
+        first = whole or next(iter(held.values()))
+        if phase is not Phase.INVALID:
+            phase = Phase.BLOCKED
+            message = first.message() if whole else "; ".join(s.message() for s in held.values())
+        shown = {"by": first.by, "reason": first.reason, "since": first.since,
+                 "applications": None if whole else sorted(held)}  # fmt: skip
+        return phase, message, apps, shown
 
     def controller_doc(self, environments: int, source_error: str | None) -> dict[str, Any]:
         rev = self.revisions

@@ -108,6 +108,11 @@ class StatusStore(AuditTrail):
             self._fetch()
         return self._head
 
+    def refresh(self) -> None:
+        """Fetch the branch: the next reads see what other replicas pushed."""
+        with self._lock:
+            self._fetch()
+
     def read_file(self, path: str) -> bytes | None:
         """``path`` at the last fetched head (fetching once if nothing was fetched yet); None if absent."""
         with self._lock:
