@@ -103,6 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", type=_instant, help="before this time (ISO 8601)")
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
 
+    verbs = {
+        "sync": "reconcile an environment now, skipping backoff and the poll interval",
+        "refresh": "observe and drift-check an environment now, applying nothing",
+        "suspend": "hold every change and drift repair of an environment (or application) until resumed",
+        "resume": "lift a suspension",
+    }
+    for verb, text in verbs.items():
+        p = sub.add_parser(verb, help=f"{text} (asks a running controller)")
+        p.add_argument("--env", required=True, help="the environment")
+        if verb != "refresh":
+            p.add_argument("--app", help="only this application")
+        p.add_argument("--reason", required=verb == "suspend", help="why (recorded in the audit trail)")
+        p.add_argument("--url", default="http://127.0.0.1:8080", help="the controller's address")
+        p.add_argument("--token-file", help="a file holding an operator token (default: $RECONCILER_TOKEN)")
+
     p = sub.add_parser("codeowners", help="print or write the CODEOWNERS file that the Teams imply")
     p.add_argument("path", nargs="?", default=".", help="the releases repo (default: current directory)")
     p.add_argument("--syntax", choices=("github", "gitlab"), default="github",
@@ -173,6 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from reconciler.commands.status import run_history
 
             return run_history(args)
+        if args.command in ("sync", "refresh", "suspend", "resume"):
+            from reconciler.commands.operate import run_operate
+
+            if args.command == "refresh":
+                args.app = None
+            return run_operate(args)
         if args.command == "codeowners":
             from reconciler.commands.codeowners import run_codeowners
 

@@ -91,6 +91,7 @@ def write_config(state: Path, listen: str, allowed_signers: Path | None = None) 
         "driftCheckInterval": "60s",
         "backoff": {"initial": "5s", "max": "2m"},
         "listen": listen,
+        "api": {"auth": "none"},  # the demo listens on loopback: anyone there may press the buttons
         **({"allowedSigners": str(allowed_signers)} if allowed_signers else {}),
         "targets": {},
         "targetPatterns": [

@@ -34,6 +34,7 @@ from reconciler.engine.controller import Controller, CycleReport
 from reconciler.engine.reconcile import set_replica_identity
 from reconciler.engine.sharding import LeaseCoordinator, StaticShards, rearm
 from reconciler.engine.targets import DriverPool
+from reconciler.http.auth import AuthConfigError, build_policy
 from reconciler.http.server import HttpServer
 from reconciler.http.webhooks import WebhookSecrets
 from reconciler.observability import logging as logs
@@ -200,9 +201,11 @@ def attach_sharding(controller: Controller, args: argparse.Namespace, replica: s
     """Restrict ``controller`` to its shard: static (``--shard-index``) or through Leases (``--shards``)."""
     if args.shard_count is not None:
         controller.owns = StaticShards(args.shard_index, args.shard_count).owns
+        controller.shared = True  # the other replicas' operator requests are read from the status branch
         return None
     if args.shards is None:
         return None
+    controller.shared = True
     client = api_client_for(
         "leases", kubeconfig=args.lease_kubeconfig, context=args.lease_context, in_cluster=not args.lease_kubeconfig
     )
@@ -232,6 +235,10 @@ def run_run(args: argparse.Namespace) -> int:
     problem = sharding_error(args)
     if problem:
         return fail(f"reconciler run: {problem}")
+    try:
+        build_policy(config.api)  # the api section's tokens resolve (the server builds it again when it starts)
+    except AuthConfigError as exc:
+        return fail(f"{config.path}: {exc}")
     logs.configure(level=args.log_level)
     replica = args.replica_id or f"{socket.gethostname()}-{os.getpid()}"
     set_replica_identity(replica)

@@ -57,6 +57,7 @@ class ControllerConfig:
     patterns: tuple[Mapping[str, Any], ...] = ()
     allowed_signers: str | None = None
     webhooks: Mapping[str, Any] = field(default_factory=dict)
+    api: Mapping[str, Any] = field(default_factory=dict)  # who may read and act (reconciler.http.auth)
 
     def target(self, name: str) -> TargetConfig | None:
         """The configuration of target ``name``: an exact entry, else the first matching pattern."""
@@ -171,6 +172,7 @@ def parse_config(path: str, data: bytes) -> ControllerConfig:
         patterns=tuple(raw.get("targetPatterns", ())),
         allowed_signers=posixpath.normpath(posixpath.join(base, signers)) if signers else None,
         webhooks=raw.get("webhooks", {}),
+        api=raw.get("api", {}),
         **durations,
     )
     if config.status_branch == config.branch:

@@ -176,8 +176,10 @@ class Controller:
             self._publish({}, report)
             report.duration = self.clock() - started
             return report
-        if self.shared:
-            self.operations.poll(self.clock())
+        if self.shared:  # what operators asked of the other replicas
+            changed = self.operations.poll(self.clock())
+            with self._requested_lock:
+                self.requested.update(dict.fromkeys(changed - set(self.requested), Action.SYNC))
         jobs, invalid_outcomes = self._plan(loaded, trigger, report)
         if recovered:  # every environment was shown Invalid: show it again as it is, at the new head
             for name in loaded.repo.environments:

@@ -53,13 +53,17 @@ class Operations:
         if self.store is not None:
             self._load(self.store.read_file(LOG_PATH) or b"")
 
-    def poll(self, now: float) -> None:
-        """Re-read the file (fetching the branch) at most every :data:`POLL_SECONDS`."""
+    def poll(self, now: float) -> set[str]:
+        """Re-read the file (fetching the branch) at most every :data:`POLL_SECONDS`; returns the environments
+        whose suspensions changed (to be looked at again, so their status shows it)."""
         if self.store is None or now - self.last_poll < POLL_SECONDS:
-            return
+            return set()
         self.last_poll = now
         self.store.refresh()
+        before = dict(self.gov.suspensions)
         self._load(self.store.read_file(LOG_PATH) or b"")
+        after = self.gov.suspensions
+        return {scope[0] for scope, _brake in set(before.items()) ^ set(after.items())}
 
     def _load(self, data: bytes) -> None:
         with self._lock:

@@ -21,7 +21,10 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from reconciler.core.operations import Action
 from reconciler.core.plan import Phase
+from reconciler.core.problems import ReconcilerError
+from reconciler.http.auth import Denied, Need
 from reconciler.http.ports import App
 from reconciler.http.webhooks import Verdict, authenticate, decide, signed, unsigned
 from reconciler.observability import logging as logs
@@ -45,6 +48,7 @@ class Route(StrEnum):
     HEALTHZ = "healthz"
     READYZ = "readyz"
     WEBHOOK = "webhook"
+    API_ACTION = "api-action"  # POST /api/v1/environments/<name>/<sync|refresh|suspend|resume>
 
 
 EXACT = {
@@ -57,6 +61,8 @@ EXACT = {
 }
 PREFIXES = (("/api/v1/environments/", Route.API_ENVIRONMENT), ("/environments/", Route.ENVIRONMENT_PAGE))
 QUIET = {Route.HEALTHZ, Route.READYZ, Route.METRICS}  # probes and scrapes: access-logged at debug level
+READ = {Route.INDEX, Route.ENVIRONMENT_PAGE, Route.API_ENVIRONMENTS, Route.API_ENVIRONMENT}  # need Need.READ
+MAX_ACTION_BODY = 16 * 1024
 
 
 def resolve(path: str) -> tuple[Route, str | None] | None:
@@ -64,6 +70,9 @@ def resolve(path: str) -> tuple[Route, str | None] | None:
     path = path.rstrip("/") or "/"
     if path in EXACT:
         return EXACT[path], None
+    rest = path.removeprefix("/api/v1/environments/")
+    if rest != path and rest.count("/") == 1 and rest.split("/")[1] in set(Action) and rest.split("/")[0]:
+        return Route.API_ACTION, rest
     for prefix, route in PREFIXES:
         if path.startswith(prefix) and "/" not in path[len(prefix) :]:
             return route, path[len(prefix) :]
@@ -192,7 +201,7 @@ class Handler(BaseHTTPRequestHandler):
             self.respond_json(404, {"error": "not found"})
             return
         self.route, name = found
-        allowed = ("POST",) if self.route is Route.WEBHOOK else ("GET", "HEAD")
+        allowed = ("POST",) if self.route in (Route.WEBHOOK, Route.API_ACTION) else ("GET", "HEAD")
         if self.command not in allowed:
             self.close_connection = True
             self.respond_json(405, {"error": f"method {self.command} not allowed"}, {"Allow": ", ".join(allowed)})
@@ -213,7 +222,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def serve(self, route: Route, name: str | None, query: dict[str, str]) -> None:
         app = self.app
-        if route is Route.HEALTHZ:
+        if route in READ:
+            caller = app.policy.decide(Need.READ, self.lower_headers(), self.client_address[0],
+                                       name if route is Route.API_ENVIRONMENT else None)  # fmt: skip
+            if isinstance(caller, Denied):
+                self.deny(caller)
+                return
+        if route is Route.API_ACTION:
+            assert name is not None
+            self.act(*name.split("/"))
+        elif route is Route.HEALTHZ:
             self.respond_text(200, "ok\n")
         elif route is Route.READYZ:
             reasons = app.ready()
@@ -270,6 +288,69 @@ class Handler(BaseHTTPRequestHandler):
             self.respond_text(404, "environment not found\n")
             return
         self.respond(200, logs.redact_text(page.decode("utf-8", "replace")).encode(), HTML)
+
+    # --- operator requests ---------------------------------------------------------------------------------------
+    def lower_headers(self) -> dict[str, str]:
+        return {k.lower(): v for k, v in self.headers.items()}
+
+    def deny(self, denied: Denied) -> None:
+        self.fields["denied"] = denied.reason
+        extra = {"WWW-Authenticate": 'Bearer realm="reconciler"'} if denied.status == 401 else None
+        self.respond_json(denied.status, {"error": denied.reason}, extra)
+
+    def act(self, environment: str, verb: str) -> None:
+        """POST /api/v1/environments/<env>/<verb> with a JSON body ``{"application": ..., "reason": ...}``."""
+        self.fields.update(environment=environment[:200], action=verb)
+        headers = self.lower_headers()
+        env = next((e for e in self.app.snapshot()["environments"] if e["name"] == environment), None)
+        caller = self.app.policy.decide(Need.ACT, headers, self.client_address[0], environment,
+                                        env["stage"] if env else None)  # fmt: skip
+        if isinstance(caller, Denied):
+            self.close_connection = True
+            self.deny(caller)
+            return
+        problem = _csrf(headers)
+        if problem:
+            self.close_connection = True
+            self.respond_json(403, {"error": problem})
+            return
+        body = self.action_body(headers)
+        if isinstance(body, str):
+            self.respond_json(400, {"error": body})
+            return
+        self.fields["caller"] = caller.identity
+        try:
+            op = self.app.controller.request(Action(verb), environment, body.get("application"), caller.identity,
+                                             body.get("reason") or "")  # fmt: skip
+        except ValueError as exc:
+            self.respond_json(404, {"error": str(exc)})
+            return
+        except ReconcilerError as exc:
+            self.respond_json(503, {"error": f"not recorded, nothing done: {exc}"})
+            return
+        self.respond_json(202, {"accepted": op.as_dict()})
+
+    def action_body(self, headers: dict[str, str]) -> dict[str, Any] | str:
+        text = headers.get("content-length", "0").strip()
+        if not text.isdigit() or len(text) > 9:
+            return "invalid Content-Length"
+        if int(text) > MAX_ACTION_BODY:
+            self.close_connection = True
+            return f"body over the limit of {MAX_ACTION_BODY} bytes"
+        try:
+            raw = self.read_exact(int(text)) if int(text) else b"{}"
+            body = json.loads(raw)
+        except (ValueError, BadBody, TooLarge, TimeoutError):
+            self.close_connection = True
+            return "the body must be a JSON object"
+        if not isinstance(body, dict) or set(body) - {"application", "reason"}:
+            return 'the body must be a JSON object with only "application" and "reason"'
+        for key in ("application", "reason"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                return f"{key} must be a string"
+        if len(body.get("reason") or "") > 500:
+            return "reason is over 500 characters"
+        return body
 
     # --- webhooks -------------------------------------------------------------------------------------------------
     def webhook(self) -> None:
@@ -386,3 +467,16 @@ class Handler(BaseHTTPRequestHandler):
                     break
         except OSError:
             pass
+
+
+def _csrf(headers: dict[str, str]) -> str:
+    """Cross-site request forgery: a browser sends a JSON body to another origin only after a preflight we never
+    answer, and says where the page came from; refuse anything else."""
+    if "application/json" not in headers.get("content-type", "").lower() and headers.get("content-length", "0") != "0":
+        return "Content-Type must be application/json"
+    origin = headers.get("origin")
+    if origin and urlsplit(origin).netloc != headers.get("host", ""):
+        return f"cross-origin request from {origin[:100]} refused"
+    if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return "cross-site request refused"
+    return ""

@@ -12,6 +12,8 @@ import threading
 from typing import Any, Protocol
 
 from reconciler.core.config import ControllerConfig
+from reconciler.core.operations import Action
+from reconciler.http.auth import Policy
 from reconciler.http.webhooks import WebhookSecrets
 from reconciler.observability.metrics import PrometheusMetrics
 
@@ -37,6 +39,11 @@ class ControllerView(Protocol):
         """Start a cycle soon (a webhook push); never blocks."""
         ...
 
+    def request(self, action: Action, environment: str, application: str | None, by: str, reason: str = "") -> Any:
+        """An operator's request, recorded and audited first; raises ValueError for an unknown environment or
+        application, :class:`ReconcilerError` when it cannot be recorded (then nothing is done)."""
+        ...
+
 
 class App(Protocol):
     """What a request handler reads of the server that runs it."""
@@ -46,6 +53,7 @@ class App(Protocol):
     max_body: int
     request_timeout: float
     secrets: WebhookSecrets
+    policy: Policy  # who may read and act
     metrics: PrometheusMetrics | None
     dashboard: Any | None  # the dashboard module, None when it could not be loaded
     log: Any

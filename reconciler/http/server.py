@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+from reconciler.http.auth import build_policy
 from reconciler.http.handler import Handler
 from reconciler.http.ports import App, ControllerView
 from reconciler.http.webhooks import WebhookSecrets
@@ -112,8 +113,12 @@ class HttpServer(App):
         request_timeout: float = 10.0,
         max_connections: int = 64,
         branch: str | None = None,
+        api: Mapping[str, Any] | None = None,
     ) -> None:
         webhooks = webhooks or {}
+        self.policy = build_policy(controller.config.api if api is None else api)  # AuthConfigError: named
+        for token in self.policy.tokens:
+            logs.register_secret(token.secret.decode())
         configured = webhooks.get("maxBodyBytes")
         self.controller = controller
         self.listen = listen
