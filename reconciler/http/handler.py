@@ -17,9 +17,13 @@ import re
 import socket
 import time
 from enum import StrEnum
+from functools import cache
 from http.server import BaseHTTPRequestHandler
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
 
 from reconciler.core.operations import Action
 from reconciler.core.plan import Phase
@@ -48,6 +52,7 @@ class Route(StrEnum):
     HEALTHZ = "healthz"
     READYZ = "readyz"
     WEBHOOK = "webhook"
+    OPENAPI = "openapi"
     API_ACTION = "api-action"  # POST /api/v1/environments/<name>/<sync|refresh|suspend|resume>
 
 
@@ -58,6 +63,7 @@ EXACT = {
     "/healthz": Route.HEALTHZ,
     "/readyz": Route.READYZ,
     "/webhook": Route.WEBHOOK,
+    "/api/v1/openapi.json": Route.OPENAPI,
 }
 PREFIXES = (("/api/v1/environments/", Route.API_ENVIRONMENT), ("/environments/", Route.ENVIRONMENT_PAGE))
 QUIET = {Route.HEALTHZ, Route.READYZ, Route.METRICS}  # probes and scrapes: access-logged at debug level
@@ -231,6 +237,8 @@ class Handler(BaseHTTPRequestHandler):
         if route is Route.API_ACTION:
             assert name is not None
             self.act(*name.split("/"))
+        elif route is Route.OPENAPI:
+            self.respond_json(200, openapi())
         elif route is Route.HEALTHZ:
             self.respond_text(200, "ok\n")
         elif route is Route.READYZ:
@@ -480,3 +488,11 @@ def _csrf(headers: dict[str, str]) -> str:
     if headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         return "cross-site request refused"
     return ""
+
+
+@cache
+def openapi() -> dict[str, Any]:
+    """The API's OpenAPI description (``reconciler/http/openapi.yaml``, shipped in the package)."""
+    text = resources.files("reconciler.http").joinpath("openapi.yaml").read_text("utf-8")
+    loaded: dict[str, Any] = yaml.safe_load(text)
+    return loaded
