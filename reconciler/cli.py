@@ -101,7 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", help="only this stage")
     p.add_argument("--since", type=_instant, help="from this time (ISO 8601, e.g. 2026-11-01; UTC unless an offset)")
     p.add_argument("--until", type=_instant, help="before this time (ISO 8601)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--phases", action="store_true",
+                   help="the environments' phase transitions (when each went Degraded, for how long)")  # fmt: skip
 
     verbs = {
         "sync": "reconcile an environment now, skipping backoff and the poll interval",

@@ -101,12 +101,33 @@ def csv_columns(entries: list[dict[str, Any]]) -> list[str]:
     return columns + extra
 
 
+def phase_rows(files: dict[str, bytes]) -> list[dict[str, Any]]:
+    """Every recorded phase transition of every environment (status documents), in time order, each with the
+    phase it left and how long the new phase lasted (until the next transition; None while it lasts)."""
+    rows: list[dict[str, Any]] = []
+    for path, data in sorted(files.items()):
+        doc = document.parse(data) if path.startswith("environments/") else None
+        if not doc or not isinstance(doc.get("phases"), list):
+            continue
+        phases = [p for p in doc["phases"] if isinstance(p, dict)]
+        for i, entry in enumerate(phases):
+            after = phases[i + 1].get("since") if i + 1 < len(phases) else None
+            start, end = read_instant(entry.get("since")), read_instant(after)
+            rows.append({
+                "time": entry.get("since"), "environment": doc.get("environment"), "stage": doc.get("stage"),
+                "from": phases[i - 1].get("phase") if i else None, "phase": entry.get("phase"),
+                "seconds": round((end - start).total_seconds()) if start and end else None,
+                "message": entry.get("message", ""),
+            })  # fmt: skip
+    return sorted(rows, key=lambda r: str(r["time"]))
+
+
 def run_history(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         store = status_store(config)
-        store.read()
-        entries = list(store.audit_lines())
+        snapshot = store.read()
+        entries = phase_rows(snapshot.files) if args.phases else list(store.audit_lines())
     except ConfigError as exc:
         return fail(str(exc))
     except ReconcilerError as exc:
@@ -116,12 +137,16 @@ def run_history(args: argparse.Namespace) -> int:
         print(json.dumps(selected, indent=2, default=str))
     elif args.format == "csv":
         out = io.StringIO()
-        columns = csv_columns(selected)
+        columns = list(selected[0]) if args.phases and selected else csv_columns(selected)
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for entry in selected:
             writer.writerow({k: "" if entry.get(k) is None else entry.get(k) for k in columns})
         sys.stdout.write(out.getvalue())
+    elif args.phases:
+        rows = [[str(e["time"]), str(e["environment"]), f"{e['from'] or '-'} -> {e['phase']}",
+                 "-" if e["seconds"] is None else f"{e['seconds']}s", str(e["message"])] for e in selected]  # fmt: skip
+        print(_table(rows, ["TIME", "ENVIRONMENT", "PHASE", "LASTED", "MESSAGE"]))
     else:
         rows = [
             [
@@ -142,7 +167,7 @@ def run_history(args: argparse.Namespace) -> int:
 def _matches(entry: dict[str, Any], args: argparse.Namespace) -> bool:
     if args.env and entry.get("environment") != args.env:
         return False
-    if args.app and entry.get("application") != args.app:
+    if getattr(args, "app", None) and entry.get("application") != args.app:
         return False
     if getattr(args, "stage", None) and entry.get("stage") != args.stage:
         return False

@@ -373,6 +373,7 @@ class Controller:
                     "lastAttemptedRevision": doc.get("lastAttemptedRevision"),
                     "updated": doc.get("updated"),
                     "applications": dict(doc.get("applications") or {}),
+                    "phases": list(doc.get("phases") or []),
                     "recentAudit": self.publisher.recent(name),
                 })  # fmt: skip
         invalid = self.invalid

@@ -177,6 +177,7 @@ class Publisher:
             "environment": name,
             "stage": env.stage if env else previous.get("stage"),
             "phase": str(phase),
+            "phases": _phases(previous, phase, message),
             "message": message,
             "lastAppliedRevision": state.applied_revision,
             "lastAttemptedRevision": invalid[0] if invalid else state.attempted_revision,
@@ -275,6 +276,20 @@ class Publisher:
         self.controller_doc_identity = controller_identity
         self.metrics.status_push(True)
         return commit
+
+
+MAX_PHASES = 50  # transitions kept per environment in its status document
+
+
+def _phases(previous: Mapping[str, Any], phase: Phase, message: str) -> list[dict[str, Any]]:
+    """The environment's phase history: its last :data:`MAX_PHASES` transitions, oldest first, each with when it
+    began and why (the status document keeps it, so it survives restarts and every replica reads it)."""
+    kept = previous.get("phases")
+    history = [p for p in kept if isinstance(p, dict)] if isinstance(kept, list) else []
+    if history and history[-1].get("phase") == str(phase):
+        return history
+    entry = {"phase": str(phase), "since": statusdoc.now_iso(), "message": message[:300]}
+    return [*history, entry][-MAX_PHASES:]
 
 
 def _noting_ids(entries: Iterable[Mapping[str, Any]], wanted: set[str], found: set[str]) -> Iterator[Mapping[str, Any]]:

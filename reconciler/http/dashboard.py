@@ -399,6 +399,22 @@ def render_index(snapshot: Mapping[str, Any], query: Mapping[str, str]) -> bytes
     return _page("reconciler dashboard", body, head=expect, end='<div id="end"></div>')
 
 
+def _timeline(env: Mapping[str, Any]) -> str:
+    """The environment's phase transitions, newest first (from its status document)."""
+    phases = [p for p in env.get("phases") or [] if isinstance(p, Mapping)]
+    rows = "".join(
+        f'<tr data-phase="{phase_of(p.get("phase"))}"><td>{esc(p.get("since"))}</td>'
+        f'<td><span class="p" data-phase="{phase_of(p.get("phase"))}">{phase_of(p.get("phase"))}</span></td>'
+        f'<td class="msg">{esc(p.get("message"))}</td></tr>'
+        for p in reversed(phases)
+    )
+    return (
+        '<h2>Phase timeline</h2><table id="timeline" class="list"><thead><tr><th>since</th><th>phase</th>'
+        f"<th>why</th></tr></thead><tbody>{rows or '<tr><td colspan=3>no transition recorded yet</td></tr>'}"
+        "</tbody></table>"
+    )
+
+
 def render_environment(snapshot: Mapping[str, Any], name: str) -> bytes | None:
     """The ``/environments/<name>`` page, or None when the snapshot has no such environment."""
     env = next(
@@ -421,6 +437,7 @@ def render_environment(snapshot: Mapping[str, Any], name: str) -> bytes | None:
         f"<dt>last applied</dt><dd>{short(env.get('lastAppliedRevision'))}</dd>",
         f"<dt>last attempted</dt><dd>{short(env.get('lastAttemptedRevision'))}</dd>",
         f"<dt>updated</dt><dd>{esc(env.get('updated') or '—')}</dd></dl>",
+        _timeline(env),
         '<h2>Applications</h2><table id="applications" class="list"><thead><tr><th>application</th><th>desired</th>'
         "<th>live</th><th>phase</th><th>message</th></tr></thead><tbody>",
     ]

@@ -114,3 +114,59 @@ def test_refresh_reports_drift_without_repairing_and_sync_repairs_now(fleet: Fle
         "refresh",
         "sync",
     ]
+
+
+def test_phase_transitions_are_recorded_bounded_and_survive_a_restart(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+    import io
+    import json
+
+    from reconciler.cli import main
+    from reconciler.engine.publish import MAX_PHASES
+
+    assert fleet.once() == 0
+    with controller_at(fleet) as controller:
+        controller.cycle()
+        controller.request(Action.SUSPEND, ENV, None, "token:alice", "incident")
+        controller.cycle()
+    with controller_at(fleet) as controller:  # a restart: the history is read back from the status branch
+        controller.cycle()
+        controller.request(Action.RESUME, ENV, None, "token:alice", "")
+        controller.cycle()
+    phases = fleet.env_status(ENV)["phases"]
+    assert [p["phase"] for p in phases] == ["Synced", "Blocked", "Synced"]
+    assert phases[1]["message"].startswith("suspended by token:alice")
+    capsys.readouterr()
+    assert main(["history", "--config", str(fleet.config), "--phases", "--env", ENV, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["from"], r["phase"]) for r in rows] == [(None, "Synced"), ("Synced", "Blocked"), ("Blocked", "Synced")]
+    assert isinstance(rows[1]["seconds"], int) and rows[2]["seconds"] is None
+    assert main(["history", "--config", str(fleet.config), "--phases", "--format", "csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {r["environment"] for r in table} >= {ENV, "rennes-dev"} and "phase" in table[0]
+    assert main(["history", "--config", str(fleet.config), "--phases"]) == 0
+    assert "Synced -> Blocked" in capsys.readouterr().out
+    # bounded: a flapping environment keeps only its last transitions
+    from reconciler.core.plan import Phase
+    from reconciler.engine.publish import _phases
+
+    doc: dict[str, object] = {}
+    for i in range(3 * MAX_PHASES):
+        doc = {"phases": _phases(doc, Phase.DEGRADED if i % 2 else Phase.SYNCED, f"flap {i}")}
+    kept = doc["phases"]
+    assert isinstance(kept, list) and len(kept) == MAX_PHASES and kept[-1]["message"] == f"flap {3 * MAX_PHASES - 1}"
+
+
+def test_the_environment_page_shows_the_phase_timeline(fleet: Fleet) -> None:
+    from tests.http import served
+
+    with served(fleet) as s:
+        s.controller.cycle()
+        s.controller.request(Action.SUSPEND, ENV, None, "token:alice", "incident 4711")
+        s.controller.cycle()
+        page = s.get(f"/environments/{ENV}").text
+    timeline = page.split('<table id="timeline"')[1].split("</table>")[0]
+    assert timeline.index('data-phase="Blocked"') < timeline.index('data-phase="Synced"')  # newest first
+    assert "suspended by token:alice" in timeline and "incident 4711" in timeline
