@@ -120,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--url", default="http://127.0.0.1:8080", help="the controller's address")
         p.add_argument("--token-file", help="a file holding an operator token (default: $RECONCILER_TOKEN)")
 
+    p = sub.add_parser("rollback", help="commit a pin of an environment's application to the version it ran before")
+    p.add_argument("--env", required=True, help="the environment")
+    p.add_argument("--app", required=True, help="the application")
+    p.add_argument("--to", help="the version (default: the one it ran before, from the audit trail)")
+    p.add_argument("--repo", default=".", help="your clone of the releases repo (default: current directory)")
+    p.add_argument("--branch", help="commit on this new branch (for a pull request) instead of the tracked one")
+    p.add_argument("--reason", help="why (in the commit message and the pin)")
+    p.add_argument("--no-push", action="store_true", help="commit only; push yourself")
+
     p = sub.add_parser("codeowners", help="print or write the CODEOWNERS file that the Teams imply")
     p.add_argument("path", nargs="?", default=".", help="the releases repo (default: current directory)")
     p.add_argument("--syntax", choices=("github", "gitlab"), default="github",
@@ -196,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "refresh":
                 args.app = None
             return run_operate(args)
+        if args.command == "rollback":
+            from reconciler.commands.rollback import run_rollback
+
+            return run_rollback(args)
         if args.command == "codeowners":
             from reconciler.commands.codeowners import run_codeowners
 

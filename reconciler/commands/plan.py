@@ -39,7 +39,7 @@ class Verdict:
     environments: tuple[str, ...]
 
 
-def _history(source: GitSource, ref: str | None) -> tuple[dict[tuple[str, str], list[Stint]], str | None]:
+def read_history(source: GitSource, ref: str | None) -> tuple[dict[tuple[str, str], list[Stint]], str | None]:
     history: dict[tuple[str, str], list[Stint]] = {}
     for candidate in (ref,) if ref else STATUS_REFS:
         sha = source.repo.resolve(candidate) if candidate else None
@@ -175,7 +175,7 @@ def run_plan(args: argparse.Namespace) -> int:
         plan = compare(base_repo, base_tree, head_result.repo, head_tree, live)
         plan = plan_report.select(plan, args.env or (), args.stage or (), args.app or ())
         now = args.now or datetime.now(UTC)  # parsed (aware) by the CLI
-        history, status_ref = _history(source, args.status_ref)
+        history, status_ref = read_history(source, args.status_ref)
         trailers = source.commit(head).trailers
         verdicts = _verdicts(head_result, plan, history, now, trailers, status_ref)
     except ConfigError as exc:

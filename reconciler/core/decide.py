@@ -32,6 +32,7 @@ from reconciler.core.policy import (
 
 FREEZE_OVERRIDE = "Freeze-Override"
 PROMOTION_OVERRIDE = "Promotion-Override"
+ROLLBACK = "Rollback"  # written by `reconciler rollback`: "<environment>/<application> <from> -> <to>"
 
 
 @dataclass(frozen=True)

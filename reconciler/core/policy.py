@@ -131,7 +131,7 @@ def extend_history(history: dict[tuple[str, str], list[Stint]], entries: Iterabl
                 stints[-1] = replace(stints[-1], end=when)
             continue
         version = entry.get("to")
-        if action not in ("create", "update") or not isinstance(version, str):
+        if action not in ("create", "update", "rollback") or not isinstance(version, str):
             continue
         if stints and stints[-1].end is None:
             if stints[-1].version == version:

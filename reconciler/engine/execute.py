@@ -52,6 +52,7 @@ class Context:
     requirement: Requirement | None = None  # why a release's ``requires`` are not met by the live versions
     clock: Callable[[], float] = time.time  # the controller's clock: audit times (and so soak) follow it
     journal: AuditJournal | None = None  # effects are journalled before they are made (crash-safe audit)
+    rollbacks: frozenset[str] = frozenset()  # applications the revision rolls back here (its Rollback: trailer)
 
 
 @dataclass
@@ -75,7 +76,8 @@ class Run:
         return AuditEntry(
             id=ident or new_id(), time=start, start=start, end=None, revision=self.ctx.revision,
             author=self.ctx.author, committer=self.ctx.committer, environment=self.ctx.environment,
-            stage=self.ctx.stage, application=plan.application, target=plan.target, action=action,
+            stage=self.ctx.stage, application=plan.application, target=plan.target,
+            action="rollback" if action == "update" and plan.application in self.ctx.rollbacks else action,
             from_version=plan.from_version, to_version=plan.to_version, result=None,
             trigger="drift" if plan.reason.startswith("drift") else self.ctx.trigger,
             signer=self.ctx.signer or None, override=task.override, replica=self.ctx.replica or None, message="",

@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from reconciler.core.decide import ALLOWED, AppVerdict, Facts, verdicts
+from reconciler.core.decide import ALLOWED, ROLLBACK, AppVerdict, Facts, verdicts
 from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of, with_identity
 from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.plan import Action, Phase, UnitPlan, guard_empty, pair
@@ -280,8 +280,21 @@ def _reconcile(
     inputs = _inputs(job, decided)
     ctx = Context(env.name, env.stage, job.revision, job.author, job.committer, job.trigger,
                   facts.signer if facts else "", job.replica, job.dry_run, job.check_drift, job.owned,
-                  inputs.requirement, job.clock, None if job.dry_run else job.journal)  # fmt: skip
+                  inputs.requirement, job.clock, None if job.dry_run else job.journal,
+                  rollbacks(facts.trailers if facts else {}, env.name))  # fmt: skip
     return execute(ctx, pool, plan_tasks(plans, inputs), plans, _light(plans), clock() - started)
+
+
+def rollbacks(trailers: Mapping[str, str], environment: str) -> frozenset[str]:
+    """The applications a ``Rollback: <environment>/<application> <from> -> <to>`` trailer names for ``environment``
+    (written by ``reconciler rollback``): their update is audited as ``rollback``."""
+    found = set()
+    for item in trailers.get(ROLLBACK, "").split(";"):
+        where = item.strip().split(" ", 1)[0]
+        env, _, app = where.partition("/")
+        if env == environment and app:
+            found.add(app)
+    return frozenset(found)
 
 
 def _decide(job: Job, plans: list[UnitPlan]) -> tuple[Facts | None, dict[str, AppVerdict]]:
