@@ -149,7 +149,17 @@ _SCRIPT = (
         "if(m){var P=PHASE_OF;m.addEventListener('mouseover',function(e){"
         "var c=e.target.closest('[role=cell]');if(c&&!c.title&&c.className){var i=Array.prototype.indexOf.call("
         "c.parentNode.children,c);c.title=m.firstElementChild.children[i].dataset.app+' \\u2014 '+P[c.className]+"
-        "' \\u2014 '+c.textContent+(c.querySelector('i')?' (desired, not live yet)':'');}});}})();"
+        "' \\u2014 '+c.textContent+(c.querySelector('i')?' (desired, not live yet)':'');}});}"
+        "var A=document.getElementById('actions');if(A){A.addEventListener('click',function(e){"
+        "var b=e.target.closest('button[data-act]');if(!b){return;}e.preventDefault();"
+        "var o=document.getElementById('act-result'),r=document.getElementById('reason').value;"
+        "if(b.dataset.act==='suspend'&&!r){o.textContent='a reason is required to suspend';return;}"
+        "b.disabled=true;fetch('/api/v1/environments/'+encodeURIComponent(A.dataset.env)+'/'+b.dataset.act,"
+        "{method:'POST',credentials:'same-origin',headers:{'Content-Type':'application/json'},"
+        "body:JSON.stringify({reason:r})}).then(function(x){return x.json().then(function(j){"
+        "o.textContent=x.ok?('accepted: '+j.accepted.action+' by '+j.accepted.by):('refused ('+x.status+'): '+j.error);"
+        "o.dataset.status=x.status;});}).catch(function(){o.textContent='the controller did not answer';})"
+        ".then(function(){b.disabled=false;});});}})();"
     )
     .replace("REFRESH_MS", str(REFRESH_SECONDS * 1000))
     .replace("ROW_PX", str(ROW_HEIGHT))
@@ -399,6 +409,22 @@ def render_index(snapshot: Mapping[str, Any], query: Mapping[str, str]) -> bytes
     return _page("reconciler dashboard", body, head=expect, end='<div id="end"></div>')
 
 
+def _actions(name: str) -> str:
+    """Sync / refresh / suspend / resume buttons (POST to the API, same origin, JSON: see ``handler._csrf``);
+    the API decides who may (an operator token, a trusted proxy's user, or anyone with ``api.auth: none``)."""
+    buttons = "".join(
+        f'<button type="button" data-act="{act}" title="{esc(why)}">{act}</button> '
+        for act, why in (("sync", "reconcile now"), ("refresh", "observe and drift-check now, apply nothing"),
+                         ("suspend", "hold every change and drift repair until resumed"),
+                         ("resume", "lift the suspension"))
+    )  # fmt: skip
+    return (
+        f'<section id="actions" data-env="{esc(name)}"><h2>Actions</h2>{buttons}'
+        '<label>reason <input id="reason" maxlength="500" size="40"></label> '
+        '<output id="act-result" aria-live="polite"></output></section>'
+    )
+
+
 def _timeline(env: Mapping[str, Any]) -> str:
     """The environment's phase transitions, newest first (from its status document)."""
     phases = [p for p in env.get("phases") or [] if isinstance(p, Mapping)]
@@ -437,6 +463,7 @@ def render_environment(snapshot: Mapping[str, Any], name: str) -> bytes | None:
         f"<dt>last applied</dt><dd>{short(env.get('lastAppliedRevision'))}</dd>",
         f"<dt>last attempted</dt><dd>{short(env.get('lastAttemptedRevision'))}</dd>",
         f"<dt>updated</dt><dd>{esc(env.get('updated') or '—')}</dd></dl>",
+        _actions(name),
         _timeline(env),
         '<h2>Applications</h2><table id="applications" class="list"><thead><tr><th>application</th><th>desired</th>'
         "<th>live</th><th>phase</th><th>message</th></tr></thead><tbody>",

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import pytest
 
 from reconciler.http.dashboard import CELL_CHARS, PHASES, render_environment, render_index
+from tests.engine import Fleet
 from tests.http.test_dashboard import EVIL, Page, small_snapshot
 from tests.support.chromium import Chromium, demo, get, phases, wait_for
 
@@ -151,3 +152,47 @@ def test_demo_dashboard_in_chromium(tmp_path: Path, chromium: Chromium) -> None:
         }
         assert seen == {a: (s["desired"] or "—", s["live"] or "—", s["phase"]) for a, s in env["applications"].items()}
         assert name in page.text and env["stage"] in page.text
+
+
+@pytest.mark.slow
+def test_the_environment_page_buttons_act_through_the_api(chromium: Chromium, fleet: Fleet) -> None:
+    """Issue 15: the dashboard's sync / suspend / resume buttons, clicked in Chromium against a real controller
+    (``api.auth: none``, as in the demo): recorded and audited, shown on the page; a suspend without a reason is
+    refused in the page, and a token-protected controller refuses the anonymous click (401 shown)."""
+    from tests.http import configure, served
+
+    configure(fleet, branch="main", api={"auth": "none"})
+    click = """(async (act, reason) => {
+      document.getElementById('reason').value = reason;
+      const out = document.getElementById('act-result');
+      out.textContent = ''; delete out.dataset.status;
+      document.querySelector('button[data-act="' + act + '"]').click();
+      for (let i = 0; i < 200 && !out.textContent; i++) await new Promise(r => setTimeout(r, 50));
+      return [out.textContent, out.dataset.status || null];
+    })"""
+
+    def press(url: str, act: str, reason: str) -> list[Any]:
+        def run(session: str) -> Any:
+            expression = f"{click}({json.dumps(act)}, {json.dumps(reason)})"
+            found = chromium.call("Runtime.evaluate", session, expression=expression, awaitPromise=True,
+                                  returnByValue=True)  # fmt: skip
+            return found["result"]["value"]
+
+        _, timing = chromium.load(url, "0", inspect=run)
+        return list(timing["inspect"])
+
+    with served(fleet) as s:
+        s.controller.cycle()
+        page = s.url + "/environments/lille-dev"
+        assert press(page, "suspend", "") == ["a reason is required to suspend", None]
+        assert press(page, "suspend", "incident 4711") == ["accepted: suspend by anonymous", "202"]
+        s.controller.cycle()
+        assert "suspended by anonymous" in chromium.load(page, "document.getElementById('message').textContent")[0]
+        assert press(page, "resume", "") == ["accepted: resume by anonymous", "202"]
+        assert press(page, "sync", "") == ["accepted: sync by anonymous", "202"]
+    assert [e["action"] for e in fleet.audit() if e["trigger"] == "manual"] == ["suspend", "resume", "sync"]
+    configure(fleet, branch="main")  # the default for `run`: acting needs an operator token
+    with served(fleet) as s:
+        s.controller.cycle()
+        status = press(s.url + "/environments/lille-dev", "sync", "")
+        assert status[1] == "401" and "a bearer token is required" in status[0]
