@@ -269,8 +269,9 @@ def test_a_change_both_unsigned_and_not_soaked_reports_both_holds(fleet: Fleet, 
     assert "has not run in dev yet" in message and "not signed by an allowed signer" in message
 
 
-def test_a_signed_promotion_override_is_audited_with_its_signer(fleet: Fleet, tmp_path: Path) -> None:
-    """Finding 1b: a signed commit with a Promotion-Override trailer was audited with signer and override null."""
+def signed_override(fleet: Fleet, tmp_path: Path) -> None:
+    """Production protected and promoting from dev; ref 3.11 straight to production in a commit signed by ops with
+    a Promotion-Override trailer, applied."""
     ops = protect_production(fleet, tmp_path)
     text = prod_stage(fleet).replace("soak: 24h", "soak: 24h\n  promotesFrom: dev")
     signed_commit(fleet, ops, {"stages/production.yaml": text.encode()}, "production promotes from dev again")
@@ -279,6 +280,11 @@ def test_a_signed_promotion_override_is_audited_with_its_signer(fleet: Fleet, tm
     signed_commit(fleet, ops, {"releases/ref/3.11.yaml": REF_311, "stages/production.yaml": text.encode()},
                   "hotfix\n\nPromotion-Override: incident 4711")  # fmt: skip
     assert fleet.once() == 0
+
+
+def test_a_signed_promotion_override_is_audited_with_its_signer(fleet: Fleet, tmp_path: Path) -> None:
+    """Finding 1b: a signed commit with a Promotion-Override trailer was audited with signer and override null."""
+    signed_override(fleet, tmp_path)
     entries = [e for e in fleet.audit() if e["environment"] == "shared-production" and e["to"] == "3.11"]
     assert entries and all(e["signer"] == "ops@example.org" for e in entries)
     assert all(e["override"] == "promotion: incident 4711" for e in entries)
@@ -308,14 +314,7 @@ def test_the_csv_export_has_every_column_of_the_json(
     fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Issue 15: the CSV export had no ``override`` column (the JSON has it), nor ``id`` or ``replica``."""
-    ops = protect_production(fleet, tmp_path)
-    text = prod_stage(fleet).replace("soak: 24h", "soak: 24h\n  promotesFrom: dev")
-    signed_commit(fleet, ops, {"stages/production.yaml": text.encode()}, "production promotes from dev again")
-    assert fleet.once() == 0
-    text = prod_stage(fleet).replace("ref: 3.0", "ref: 3.11")
-    signed_commit(fleet, ops, {"releases/ref/3.11.yaml": REF_311, "stages/production.yaml": text.encode()},
-                  "hotfix\n\nPromotion-Override: incident 4711")  # fmt: skip
-    assert fleet.once() == 0
+    signed_override(fleet, tmp_path)
     capsys.readouterr()
     assert main(["history", "--config", str(fleet.config), "--format", "json"]) == 0
     entries = json.loads(capsys.readouterr().out)
