@@ -91,7 +91,8 @@ def run_status(args: argparse.Namespace) -> int:
 
 # the CSV's first columns (a reader's order); then every other field of AuditEntry, then any other key an entry has
 AUDIT_FIELDS = ["time", "environment", "stage", "application", "action", "from", "to", "result", "revision", "author",
-                "committer", "signer", "override", "trigger", "target", "start", "end", "message"]  # fmt: skip
+                "committer", "signer", "signerTeam", "override", "trigger", "target", "start", "end",
+                "message"]  # fmt: skip
 
 
 def csv_columns(entries: list[dict[str, Any]]) -> list[str]:

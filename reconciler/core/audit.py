@@ -24,7 +24,7 @@ class AuditEntry:
     stage: str
     application: str
     target: str
-    action: str  # create | update | remove | adopt
+    action: str  # create | update | remove | adopt | rollback (and, from operators: sync | refresh | suspend | resume)
     from_version: str | None
     to_version: str | None
     result: str | None  # succeeded | failed | interrupted (None: announced in the journal, not made yet)
@@ -33,11 +33,12 @@ class AuditEntry:
     override: str | None
     replica: str | None
     message: str
+    signer_team: str | None = None  # the Teams the signer belongs to (comma-separated), when Teams are declared
 
     # the keys of as_dict(), in its order (history's CSV has a column for each)
     FIELDS = ("id", "time", "start", "end", "revision", "author", "committer", "environment", "stage",
-              "application", "target", "action", "from", "to", "result", "trigger", "signer", "override", "replica",
-              "message")  # fmt: skip
+              "application", "target", "action", "from", "to", "result", "trigger", "signer", "signerTeam",
+              "override", "replica", "message")  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -45,5 +46,6 @@ class AuditEntry:
             "author": self.author, "committer": self.committer, "environment": self.environment,
             "stage": self.stage, "application": self.application, "target": self.target, "action": self.action,
             "from": self.from_version, "to": self.to_version, "result": self.result, "trigger": self.trigger,
-            "signer": self.signer, "override": self.override, "replica": self.replica, "message": self.message,
+            "signer": self.signer, "signerTeam": self.signer_team, "override": self.override,
+            "replica": self.replica, "message": self.message,
         }  # fmt: skip

@@ -53,6 +53,7 @@ class Context:
     clock: Callable[[], float] = time.time  # the controller's clock: audit times (and so soak) follow it
     journal: AuditJournal | None = None  # effects are journalled before they are made (crash-safe audit)
     rollbacks: frozenset[str] = frozenset()  # applications the revision rolls back here (its Rollback: trailer)
+    signer_team: str = ""  # the Teams of the signer (audited beside it)
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Run:
             from_version=plan.from_version, to_version=plan.to_version, result=None,
             trigger="drift" if plan.reason.startswith("drift") else self.ctx.trigger,
             signer=self.ctx.signer or None, override=task.override, replica=self.ctx.replica or None, message="",
+            signer_team=self.ctx.signer_team or None,
         )  # fmt: skip
 
     def starting(self, plan: UnitPlan) -> None:

@@ -94,5 +94,6 @@ def audit_entry(op: Operation, stage: str | None, replica: str | None) -> dict[s
         "id": op.id, "time": op.time, "start": op.time, "end": op.time, "revision": None, "author": op.by,
         "committer": None, "environment": op.environment, "stage": stage, "application": op.application,
         "target": None, "action": str(op.action), "from": None, "to": None, "result": "succeeded",
-        "trigger": "manual", "signer": None, "override": None, "replica": replica, "message": op.reason,
+        "trigger": "manual", "signer": None, "signerTeam": None, "override": None, "replica": replica,
+        "message": op.reason,
     }  # fmt: skip

@@ -281,8 +281,15 @@ def _reconcile(
     ctx = Context(env.name, env.stage, job.revision, job.author, job.committer, job.trigger,
                   facts.signer if facts else "", job.replica, job.dry_run, job.check_drift, job.owned,
                   inputs.requirement, job.clock, None if job.dry_run else job.journal,
-                  rollbacks(facts.trailers if facts else {}, env.name))  # fmt: skip
+                  rollbacks(facts.trailers if facts else {}, env.name),
+                  teams_of(job.repo, facts.signer if facts else ""))  # fmt: skip
     return execute(ctx, pool, plan_tasks(plans, inputs), plans, _light(plans), clock() - started)
+
+
+def teams_of(repo: ReleasesRepo, signers: str) -> str:
+    """The Teams whose members signed (``signers``: comma-separated e-mail principals), for the audit trail."""
+    emails = {s.strip().lower() for s in signers.split(",") if s.strip()}
+    return ", ".join(n for n, t in repo.teams.items() if emails & t.emails())
 
 
 def rollbacks(trailers: Mapping[str, str], environment: str) -> frozenset[str]:

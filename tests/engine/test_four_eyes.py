@@ -86,7 +86,7 @@ def test_an_approver_signing_their_own_production_change_is_blocked_until_a_seco
     status = fleet.env_status("shared-production")
     assert status["phase"] == "Synced" and status["applications"]["ref"]["live"] == "3.11"
     entries = [e for e in fleet.audit() if e["environment"] == "shared-production" and e["to"] == "3.11"]
-    assert entries and all(e["signer"] == "olga@example.org" for e in entries)
+    assert entries and all(e["signer"] == "olga@example.org" and e["signerTeam"] == "team-ops" for e in entries)
 
 
 def test_without_teams_any_allowed_signer_approves_as_before(fleet: Fleet, tmp_path: Path) -> None:
