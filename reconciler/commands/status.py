@@ -62,11 +62,14 @@ def run_status(args: argparse.Namespace) -> int:
             f"environment: {args.env}\nstage: {doc.get('stage')}\nphase: {doc.get('phase')}\n"
             f"message: {doc.get('message')}\nlastAppliedRevision: {doc.get('lastAppliedRevision')}\n"
             f"lastAttemptedRevision: {doc.get('lastAttemptedRevision')}\nupdated: {doc.get('updated')}\n"
+            + "".join(
+                f"pinned: {a} {v} (not its stage's version)\n" for a, v in sorted((doc.get("pins") or {}).items())
+            )
         )
         rows = [
             [
                 a,
-                str(s.get("desired") or "-"),
+                str(s.get("desired") or "-") + (" (pinned)" if a in (doc.get("pins") or {}) else ""),
                 str(s.get("live") or "-"),
                 str(s.get("phase")),
                 str(s.get("message") or ""),

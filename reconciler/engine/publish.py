@@ -186,6 +186,7 @@ class Publisher:
             **({"attemptedDigest": state.attempted_key} if state.attempted_key != state.input_key else {}),
             **({"stalled": True} if state.stalled else {}),
             **({"suspended": brake} if brake else {}),
+            **({"pins": dict(env.pins)} if env is not None and env.pins else {}),
             "applications": apps,
         }
 

@@ -54,6 +54,11 @@ def test_rolling_back_one_generated_environment(
     entries = [e for e in fleet.audit() if e["environment"] == "lille-dev" and e["application"] == "ref"]
     assert entries[-1]["action"] == "rollback" and entries[-1]["to"] == "3.10" and entries[-1]["from"] == "3.11"
     assert entries[-1]["author"] == "Olga Ops <olga@example.org>"
+    assert fleet.env_status("lille-dev")["pins"] == {"ref": "3.10"} and "pins" not in fleet.env_status("rennes-dev")
+    capsys.readouterr()
+    assert main(["status", "--config", str(fleet.config), "--env", "lille-dev"]) == 0
+    shown = capsys.readouterr().out
+    assert "pinned: ref 3.10 (not its stage's version)" in shown and "3.10 (pinned)" in shown
     # removable by an ordinary commit: the set's environment follows its stage again
     git("fetch", "-q", cwd=clone)
     edited = (clone / "environments" / "branches.yaml").read_text().split("\n  overrides:\n")[0] + "\n"
