@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--url", default="http://127.0.0.1:8080", help="the controller's address")
         p.add_argument("--token-file", help="a file holding an operator token (default: $RECONCILER_TOKEN)")
 
+    p = sub.add_parser("diff", help="what Git wants of an environment against what runs there (secrets masked)")
+    p.add_argument("--config", required=True, help="the controller config file")
+    p.add_argument("--env", required=True, help="the environment")
+    p.add_argument("--app", help="only this application")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+
     p = sub.add_parser("rollback", help="commit a pin of an environment's application to the version it ran before")
     p.add_argument("--env", required=True, help="the environment")
     p.add_argument("--app", required=True, help="the application")
@@ -205,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "refresh":
                 args.app = None
             return run_operate(args)
+        if args.command == "diff":
+            from reconciler.commands.diff import run_diff
+
+            return run_diff(args)
         if args.command == "rollback":
             from reconciler.commands.rollback import run_rollback
 

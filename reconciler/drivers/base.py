@@ -38,6 +38,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, cast, runtime_checkable
 
+from reconciler.core.contentdiff import Content
 from reconciler.core.desired import DesiredUnit, with_identity
 from reconciler.core.state import HEALTH_SEVERITY, Health, LiveUnit, worst
 
@@ -133,6 +134,15 @@ class Identifies(Protocol):
 
 
 @runtime_checkable
+class ShowsContent(Protocol):
+    """A driver that can show what runs beside what a unit wants (``reconciler diff``), secrets masked."""
+
+    def contents(self, unit: DesiredUnit) -> list[Content]:
+        """Each file or object of ``unit``: live text (None: absent) and desired text."""
+        ...
+
+
+@runtime_checkable
 class HealthIsObserved(Protocol):
     """A driver that says whether its health is exactly "observed without drift" (see the module docstring)."""
 
@@ -170,6 +180,11 @@ def identified(driver: Driver, unit: DesiredUnit) -> DesiredUnit:
     """``unit`` with ``driver``'s identity of it folded into its fingerprint (unchanged for drivers without one)."""
     found = identifying(driver)
     return unit if found is None else with_identity(unit, found.identity(unit))
+
+
+def showing(driver: Driver) -> ShowsContent | None:
+    """``driver`` as a :class:`ShowsContent` driver, or ``None`` when it cannot show live content."""
+    return cast(ShowsContent, driver) if _offers(driver, ShowsContent) else None
 
 
 def health_is_observed(driver: Driver) -> bool:

@@ -69,8 +69,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler.core.config import TargetConfig
+from reconciler.core.contentdiff import Content, as_text
 from reconciler.core.desired import DesiredUnit
-from reconciler.core.problems import PermanentError, TemporaryError
+from reconciler.core.problems import PermanentError, ReconcilerError, TemporaryError
 from reconciler.core.state import HEALTH_SEVERITY, worst
 from reconciler.core.yamlsafe import scalar_text
 from reconciler.drivers.base import (
@@ -82,6 +83,7 @@ from reconciler.drivers.base import (
     Identifies,
     LiveUnit,
     ObservesEnvironment,
+    ShowsContent,
 )
 from reconciler.drivers.k8s_api import APPLY_PATCH, ApiError, KubeApi, NotServed, Resource, safe_name
 from reconciler.drivers.k8s_health import assess
@@ -174,6 +176,15 @@ class Replaced(TemporaryError):
     """An object was deleted or replaced by another one between reading and writing it (nothing was written)."""
 
 
+SERVER_SET = ("managedFields", "resourceVersion", "uid", "creationTimestamp", "generation", "selfLink")
+
+
+def _comparable(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without what the server sets (status, managedFields, resourceVersion, uid...): what a diff shows."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in SERVER_SET}
+    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+
+
 def _uid_refused(exc: ApiError) -> bool:
     """The server refused a write because the object no longer has the ``uid`` sent as a precondition."""
     if exc.status == 409 and "uid mismatch" in exc.message:  # deleted
@@ -195,7 +206,7 @@ def _adoptable(p: Planned) -> bool:
     return True
 
 
-class KubernetesDriver(Batching, ObservesEnvironment, Identifies):
+class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
     """Deploys units to one Kubernetes API server (see the module docstring for the semantics)."""
 
     kind: str = "kubernetes"
@@ -418,6 +429,24 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies):
                 listing.objects[ref.name] = live
 
     # -- applying ------------------------------------------------------------------------------------------------
+    def contents(self, unit: DesiredUnit) -> list[Content]:
+        """Each object as the API server would make it (a server-side dry-run apply) beside the live one, without
+        managedFields, status and server-set metadata; Secret values as digests. An object the server refuses
+        shows what we would send."""
+        planned = self._desired(unit)
+        owner = Owner(self.target, unit.environment, unit.application)
+        out = []
+        with self._session(unit.environment) as session:
+            for p in planned:
+                live = self._read(session, p.resource, p.ref, p.source)
+                try:
+                    wanted = self._ssa(p, live, owner, dry_run=True)
+                except ReconcilerError:
+                    wanted = p.body
+                shown = as_text(_comparable(live)) if live is not None else None
+                out.append(Content(str(p.ref), shown, as_text(_comparable(wanted))))
+        return out
+
     def apply(self, unit: DesiredUnit, dry_run: bool = False) -> ApplyResult:
         planned = self._desired(unit)
         owner = Owner(self.target, unit.environment, unit.application)

@@ -42,9 +42,18 @@ import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from reconciler.core.contentdiff import Content, mask_secrets
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.problems import PermanentError, TemporaryError
-from reconciler.drivers.base import ApplyResult, Health, HealthIsObserved, HealthReport, LiveUnit, ObservesEnvironment
+from reconciler.drivers.base import (
+    ApplyResult,
+    Health,
+    HealthIsObserved,
+    HealthReport,
+    LiveUnit,
+    ObservesEnvironment,
+    ShowsContent,
+)
 from reconciler.drivers.local_state import (
     INVENTORY,
     Check,
@@ -152,7 +161,7 @@ def _components(rels: Iterable[str]) -> set[str]:
     return {rel.split("/")[0] for rel in rels}
 
 
-class LocalDriver(ObservesEnvironment, HealthIsObserved):
+class LocalDriver(ObservesEnvironment, HealthIsObserved, ShowsContent):
     """Deploys rendered files into ``path`` (see the module docstring for the layout and guarantees)."""
 
     kind: str = "local"
@@ -270,6 +279,27 @@ class LocalDriver(ObservesEnvironment, HealthIsObserved):
         return HealthReport(Health.HEALTHY, f"version {live.version}")
 
     # -- writing ---------------------------------------------------------------------------------------------
+    def contents(self, unit: DesiredUnit) -> list[Content]:
+        """Each rendered file beside the one deployed (secrets masked); a file deployed and no longer desired is
+        listed as desired empty."""
+        app_dir = self._app_dir(unit.environment, unit.application)
+        desired = {f"{c.name}/{n}": d for c in unit.components for n, d in c.files.items()}
+        inventory = self.known.inventory(unit.environment, unit.application, app_dir)
+        deployed = set(inventory.rels) if isinstance(inventory, Inventory) else set()
+        out = []
+        for name in sorted(set(desired) | deployed):
+            path = os.path.join(app_dir, *name.split("/"))
+            try:
+                with open(path, "rb") as fh:
+                    live: str | None = mask_secrets(fh.read().decode("utf-8", "replace"))
+            except FileNotFoundError:
+                live = None
+            except OSError as exc:
+                raise classify_os_error(self.target, f"read {unit.environment}/{unit.application}", exc) from None
+            wanted = mask_secrets(desired[name].decode("utf-8", "replace")) if name in desired else ""
+            out.append(Content(name, live, wanted))
+        return out
+
     def apply(self, unit: DesiredUnit, dry_run: bool = False) -> ApplyResult:
         app_dir = self._app_dir(unit.environment, unit.application)
         desired: dict[str, bytes] = {}

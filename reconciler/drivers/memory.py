@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from reconciler.core.contentdiff import Content, mask_secrets
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.problems import PermanentError
-from reconciler.drivers.base import ApplyResult, Batching, Health, HealthReport, LiveUnit
+from reconciler.drivers.base import ApplyResult, Batching, Health, HealthReport, LiveUnit, ShowsContent
 
 
 @dataclass
-class MemoryDriver(Batching):
+class MemoryDriver(Batching, ShowsContent):
     target: str
     kind: str = "memory"
     units: dict[tuple[str, str], DesiredUnit] = field(default_factory=dict)
@@ -52,6 +53,15 @@ class MemoryDriver(Batching):
 
     def owned_applications(self, environment: str) -> list[str]:
         return sorted(app for env, app in self.units if env == environment and (env, app) not in self.foreign)
+
+    def contents(self, unit: DesiredUnit) -> list[Content]:
+        """The deployed unit's files beside the desired ones (the twin keeps the units it applied)."""
+        current = self.units.get((unit.environment, unit.application))
+        live = current.files() if current is not None else {}
+        desired = unit.files()
+        names = sorted(set(live) | set(desired))
+        return [Content(name, mask_secrets(live[name].decode()) if name in live else None,
+                        mask_secrets(desired.get(name, b"").decode())) for name in names]  # fmt: skip
 
     def apply(self, unit: DesiredUnit, dry_run: bool = False) -> ApplyResult:
         key = (unit.environment, unit.application)

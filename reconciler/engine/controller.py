@@ -23,10 +23,12 @@ from functools import partial
 from typing import Any
 
 from reconciler.core.config import ControllerConfig
+from reconciler.core.contentdiff import Content
 from reconciler.core.model import Environment
 from reconciler.core.operations import Action, Operation
 from reconciler.core.plan import Phase
 from reconciler.core.problems import Problem, ReconcilerError
+from reconciler.drivers.base import showing
 from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
 from reconciler.engine.loop import Debounce, SourceBackoff
@@ -34,7 +36,7 @@ from reconciler.engine.memo import RenderMemo
 from reconciler.engine.operate import Operations, OperationsStore, RequestError
 from reconciler.engine.outcome import AppStatus, EnvOutcome
 from reconciler.engine.publish import Publisher, Store
-from reconciler.engine.reconcile import Job, reconcile_environment
+from reconciler.engine.reconcile import Job, identifier, reconcile_environment, render_desired
 from reconciler.engine.revision import Loaded, Revisions, Source
 from reconciler.engine.schedule import EnvState, Scheduler, run_in_waves
 from reconciler.engine.targets import DriverPool
@@ -163,6 +165,31 @@ class Controller:
             self.requested[environment] = Action.REFRESH if action is Action.REFRESH else Action.SYNC
         self.trigger()
         return op
+
+    def contents(self, environment: str, application: str | None = None) -> dict[str, list[Content]]:
+        """What Git wants of ``environment`` (at the fetched head) beside what runs, per application: for
+        ``reconciler diff``; applies nothing. Raises :class:`RequestError` for an unknown environment or
+        application, :class:`ReconcilerError` when the source or a target cannot be read."""
+        self._fetch(CycleReport(revision=None), triggered=True)
+        loaded = self.good
+        env = loaded.repo.environments.get(environment) if loaded else None
+        if loaded is None or env is None:
+            raise RequestError(f"unknown environment {environment!r}")
+        if application is not None and application not in loaded.repo.desired_versions(env):
+            raise RequestError(f"application {application!r} is not deployed in {environment}")
+        job = replace(self._job(loaded, env, "manual", True, True, False, self.clock()), memo=None, dry_run=True)
+        units, errors = render_desired(job, None, identifier(self.pool))  # fingerprints as the applies had them
+        found: dict[str, list[Content]] = {}
+        for (app, target), unit in sorted(units.items()):
+            if application is not None and app != application:
+                continue
+            if app in errors:
+                raise RequestError(f"{app}: {errors[app]}")
+            shower = showing(self.pool.get(target))
+            if shower is None:
+                raise RequestError(f"target {target} ({app}): its driver cannot show what runs")
+            found.setdefault(app, []).extend(shower.contents(unit))
+        return found
 
     # --- the cycle -----------------------------------------------------------------------------------------------
     def cycle(self, trigger: str = "poll", stop: threading.Event | None = None) -> CycleReport:

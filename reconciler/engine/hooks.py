@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from reconciler.core.contentdiff import Content
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.plan import Phase
+from reconciler.core.problems import PermanentError
 from reconciler.drivers.base import (
     ApplyResult,
     Batching,
@@ -26,8 +28,10 @@ from reconciler.drivers.base import (
     Identifies,
     LiveUnit,
     ObservesEnvironment,
+    ShowsContent,
     health_is_observed,
     identifying,
+    showing,
 )
 
 
@@ -94,7 +98,7 @@ class NullMetrics:
         return None
 
 
-class InstrumentedDriver(HealthIsObserved, Identifies):
+class InstrumentedDriver(HealthIsObserved, Identifies, ShowsContent):
     """A driver whose every call is reported to a :class:`MetricsSink` (operation, result, duration).
 
     Build it with :func:`instrument`, which adds the optional abilities the wrapped driver has."""
@@ -140,6 +144,14 @@ class InstrumentedDriver(HealthIsObserved, Identifies):
     def identity(self, unit: DesiredUnit) -> str:
         """The wrapped driver's identity of ``unit`` (pure and cheap: not instrumented); empty when it has none."""
         return self._identifies.identity(unit) if self._identifies is not None else ""
+
+    def contents(self, unit: DesiredUnit) -> list[Content]:
+        """The wrapped driver's live content beside ``unit``'s (``reconciler diff``); a clear error when it has none."""
+        shower = showing(self.inner)
+        if shower is None:
+            raise PermanentError(f"target {self.target}: its {self.kind} driver cannot show what runs")
+        found: list[Content] = self._call("contents", shower.contents, unit)
+        return found
 
     def close(self) -> None:
         self.inner.close()
