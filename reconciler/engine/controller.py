@@ -33,7 +33,7 @@ from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
 from reconciler.engine.loop import Debounce, SourceBackoff
 from reconciler.engine.memo import RenderMemo
-from reconciler.engine.operate import Operations, OperationsStore, RequestError
+from reconciler.engine.operate import Operations, RequestError
 from reconciler.engine.outcome import AppStatus, EnvOutcome
 from reconciler.engine.publish import Publisher, Store
 from reconciler.engine.reconcile import Job, identifier, reconcile_environment, render_desired
@@ -104,8 +104,7 @@ class Controller:
         # sharding: which environments this replica reconciles, and a check that it still does (see sharding.py)
         self.owns: Callable[[str], bool] = lambda _name: True
         self.shared = False  # other replicas write the status branch too: re-read their operations now and then
-        self.operations = Operations(store if isinstance(store, OperationsStore) else None, self.gov,
-                                     lambda: self.clock(), None)  # fmt: skip
+        self.operations = Operations(store, self.gov, lambda: self.clock(), None)
         self.requested: dict[str, Action] = {}  # environments an operator asked to sync or refresh now
         self._requested_lock = threading.Lock()
 

@@ -16,7 +16,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from reconciler.core.operations import LOG_PATH, MAX_REASON, Action, Operation, parse, suspensions
 from reconciler.engine.governance import Governance
@@ -25,7 +25,6 @@ from reconciler.status import document as statusdoc
 POLL_SECONDS = 10.0  # how often a replica re-reads the operations of the others
 
 
-@runtime_checkable
 class OperationsStore(Protocol):
     def write(self, replace: Mapping[str, bytes], append: Mapping[str, bytes], message: str) -> str | None: ...
 

@@ -230,10 +230,18 @@ class _Recording:
     def audit_lines(self, prefix: str = "audit/") -> Any:
         return self.inner.audit_lines(prefix)
 
+    def read_file(self, path: str) -> bytes | None:
+        found: bytes | None = self.inner.read_file(path)
+        return found
+
+    def refresh(self) -> None:
+        self.inner.refresh()
+
     def write(self, replace: Any, append: Any, message: str) -> str | None:
         commit = self.inner.write(replace, append, message)
-        for data in append.values():
-            self.sink.extend(json.loads(line) for line in data.decode().splitlines() if line.strip())
+        for path, data in append.items():
+            if path.startswith("audit/"):  # (operations.jsonl records requests, the audit trail has them too)
+                self.sink.extend(json.loads(line) for line in data.decode().splitlines() if line.strip())
         return commit
 
 

@@ -25,3 +25,23 @@ def test_an_unsigned_edit_is_not_applied_to_production_one_retry_after_it_was_bl
         assert all(states[env].phase == "Blocked" for env in ("lille-production", "rennes-production"))
     finally:
         machine.teardown()
+
+
+def test_a_suspension_holds_the_drift_repair_of_the_controller_that_restarts() -> None:
+    """I8, as the machine found it while suspensions were being built: suspend lille-dev, a hand edit, a restart,
+    and the new controller's first cycle repaired the drift. The request had been kept only in memory because the
+    status store given to the controller could not read files back; every store must now (engine.publish.Store)."""
+    machine = Invariants()
+    try:
+        machine.start()
+        machine.operator(env="lille-dev", resume=False)
+        machine.hand_edit(unit=("lille-dev", "ref", "k8s-nord"))
+        machine.restart()  # checks I8 inside its cycle
+        assert ("lille-dev", None) in machine.fleet.controller.gov.suspensions
+        assert machine.fleet.controller.states["lille-dev"].phase == "Blocked"
+        machine.operator(env="lille-dev", resume=True)
+        machine.cycle("poll")
+        machine.i6_every_effect_has_exactly_one_audit_entry()
+        assert machine.fleet.controller.states["lille-dev"].phase == "Synced"
+    finally:
+        machine.teardown()

@@ -11,7 +11,9 @@ git (signatures verified by git), a real status branch, the in-memory driver twi
 - I4 Synced means the twin holds exactly the desired units, in sync;
 - I5 nothing foreign is deleted or changed;
 - I6 every effect on a target has exactly one audit entry, with author and (protected stages) signer;
-- I7 a permanent error is not retried until the inputs change or someone triggers it.
+- I7 a permanent error is not retried until the inputs change or someone triggers it;
+- I8 a suspended environment gets no effect at all (no change, no drift repair) until it is resumed, whatever
+  commits, restarts and triggers come meanwhile.
 
 The CI profile is bounded and derandomised; ``-m slow`` runs a longer one.
 """
@@ -28,12 +30,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from reconciler.core.operations import Action
 from reconciler.core.plan import Phase
 from tests.invariants.harness import DEV, FOREIGN, PRODUCTION, SOAK, Fleet, failure, token_of
 
 VERSIONS = st.sampled_from(["3.0", "3.10", "3.11"])
 UNITS = st.sampled_from([("lille-dev", "ref", "k8s-nord"), ("lille-production", "ref", "k8s-nord"),
                          ("rennes-production", "ref", "k8s-ouest"), ("rennes-dev", "famille", "aix-rennes")])  # fmt: skip
+SUSPENDABLE = st.sampled_from(["lille-dev", "lille-production", "rennes-production"])
 
 
 class Invariants(RuleBasedStateMachine):
@@ -46,6 +50,7 @@ class Invariants(RuleBasedStateMachine):
         self.before: dict[str, dict[str, tuple[str, str]]] = {}  # production env -> app -> (version, fingerprint)
         self.stalled_keys: set[tuple[str, str]] = set()  # (env, app) that failed permanently, no new input since
         self.calls_at_stall = 0
+        self.suspended: set[str] = set()  # environments an operator suspended and did not resume
         self.cycle("poll")
 
     def teardown(self) -> None:
@@ -73,6 +78,19 @@ class Invariants(RuleBasedStateMachine):
     def freeze(self, hours: float | None, signed: bool) -> None:
         self.fleet.set_freeze(hours, signed)
 
+    @rule(env=SUSPENDABLE, resume=st.booleans())
+    def operator(self, env: str, resume: bool) -> None:
+        """An operator suspends (or resumes) an environment through the controller's request API."""
+        if self.fleet.controller.good is None:
+            return
+        action = Action.RESUME if resume else Action.SUSPEND
+        self.fleet.controller.request(action, env, None, "token:stateful", "hold" if not resume else "")
+        if resume:
+            self.suspended.discard(env)
+            self.stalled_keys.clear()  # (a resume asks for a sync: someone triggered it)
+        else:
+            self.suspended.add(env)
+
     @rule(hours=st.sampled_from([0.05, 1.5, 25.0]))
     def advance_clock(self, hours: float) -> None:
         """Time passes (past backoffs, drift checks, soak, freezes), and the next poll cycle runs."""
@@ -90,7 +108,10 @@ class Invariants(RuleBasedStateMachine):
         calls = self._apply_calls()
         freeze = self.fleet.model.served_freeze
         frozen = freeze is not None and freeze[0] <= self.fleet.clock[0] < freeze[1]
+        held = {env: (dict(self._units_of(env)), self._calls_of(env)) for env in self.suspended}
         report = self.fleet.controller.cycle(trigger)
+        for env, (units, calls) in held.items():
+            assert self._units_of(env) == units and self._calls_of(env) == calls, f"I8: suspended {env} was touched"
         if trigger != "manual" and self.stalled_keys:
             assert self._apply_calls() == calls, "I7: a permanent error was retried without new inputs or a trigger"
         if frozen:
@@ -122,6 +143,15 @@ class Invariants(RuleBasedStateMachine):
         self.fleet.driver(target).fail_with.pop((env, app), None)
 
     # --- bookkeeping of the model -----------------------------------------------------------------------------
+    def _units_of(self, env: str) -> dict[tuple[str, str], tuple[str, str, bool]]:
+        return {(target, app): (u.version, u.fingerprint, (env, app) in d.drifted)
+                for target, d in self.fleet.drivers.items() for (e, app), u in d.units.items() if e == env}  # fmt: skip
+
+    def _calls_of(self, env: str) -> int:
+        return sum(
+            1 for d in self.fleet.drivers.values() for c in d.calls if c[0] in ("apply", "remove") and c[1] == env
+        )
+
     def _apply_calls(self) -> int:
         keys = self.stalled_keys
         return sum(1 for d in self.fleet.drivers.values() for c in d.calls if c[0] == "apply" and c[1:] in keys)
@@ -203,7 +233,8 @@ class Invariants(RuleBasedStateMachine):
     @invariant()
     def i6_every_effect_has_exactly_one_audit_entry(self) -> None:
         effects = Counter((e, a) for d in self.fleet.drivers.values() for _, e, a in d.effects)
-        entries = [x for x in self.fleet.audit() if x["result"] == "succeeded"]
+        requests = {str(a) for a in Action}  # operators' requests are audited too, but are no effect on a target
+        entries = [x for x in self.fleet.audit() if x["result"] == "succeeded" and x["action"] not in requests]
         audited = Counter((x["environment"], x["application"]) for x in entries)
         assert effects == audited, f"I6: effects {dict(effects)} but audit entries {dict(audited)}"
         for entry in entries:
