@@ -45,3 +45,27 @@ def test_a_suspension_holds_the_drift_repair_of_the_controller_that_restarts() -
         assert machine.fleet.controller.states["lille-dev"].phase == "Synced"
     finally:
         machine.teardown()
+
+
+def test_a_suspension_elsewhere_does_not_count_as_a_retry_of_a_stalled_environment() -> None:
+    """The machine's own model, as the long run found it: a permanent failure in lille-dev, then an operator
+    suspends rennes-production; the next poll cycles must neither retry lille-dev nor touch rennes-production
+    (the checker once compared lille-dev's retries with the suspended environment's call count)."""
+    machine = Invariants()
+    try:
+        machine.start()
+        machine.break_target(permanent=True, unit=("lille-dev", "ref", "k8s-nord"))
+        machine.cycle("poll")
+        machine.edit_template(broken=False, signed=True)
+        machine.hand_edit(unit=("lille-dev", "ref", "k8s-nord"))
+        machine.operator(env="rennes-production", resume=False)
+        machine.cycle("poll")
+        assert machine.stalled_keys == {("lille-dev", "ref")}
+        nord = machine.fleet.driver("k8s-nord")
+        before = len(nord.calls)
+        machine.cycle("poll")
+        machine.cycle("webhook")
+        assert nord.calls[before:] == [], "a stalled environment was retried by polls and webhooks"
+        assert machine.fleet.controller.states["rennes-production"].phase == "Blocked"
+    finally:
+        machine.teardown()

@@ -110,8 +110,8 @@ class Invariants(RuleBasedStateMachine):
         frozen = freeze is not None and freeze[0] <= self.fleet.clock[0] < freeze[1]
         held = {env: (dict(self._units_of(env)), self._calls_of(env)) for env in self.suspended}
         report = self.fleet.controller.cycle(trigger)
-        for env, (units, calls) in held.items():
-            assert self._units_of(env) == units and self._calls_of(env) == calls, f"I8: suspended {env} was touched"
+        for env, (units, env_calls) in held.items():
+            assert self._units_of(env) == units and self._calls_of(env) == env_calls, f"I8: suspended {env} was touched"
         if trigger != "manual" and self.stalled_keys:
             assert self._apply_calls() == calls, "I7: a permanent error was retried without new inputs or a trigger"
         if frozen:
