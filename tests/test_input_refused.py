@@ -280,3 +280,18 @@ def test_plan_refuses_an_unreadable_now(tmp_path: Path, capsys: pytest.CaptureFi
         main(["plan", "--repo", str(repo), "--base", "HEAD", "--head", "HEAD", "--now", "2026-13-45"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and "--now" in err and "'2026-13-45'" in err and "internal error" not in err, err
+
+
+@pytest.mark.parametrize(
+    "url", ["javascript:alert(1)//{revision}", "https://forge.example.org/commit/", "ftp://x/{revision}"]
+)
+def test_a_commit_link_that_is_not_an_http_link_with_revision_is_refused(tmp_path: Path, url: str) -> None:
+    path = _config(tmp_path, {"source": {"commitUrl": url}})
+    with pytest.raises(InvalidInput) as info:
+        parse_config(str(path), path.read_bytes())
+    message = str(info.value)
+    assert message.startswith(f"{path}:") and "commitUrl" in message, message
+    good = _config(tmp_path, {"source": {"commitUrl": "https://github.com/example/releases/commit/{revision}"}})
+    assert (
+        parse_config(str(good), good.read_bytes()).commit_url == "https://github.com/example/releases/commit/{revision}"
+    )

@@ -39,6 +39,7 @@ class ControllerConfig:
     path: str  # the config file, absolute
     source_url: str
     branch: str = "main"
+    commit_url: str | None = None  # a forge link to a commit, ``{revision}`` replaced (the dashboard's links)
     interval: float = 30.0
     source_timeout: float = 60.0
     max_file_size: int = 1024 * 1024
@@ -160,6 +161,7 @@ def parse_config(path: str, data: bytes) -> ControllerConfig:
         path=path,
         source_url=url,
         branch=source.get("branch", "main"),
+        commit_url=source.get("commitUrl"),
         max_file_size=source.get("maxFileSize", 1024 * 1024),
         max_repo_size=source.get("maxRepoSize", 256 * 1024 * 1024),
         status_branch=status.get("branch", "reconciler-status"),

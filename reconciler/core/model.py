@@ -225,6 +225,22 @@ class ReleasesRepo:
                 return wave.name
         return stage.waves[-1].name
 
+    def stage_order(self) -> list[Stage]:
+        """Stages in promotion order: a stage after the one it promotes from (depth first from each root, roots and
+        siblings by name); stages in a promotion cycle (which validation refuses) come last, by name."""
+        children: dict[str | None, list[str]] = {}
+        for stage in self.stages.values():
+            parent = stage.promotes_from if stage.promotes_from in self.stages else None
+            children.setdefault(parent, []).append(stage.name)
+        ordered: list[Stage] = []
+        todo = sorted(children.get(None, []), reverse=True)
+        while todo:
+            name = todo.pop()
+            ordered.append(self.stages[name])
+            todo += sorted(children.get(name, []), reverse=True)
+        seen = {s.name for s in ordered}
+        return ordered + [self.stages[n] for n in sorted(self.stages) if n not in seen]
+
     def approvers(self, stage: Stage) -> frozenset[str]:
         """The e-mail addresses (lower case) that may approve changes to ``stage``: members of its ``approvers``
         Teams, else of every ops Team."""

@@ -413,6 +413,8 @@ class Controller:
             "cycles": self.cycles,
             "ready": self.fetched_once.is_set(),
             "applications": sorted(loaded.repo.applications) if loaded else [],
+            "stages": _stages(loaded),
+            "commitUrl": self.config.commit_url,
             "environments": envs,
         }
 
@@ -444,3 +446,14 @@ class Controller:
         self.publisher.journal.close()
         self.pool.close()
         self.source.close()
+
+
+def _stages(loaded: Loaded | None) -> list[dict[str, Any]]:
+    """The snapshot's stages, in promotion order (the dashboard's row groups and stage view)."""
+    if loaded is None:
+        return []
+    return [
+        {"name": s.name, "promotesFrom": s.promotes_from, "protected": s.protected, "soakSeconds": s.soak_seconds,
+         "waves": [w.name for w in s.waves]}
+        for s in loaded.repo.stage_order()
+    ]  # fmt: skip

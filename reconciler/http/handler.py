@@ -45,6 +45,7 @@ _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 class Route(StrEnum):
     INDEX = "index"
+    STAGES_PAGE = "stages-page"
     ENVIRONMENT_PAGE = "environment-page"
     API_ENVIRONMENTS = "api-environments"
     API_ENVIRONMENT = "api-environment"
@@ -58,6 +59,7 @@ class Route(StrEnum):
 
 EXACT = {
     "/": Route.INDEX,
+    "/stages": Route.STAGES_PAGE,
     "/api/v1/environments": Route.API_ENVIRONMENTS,
     "/metrics": Route.METRICS,
     "/healthz": Route.HEALTHZ,
@@ -67,7 +69,13 @@ EXACT = {
 }
 PREFIXES = (("/api/v1/environments/", Route.API_ENVIRONMENT), ("/environments/", Route.ENVIRONMENT_PAGE))
 QUIET = {Route.HEALTHZ, Route.READYZ, Route.METRICS}  # probes and scrapes: access-logged at debug level
-READ = {Route.INDEX, Route.ENVIRONMENT_PAGE, Route.API_ENVIRONMENTS, Route.API_ENVIRONMENT}  # need Need.READ
+READ = {
+    Route.INDEX,
+    Route.STAGES_PAGE,
+    Route.ENVIRONMENT_PAGE,
+    Route.API_ENVIRONMENTS,
+    Route.API_ENVIRONMENT,
+}  # need Need.READ
 MAX_ACTION_BODY = 16 * 1024
 
 
@@ -260,7 +268,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.respond_json(404, {"error": f"environment {name[:200]!r} not found"})
             else:
                 self.respond_json(200, env)
-        elif route in (Route.INDEX, Route.ENVIRONMENT_PAGE):
+        elif route in (Route.INDEX, Route.STAGES_PAGE, Route.ENVIRONMENT_PAGE):
             self.dashboard(route, name, query)
         else:
             self.webhook()
@@ -289,6 +297,8 @@ class Handler(BaseHTTPRequestHandler):
         snapshot = self.app.snapshot()
         if route is Route.INDEX:
             page: bytes | None = module.render_index(snapshot, query)
+        elif route is Route.STAGES_PAGE:
+            page = module.render_stages(snapshot, query)
         else:
             self.fields["environment"] = (name or "")[:200]
             page = module.render_environment(snapshot, name)

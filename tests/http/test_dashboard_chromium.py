@@ -12,8 +12,10 @@ without it.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
+import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ import pytest
 from reconciler.http.dashboard import CELL_CHARS, PHASES, render_environment, render_index
 from tests.engine import Fleet
 from tests.http.test_dashboard import EVIL, Page, small_snapshot
-from tests.support.chromium import Chromium, demo, get, phases, wait_for
+from tests.support.chromium import ROOT, Chromium, demo, get, phases, wait_for
 
 
 @pytest.fixture
@@ -70,9 +72,12 @@ def test_hostile_content_executes_nothing_in_chromium(chromium: Chromium) -> Non
             assert chromium.load(base + path, probe)[0][:3] == [0, 1, 0], path
         dom, timing = chromium.load(base + "/", inspect=chromium.roles)
         header, rows = Page(dom).matrix()
-        assert header[2] == EVIL and rows[3].attrs["data-env"] == EVIL
+        assert header[2] == EVIL and rows[1].attrs["data-env"] == EVIL
         found = [timing["inspect"][r] for r in ("table", "row", "columnheader", "rowheader", "cell")]
         assert found == [1, 6, 4, 5, 15]  # the matrix is a table for assistive technologies: 1 + 5 rows, 1 + 3 columns
+        layout = chromium.load(base + "/", LAYOUT)[0]  # a Blocked cell stands out, its reason on hover (as text)
+        assert layout["hover"] == f"{EVIL}: desired {EVIL}, nothing live yet — Blocked: {EVIL}", layout
+        assert layout["bg"] == "rgb(91, 46, 166)" and layout["groups"] == ["dev", "dev", "recette", "production"]
     finally:
         server.shutdown()
         server.server_close()
@@ -87,6 +92,48 @@ def shown(status: dict[str, Any]) -> str:
 def shown_state(api: dict[str, Any]) -> Any:
     """What the matrix shows of ``/api/v1/environments``: phases and cell texts."""
     return phases(api), {e["name"]: {a: shown(s) for a, s in e["applications"].items()} for e in api["environments"]}
+
+
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts")
+LAYOUT = """(() => {
+  const m = document.getElementById('matrix'), box = m.getBoundingClientRect();
+  const groups = [...m.querySelectorAll(':scope > .sg')].map(g => g.dataset.stage);
+  const bad = m.querySelector('[role=cell][data-r]');
+  let hover = null;
+  if (bad) { bad.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})); hover = bad.title; }
+  return {right: box.right, width: innerWidth, compact: m.classList.contains('c'), groups, hover,
+          bg: bad ? getComputedStyle(bad).backgroundColor : null};
+})()"""
+
+
+def screenshot(chromium: Chromium, session: str, name: str) -> Path:
+    """A PNG of the tab's viewport (1600 x 1000) in the test artifacts (``TEST_ARTIFACTS``, else build/)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    path.write_bytes(base64.b64decode(chromium.call("Page.captureScreenshot", session, format="png")["data"]))
+    return path
+
+
+def check_layout_at_1600_px(chromium: Chromium, base: str, api: dict[str, Any]) -> None:
+    """Issue 15: at 1600 px the 60 columns fit, rows are grouped by stage in promotion order, a cell that needs
+    someone stands out (saturated) with its reason on hover; the stage view shows every application. Screenshots of
+    the matrix, the stage view and an environment page go to the test artifacts."""
+    found, timing = chromium.load(base + "/", LAYOUT, inspect=lambda s: screenshot(chromium, s, "dashboard-matrix.png"))
+    assert found["compact"] and found["right"] <= found["width"], found  # all 60 columns on screen
+    stages = [s["name"] for s in api["stages"]]
+    assert stages == ["dev", "integration", "recette", "preproduction", "production"], stages
+    seen = list(dict.fromkeys(found["groups"]))
+    assert seen == [s for s in stages if s in seen], seen  # groups follow the promotion order
+    if found["hover"] is not None:  # the demo has Blocked/Failed cells when the example fleet says so
+        assert " — " in found["hover"] and found["bg"] != "rgb(250, 250, 250)", found
+    assert timing["inspect"].stat().st_size > 10_000
+    rows, _ = chromium.load(base + "/stages", "document.querySelectorAll('#stages tbody tr').length",
+                            inspect=lambda s: screenshot(chromium, s, "dashboard-stages.png"))  # fmt: skip
+    assert rows == len(api["applications"])
+    blocked = next((e["name"] for e in api["environments"] if e["phase"] in ("Blocked", "Failed")), None)
+    name = blocked or api["environments"][0]["name"]
+    chromium.load(f"{base}/environments/{quote(name, safe='')}", "0",
+                  inspect=lambda s: screenshot(chromium, s, "dashboard-environment.png"))  # fmt: skip
 
 
 @pytest.mark.slow
@@ -142,6 +189,8 @@ def test_demo_dashboard_in_chromium(tmp_path: Path, chromium: Chromium) -> None:
             screen_reader.close()
         assert (found["table"], found["row"], found["columnheader"], found["rowheader"]) == (1, 236, 61, 235)
         assert found["cell"] == 235 * 60
+
+        check_layout_at_1600_px(chromium, base, api)
 
         name = next(e["name"] for e in api["environments"] if e["applications"])
         path, api_path = f"/environments/{quote(name, safe='')}", f"/api/v1/environments/{quote(name, safe='')}"

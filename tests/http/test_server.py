@@ -184,6 +184,10 @@ def test_the_dashboard_routes(fleet: Fleet) -> None:
         assert page.status == 200 and b"lille-dev" in page.body
         assert s.get("/environments/atlantis-dev").status == 404
         assert_safe_headers(page)
+        stages = s.get("/stages")  # the stage view: applications x stages of the real controller
+        assert stages.status == 200 and b'id="stages"' in stages.body and b'data-stage="production"' in stages.body
+        api = s.get("/api/v1/environments").json()
+        assert [x["name"] for x in api["stages"]] == ["dev", "production"] and api["commitUrl"] is None
 
 
 def test_without_the_dashboard_the_rest_still_serves(fleet: Fleet) -> None:
@@ -191,7 +195,7 @@ def test_without_the_dashboard_the_rest_still_serves(fleet: Fleet) -> None:
         s.server.dashboard = None
         resp = s.get("/")
         assert resp.status == 503 and "/api/v1/environments" in resp.text
-        assert s.get("/environments/lille-dev").status == 503
+        assert s.get("/environments/lille-dev").status == 503 and s.get("/stages").status == 503
         assert s.get("/api/v1/environments").status == 200 and s.get("/metrics").status == 200
 
 
