@@ -67,7 +67,7 @@ def grafana_exprs() -> list[str]:
 
 # --- Prometheus ------------------------------------------------------------------------------------------------------
 def test_alert_rules_pass_promtool() -> None:
-    assert "SUCCESS: 9 rules found" in run(promtool(), "check", "rules", str(ALERTS))
+    assert "SUCCESS: 10 rules found" in run(promtool(), "check", "rules", str(ALERTS))
 
 
 def test_prometheus_rule_manifest_has_the_same_groups() -> None:
@@ -106,6 +106,9 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
             "description": "Over the last 15 minutes, 95% of applies took up to 19m 30s from commit to Synced."}  # fmt: skip
     drift = {"summary": "2 application(s) of nice-recette have drifted for more than 30 minutes",
              "description": "Live state differs from what was applied (hand edits?) and self-healing has not fixed it."}  # fmt: skip
+    degraded = {"summary": "nice-production was Degraded for more than half of the last 6 hours",
+                "description": "Applied but not healthy, on and off: see the phase timeline on "
+                "/environments/nice-production."}  # fmt: skip
     tests = {
         "rule_files": [str(ALERTS)],
         "evaluation_interval": "1m",
@@ -123,6 +126,8 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
                 series("reconciler_commit_to_live_seconds_bucket", "0+1x40", le="1200", stage="production"),
                 series("reconciler_commit_to_live_seconds_bucket", "0+1x40", le="+Inf", stage="production"),
                 series("reconciler_environment_drifted_applications", "2x40", environment="nice-recette"),
+                series("reconciler_environment_degraded_seconds_total", "0+50x400", environment="nice-production"),
+                series("reconciler_environment_degraded_seconds_total", "0+20x400", environment="metz-production"),
             ],
             "alert_rule_test": [
                 alert("ReconcilerProductionEnvironmentFailing", "10m"),
@@ -134,6 +139,8 @@ def test_alerts_fire_when_they_should(tmp_path: Path) -> None:
                 alert("ReconcilerStatusPushFailing", "3m"),
                 alert("ReconcilerStatusPushFailing", "20m", ({**ns, "job": "reconciler", "severity": "critical"}, push)),
                 alert("ReconcilerCommitToLiveSlow", "20m", ({"stage": "production", "severity": "warning"}, slow)),
+                alert("ReconcilerEnvironmentMostlyDegraded", "390m", ({"environment": "nice-production",
+                      "job": "reconciler", "severity": "warning"}, degraded)),
                 alert("ReconcilerDriftPersisting", "20m"),
                 alert("ReconcilerDriftPersisting", "35m", ({"environment": "nice-recette", "job": "reconciler",
                                                             "severity": "warning"}, drift)),

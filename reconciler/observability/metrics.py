@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from reconciler.core.plan import Phase
@@ -90,12 +90,45 @@ class EnvironmentGauges:
     last_applied: float | None = None
 
 
+class _PhaseClock:
+    """When each environment entered its current phase, and the seconds it has spent Degraded since the process
+    started (a counter: ``increase(reconciler_environment_degraded_seconds_total[1d])`` is a day's). Callers hold
+    the collector's lock."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.since: dict[str, tuple[Phase | None, float]] = {}
+        self.degraded: dict[str, float] = {}
+
+    def moved(self, name: str, phase: Phase | None) -> None:
+        """``name`` is now in ``phase`` (a no-op when it already was)."""
+        now = self.clock()
+        previous = self.since.get(name)
+        if previous is not None and previous[0] is phase:
+            return
+        if previous is not None and previous[0] is Phase.DEGRADED:
+            self.degraded[name] = self.degraded.get(name, 0.0) + max(now - previous[1], 0.0)
+        self.since[name] = (phase, now)
+        self.degraded.setdefault(name, 0.0)
+
+    def forget(self, keep: Mapping[str, object]) -> None:
+        for name in [n for n in self.since if n not in keep]:
+            self.since.pop(name)
+            self.degraded.pop(name, None)
+
+    def degraded_seconds(self, name: str) -> float:
+        phase, since = self.since.get(name, (None, 0.0))
+        ongoing = max(self.clock() - since, 0.0) if phase is Phase.DEGRADED else 0.0
+        return self.degraded.get(name, 0.0) + ongoing
+
+
 class _StateCollector:
     """Exports per-environment gauges, blocked counts and the source revision from the last snapshot."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.lock = threading.Lock()
         self.environments: dict[str, EnvironmentGauges] = {}
+        self.phase_clock = _PhaseClock(clock)
         self.blocked: dict[str, int] = {str(r): 0 for r in BlockReason}
         self.revision: str | None = None
         self.revision_valid: bool | None = None
@@ -108,6 +141,8 @@ class _StateCollector:
             environments = dict(self.environments)
             blocked = dict(self.blocked)
             revision, valid = self.revision, self.revision_valid
+            since = {name: self.phase_clock.since[name][1] for name in environments if name in self.phase_clock.since}
+            degraded = {name: self.phase_clock.degraded_seconds(name) for name in environments}
         phase = GaugeMetricFamily(
             PREFIX + "environment_phase",
             "1 for the environment's current phase, 0 for every other known phase.",
@@ -123,6 +158,16 @@ class _StateCollector:
             "Unix time of the environment's last successful apply (a change applied and the environment Synced).",
             labels=["environment"],
         )
+        entered = GaugeMetricFamily(
+            PREFIX + "environment_phase_since_timestamp_seconds",
+            "Unix time the environment entered its current phase (as seen by this process).",
+            labels=["environment"],
+        )
+        degraded_total = CounterMetricFamily(
+            PREFIX + "environment_degraded_seconds",
+            "Seconds the environment has spent Degraded since this process started.",
+            labels=["environment"],
+        )
         for name, gauges in sorted(environments.items()):
             for known in Phase:
                 phase.add_metric([name, gauges.stage, str(known)], 1.0 if gauges.phase is known else 0.0)
@@ -130,9 +175,14 @@ class _StateCollector:
                 drifted.add_metric([name], float(gauges.drifted))
             if gauges.last_applied is not None:
                 applied.add_metric([name], gauges.last_applied)
+            if name in since:
+                entered.add_metric([name], since[name])
+            degraded_total.add_metric([name], degraded[name])
         yield phase
         yield drifted
         yield applied
+        yield entered
+        yield degraded_total
         blocked_family = GaugeMetricFamily(
             PREFIX + "environments_blocked",
             "Environments currently held back, by reason (policy, freeze window, failure backoff).",
@@ -230,7 +280,7 @@ class PrometheusMetrics:
             self.status_pushes.labels(_result(ok))
         for outcome in WebhookResult:
             self.webhooks.labels(str(outcome))
-        self.state = _StateCollector()
+        self.state = _StateCollector(clock)
         r.register(self.state)
         self._stages: dict[str, str] = {}
         self._results: dict[str, set[str]] = {}  # environment -> result labels it has series for
@@ -259,6 +309,7 @@ class PrometheusMetrics:
             self.state.environments[name] = EnvironmentGauges(
                 stage, outcome.phase, drifted=outcome.drifted, last_applied=current.last_applied
             )
+            self.state.phase_clock.moved(name, outcome.phase)
 
     def phases(self, phases: Mapping[str, tuple[str, Phase | None]], blocked: Mapping[str, str]) -> None:
         self._dirty.set()
@@ -273,6 +324,9 @@ class PrometheusMetrics:
                 )
                 for name, (stage, phase) in phases.items()
             }
+            for name, (_, phase) in phases.items():
+                self.state.phase_clock.moved(name, phase)
+            self.state.phase_clock.forget(phases)
             self._stages = {name: stage for name, (stage, _) in phases.items()}
             counts = {str(r): 0 for r in BlockReason}
             for reason in blocked.values():

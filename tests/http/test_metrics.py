@@ -270,3 +270,31 @@ def test_the_fast_renderer_says_what_prometheus_client_says_and_scrapes_share_a_
         s.metrics.cycle(1.0)
         assert s.metrics.render() is not first  # ...and everything at the end of a cycle
         assert gzip.decompress(s.metrics.render(compressed=True)) == s.metrics.render()
+
+
+def test_time_spent_degraded_and_since_when_a_phase_holds() -> None:
+    """Issue 15: seconds each environment spent Degraded (a counter, valid for promtool) and when its current phase
+    began; an environment removed from the releases repo loses its series."""
+    now = [1_700_000_000.0]
+    metrics = PrometheusMetrics(clock=lambda: now[0], cache_seconds=0)
+
+    def at(seconds: float, phases: dict[str, Phase]) -> str:
+        now[0] = 1_700_000_000.0 + seconds
+        metrics.phases({name: (name.rsplit("-", 1)[1], phase) for name, phase in phases.items()}, {})
+        body = metrics.render()
+        assert promtool_check(body).returncode == 0
+        return body.decode()
+
+    def degraded(text: str, env: str) -> float | None:
+        return sample(text, "reconciler_environment_degraded_seconds_total", environment=env)
+
+    text = at(0, {"lille-dev": Phase.SYNCED, "rennes-dev": Phase.DEGRADED})
+    assert degraded(text, "lille-dev") == 0 and degraded(text, "rennes-dev") == 0
+    text = at(60, {"lille-dev": Phase.DEGRADED, "rennes-dev": Phase.DEGRADED})
+    assert degraded(text, "rennes-dev") == 60 and degraded(text, "lille-dev") == 0
+    assert sample(text, "reconciler_environment_phase_since_timestamp_seconds", environment="lille-dev") == now[0]
+    assert sample(text, "reconciler_environment_phase_since_timestamp_seconds", environment="rennes-dev") == 1.7e9
+    text = at(100, {"lille-dev": Phase.SYNCED, "rennes-dev": Phase.DEGRADED})
+    assert degraded(text, "lille-dev") == 40 and degraded(text, "rennes-dev") == 100
+    text = at(500, {"lille-dev": Phase.SYNCED})  # rennes-dev removed from the releases repo
+    assert degraded(text, "lille-dev") == 40 and degraded(text, "rennes-dev") is None
