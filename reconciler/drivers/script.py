@@ -16,7 +16,9 @@ by the engine per (environment, application). The full contract, for people writ
 * stdout: one JSON object (at most ``max_output`` bytes). ``observe``: ``{}``/``null`` when absent, else
   ``{"version", "fingerprint", "drifted": [...]}``; ``apply``/``remove``: ``{"changed": bool, "message": str}``;
   ``health``: ``{"status": "Healthy|Progressing|Degraded|Missing|Unknown", "message": str}``; ``list``:
-  ``{"applications": [str, ...]}``.
+  ``{"applications": [str, ...]}``; ``show`` (optional, for ``reconciler diff``; stdin as for ``apply``, dry run):
+  ``{"files": [{"name": str, "live": str | null, "desired": str}, ...]}``, what the agent would install beside
+  what is installed, as the agent sees it (it masks its own secrets; the operator's ``env`` values are redacted).
 * exit 0 = success; 2 = refused -> :class:`PermanentError`; any other code -> :class:`TemporaryError`. Invalid
   JSON on stdout -> :class:`PermanentError` naming target and verb with a short sanitized excerpt. Error messages
   carry a bounded (~2 KB), control-character-free tail of stderr with the operator's ``env`` values redacted.
@@ -43,15 +45,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reconciler.core.contentdiff import Content
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.problems import PermanentError, ReconcilerError, TemporaryError
 from reconciler.core.yamlsafe import scalar_text
-from reconciler.drivers.base import ApplyResult, Health, HealthReport, Identifies, LiveUnit
+from reconciler.drivers.base import ApplyResult, Health, HealthReport, Identifies, LiveUnit, ShowsContent
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 TAIL_CHARS = 2048
 EXCERPT_CHARS = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _CHUNK = 65536
 
 
@@ -133,7 +137,7 @@ def run_bounded(argv: Sequence[str], payload: bytes, env: Mapping[str, str], tim
     return Completed(returncode, bytes(out), out_size, bytes(err))
 
 
-class ContractDriver(Identifies):
+class ContractDriver(Identifies, ShowsContent):
     """The shared implementation: build argv/env per verb, run, map exit codes and replies to results/errors."""
 
     kind: str = "script"
@@ -253,8 +257,36 @@ class ContractDriver(Identifies):
             raise self._unexpected("health", '{"status": "' + "|".join(sorted(statuses)) + '", "message": str}')
         return HealthReport(Health(reply["status"]), self.clean(str(reply.get("message", "")), TAIL_CHARS))
 
+    def contents(self, unit: DesiredUnit) -> list[Content]:
+        """The agent's ``show``: each file it would install, installed text beside desired text (``diff``)."""
+        reply = self.call("show", {**unit.as_json(), "dryRun": True})
+        shape = '{"files": [{"name": str, "live": str or null, "desired": str}]}'
+        files = reply.get("files") if isinstance(reply, dict) else None
+        if not isinstance(files, list) or not all(_is_shown(f) for f in files):
+            raise self._unexpected("show", shape)
+        return [Content(self.clean(f["name"], EXCERPT_CHARS), self._text(f["live"]), self._text(f["desired"]) or "")
+                for f in files]  # fmt: skip
+
+    def _text(self, value: str | None) -> str | None:
+        """A file's text for a diff: the operator's secrets redacted, control characters but newlines and tabs
+        shown as ``?``."""
+        if value is None:
+            return None
+        for secret in self._secrets:
+            value = value.replace(secret, "***")
+        return _CONTROL_BUT_LINES.sub("?", value)
+
     def close(self) -> None:
         return None
+
+
+def _is_shown(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("name"), str)
+        and isinstance(entry.get("desired"), str)
+        and (entry.get("live") is None or isinstance(entry.get("live"), str))
+    )
 
 
 def _check_command(target: str, command: Sequence[str]) -> list[str]:

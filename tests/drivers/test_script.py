@@ -207,6 +207,9 @@ def test_garbage_on_stdout_is_a_permanent_error_with_a_short_clean_excerpt(
         ("observe", {"version": "1"}, '{"version": str, "fingerprint": str, "drifted": [str]}, {} or null'),
         ("observe", {"version": "1", "fingerprint": "f", "drifted": "all"}, "drifted"),
         ("list", {"applications": "shop"}, '{"applications": [str]}'),
+        ("show", {"files": [{"name": "a", "live": None}]}, '{"files": [{"name": str, "live": str or null'),
+        ("show", {"files": [{"name": 1, "live": "x", "desired": "y"}]}, '"desired": str}]}'),
+        ("show", ["a"], "files"),
     ],
 )
 def test_unexpected_replies_are_permanent_errors(tmp_path: Path, verb: str, reply: object, expected: str) -> None:
@@ -217,10 +220,23 @@ def test_unexpected_replies_are_permanent_errors(tmp_path: Path, verb: str, repl
         "health": lambda: driver.health("recette", "shop"),
         "observe": lambda: driver.observe("recette", "shop"),
         "list": lambda: driver.owned_applications("recette"),
+        "show": lambda: driver.contents(make_unit(artifacts=V1)),
     }
     with pytest.raises(PermanentError, match=f"script target legacy: {verb} printed an unexpected reply") as caught:
         calls[verb]()
     assert expected in str(caught.value)
+
+
+def test_show_keeps_lines_and_redacts_the_operators_secrets(tmp_path: Path) -> None:
+    """``reconciler diff`` on a script target: the agent's texts keep their lines, lose other control characters
+    and never carry a value of the operator's ``env``."""
+    reply = {"files": [{"name": "conf/app.ini", "live": f"a=1\nkey={SECRET}\x1b[31m\n", "desired": "a=2\n"},
+                       {"name": "new.txt", "live": None, "desired": "x\ty\n"}]}  # fmt: skip
+    command = script(tmp_path, f"import json, sys; json.load(sys.stdin); print(json.dumps({reply!r}))")
+    driver = ScriptDriver("legacy", command, env={"TOKEN": SECRET})
+    first, second = driver.contents(make_unit(artifacts=V1))
+    assert (first.name, first.live, first.desired) == ("conf/app.ini", "a=1\nkey=***?[31m\n", "a=2\n")
+    assert (second.live, second.desired) == (None, "x\ty\n")
 
 
 def test_observe_of_an_absent_application(tmp_path: Path) -> None:

@@ -48,9 +48,13 @@ def test_the_agent_over_ssh_end_to_end(sshd_server: SshServer, tmp_path: Path) -
     assert driver.health("recette", "-rf") == HealthReport(Health.HEALTHY, "1.0.0 installed")
     assert driver.owned_applications("recette") == ["-rf"]
 
+    [same] = driver.contents(unit)  # reconciler diff: what the agent reports over ssh
+    assert same.name == "batch/rapbanca-1.0.0.tar.gz" and same.live == same.desired and "1.0.0" in same.desired
     (root / "recette" / "-rf" / "batch" / "rapbanca-1.0.0.tar.gz").write_text("edited on the host\n")
     drifted = driver.observe("recette", "-rf")
     assert drifted is not None and drifted.drifted == ("batch/rapbanca-1.0.0.tar.gz",)
+    [edited] = driver.contents(unit)
+    assert edited.live == "edited on the host\n" and edited.desired == same.desired
 
     assert driver.remove("recette", "-rf") == ApplyResult(True, "removed 1.0.0")
     assert driver.observe("recette", "-rf") is None
