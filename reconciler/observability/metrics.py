@@ -26,7 +26,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from reconciler.core.plan import Phase
@@ -136,7 +136,7 @@ class _StateCollector:
     def describe(self) -> list[Any]:
         return []  # unchecked collector: the registry does not need names up front
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         with self.lock:
             environments = dict(self.environments)
             blocked = dict(self.blocked)
