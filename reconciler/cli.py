@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default="HEAD", help="the revision to compare to (default HEAD)")
     p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
     p.add_argument("--live", action="store_true", help="compare with the live versions on the status branch")
-    p.add_argument("--config", help="the controller config (with --live)")
+    p.add_argument("--config", help="the controller config (with --live; its allowedSigners verify signatures)")
+    p.add_argument(
+        "--allowed-signers",
+        metavar="FILE",
+        help="git's allowed-signers file to verify commit signatures (default: the config's)",
+    )
     p.add_argument("--status-ref", help="where the audit trail is (default: reconciler-status, local or origin)")
     p.add_argument("--now", type=_instant, help="evaluate time-based policies at this ISO 8601 time (default: now)")
     p.add_argument("--env", action="append", metavar="NAME", help="only this environment (repeatable)")

@@ -3,7 +3,9 @@
 Reads both revisions straight from the repository (no checkout), validates the head, pairs the desired states
 (:mod:`reconciler.core.diffplan`) and asks the release policies about every change: promotion (``promotesFrom``
 + soak, from the audit trail on the status branch found in the same repository), freezes (held until...),
-protected stages (need a signed merge). Exit 0 when the head is valid and no policy is violated, 1 otherwise,
+protected stages (need a signed merge), ownership (on stages with ``ownerApproval``, a change by someone outside
+the application's Team needs a commit signed by that Team or ops: verified with ``--allowed-signers`` or the
+config's). Exit 0 when the head is valid and no policy is violated, 1 otherwise,
 so it works as a required check. ``--format markdown`` is ready to post as a PR comment, ``json`` is for bots.
 ``--live --config FILE`` compares with the live versions on the status branch instead of the base revision.
 """
@@ -22,7 +24,14 @@ from reconciler.commands import plan_report
 from reconciler.commands.common import ConfigError, fail, load_config, status_store
 from reconciler.core.diffplan import RepoPlan, compare
 from reconciler.core.loader import Limits, LoadResult, load_repo
-from reconciler.core.policy import PROMOTION_OVERRIDE, Stint, extend_history, freeze_hold, promotion_hold
+from reconciler.core.policy import (
+    PROMOTION_OVERRIDE,
+    Stint,
+    extend_history,
+    freeze_hold,
+    ownership_hold,
+    promotion_hold,
+)
 from reconciler.core.problems import ReconcilerError
 from reconciler.source.gitrepo import GitSource
 from reconciler.source.history import open_repository
@@ -91,6 +100,36 @@ def _verdicts(
                 msg = f"{stage.name} is protected: applied only from a commit signed by an allowed signer"
                 grouped.setdefault(("protected", "info", msg), []).append(env.name)
     return [Verdict(p, o, m, tuple(envs)) for (p, o, m), envs in sorted(grouped.items())]
+
+
+def _ownership(source: GitSource, result: LoadResult, plan: RepoPlan, base: str, head: str,
+               signers: str | None) -> list[Verdict]:  # fmt: skip
+    """Changes by someone outside the owning Team, on stages with ``ownerApproval`` (see ``ownership_hold``)."""
+    from reconciler.source.history import application_changes
+
+    repo = result.repo
+    assert repo is not None
+    grouped: dict[str, list[str]] = {}
+    for env_change in plan.environments:
+        env = repo.environments[env_change.environment]
+        stage = repo.stages.get(env.stage)
+        if stage is None or not stage.owner_approval or not repo.teams:
+            continue
+        for change in env_change.changes:
+            owners = repo.owners(change.application)
+            if change.after is None or owners is None:
+                continue
+            found = application_changes(source, repo, stage, change.application, change.after, base, head, signers)
+            hold = ownership_hold(change.application, owners, found)
+            if hold is not None:
+                grouped.setdefault(hold.reason, []).append(env.name)
+    return [Verdict("ownership", "violation", m, tuple(envs)) for m, envs in sorted(grouped.items())]
+
+
+def _signers(args: argparse.Namespace) -> str | None:
+    if args.allowed_signers:
+        return str(Path(args.allowed_signers).resolve())
+    return load_config(args.config).allowed_signers if args.config else None
 
 
 def _envs(names: tuple[str, ...], shown: int = 5) -> str:
@@ -178,6 +217,8 @@ def run_plan(args: argparse.Namespace) -> int:
         history, status_ref = read_history(source, args.status_ref)
         trailers = source.commit(head).trailers
         verdicts = _verdicts(head_result, plan, history, now, trailers, status_ref)
+        if not args.live:
+            verdicts += _ownership(source, head_result, plan, base, head, _signers(args))
     except ConfigError as exc:
         return fail(str(exc))
     except ReconcilerError as exc:

@@ -26,6 +26,7 @@ from reconciler.core.policy import (
     Signature,
     approval_hold,
     freeze_hold,
+    ownership_hold,
     promotion_hold,
     signature_hold,
 )
@@ -48,6 +49,9 @@ class Facts:
     head_signature: Signature | None = None
     trailers: Mapping[str, str] = field(default_factory=dict)  # of the revision being applied
     suspensions: Suspensions = field(default_factory=dict)  # what operators suspended (status branch)
+    # stages with ``ownerApproval``: application -> the commits that changed it since the environment was last
+    # applied, verified, with their authors; ``None``: not looked up (such a stage then holds every change)
+    ownership: Mapping[str, tuple[Signature, ...]] | None = None
 
     @property
     def overrides(self) -> dict[HoldKind, str]:
@@ -122,6 +126,9 @@ def verdict(
     unsigned = _unsigned(repo, env, facts)
     if unsigned is not None:
         holds.append(unsigned)
+    outsider = _outsider(repo, env, app, facts)
+    if outsider is not None:
+        holds.append(outsider)
     return AppVerdict(tuple(holds), drift_repair, tuple(overrides))
 
 
@@ -135,6 +142,16 @@ def _unsigned(repo: ReleasesRepo, env: Environment, facts: Facts) -> Hold | None
     if unsigned is not None or not repo.teams:
         return unsigned
     return approval_hold(repo.approvers(stage), stage.name, facts.signatures)
+
+
+def _outsider(repo: ReleasesRepo, env: Environment, app: str, facts: Facts) -> Hold | None:
+    stage = repo.stages.get(env.stage)
+    owners = repo.owners(app) if stage is not None and stage.owner_approval else None
+    if owners is None:
+        return None
+    if facts.ownership is None:
+        return Hold(HoldKind.OWNERSHIP, "who changed it was not verified for this attempt")
+    return ownership_hold(app, owners, facts.ownership.get(app, ()))
 
 
 def removal_verdict(repo: ReleasesRepo, env: Environment, app: str, facts: Facts) -> AppVerdict:

@@ -279,6 +279,7 @@ class _Builder:
             protected=spec.get("protected", False),
             self_heal=spec.get("selfHeal", True),
             approvers=tuple(spec.get("approvers", ())),
+            owner_approval=bool(spec.get("ownerApproval", False)),
             waves=waves,
             origin=_origin(doc),
             release_origins={k: _origin(doc, ("spec", "releases", k)) for k in spec.get("releases", {})},

@@ -109,6 +109,7 @@ class Stage:
     self_heal: bool = True
     waves: tuple[Wave, ...] = ()
     approvers: tuple[str, ...] = ()  # Teams that may sign changes to it (empty: the ops Teams)
+    owner_approval: bool = False  # outsiders' changes to an application need its owning Team's (or ops') signature
     origin: Origin = Origin("")
     release_origins: Mapping[str, Origin] = field(default_factory=dict)  # where each application's version is set
 
@@ -246,6 +247,16 @@ class ReleasesRepo:
         Teams, else of every ops Team."""
         names = stage.approvers or tuple(n for n, t in self.teams.items() if t.ops)
         return frozenset(e for n in names if n in self.teams for e in self.teams[n].emails())
+
+    def owners(self, application: str) -> tuple[str, frozenset[str]] | None:
+        """The Team owning ``application`` and who may change it without a signature: its members and ops members
+        (e-mail addresses, lower case); None without Teams or when its owner names no Team."""
+        app = self.applications.get(application)
+        team = self.teams.get(app.owner) if app is not None else None
+        if team is None:
+            return None
+        ops = frozenset(e for t in self.teams.values() if t.ops for e in t.emails())
+        return team.name, team.emails() | ops
 
     def counts(self) -> dict[str, int]:
         return {

@@ -34,6 +34,7 @@ class HoldKind(StrEnum):
     WAVE = "wave"
     SUSPENDED = "suspended"  # an operator's emergency brake (reconciler suspend)
     APPROVAL = "approval"  # signed, but not by an approver of the stage, or by the change's only author
+    OWNERSHIP = "ownership"  # changed by someone outside the owning Team without that Team's (or ops') signature
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,24 @@ def approval_hold(approvers: frozenset[str], stage: str, signatures: Iterable[Si
         if sig.authors and set(sig.authors) == {signer}:
             return Hold(HoldKind.APPROVAL, f"commit {sig.commit[:12]} is signed by its only author {sig.signer}: "
                                            "another approver must sign it (four-eyes)")  # fmt: skip
+    return None
+
+
+def ownership_hold(application: str, owners: tuple[str, frozenset[str]], changes: Iterable[Signature]) -> Hold | None:
+    """The commits that changed ``application`` (its files, releases or stage row), newest first, against its owning
+    Team (``owners``: the Team's name and who may change it unsigned, ops included): the newest commit with a good
+    signature by one of them attests the content (what it merged or what came before it); above it, a commit with
+    an author outside them holds the change."""
+    team, allowed = owners
+    for change in changes:
+        if change.good and change.signer.lower() in allowed:
+            return None
+        outsiders = sorted(set(change.authors) - allowed)
+        if outsiders:
+            signed = f", signed by {change.signer}," if change.good and change.signer else ""
+            return Hold(HoldKind.OWNERSHIP, f"commit {change.commit[:12]} by {', '.join(outsiders)}{signed} changes "
+                                            f"{application}, owned by {team}: it needs a commit signed by a member "
+                                            f"of {team} or of an ops team")  # fmt: skip
     return None
 
 

@@ -79,6 +79,17 @@ class Governance:
             found = [replace(s, authors=change_authors(self.source, s.commit)) for s in found]
         return found
 
+    def _ownership(
+        self, repo: ReleasesRepo, env: Environment, since: str | None, head: str
+    ) -> dict[str, tuple[Signature, ...]]:
+        """Per desired application, the commits that changed it since ``since``: what the ownership rule reads."""
+        from reconciler.source.history import application_changes
+
+        stage = repo.stages[env.stage]
+        signers = self.config.allowed_signers
+        return {app: application_changes(self.source, repo, stage, app, version, since, head, signers)
+                for app, version in repo.desired_versions(env).items()}  # fmt: skip
+
     def head_signature(self, head: str) -> Signature:
         from reconciler.source.history import verify_signature
 
@@ -100,8 +111,14 @@ class Governance:
                 signatures = (Signature(head, False, detail=str(exc)),)
         overriding = any(trailers.get(t) for t in (FREEZE_OVERRIDE, PROMOTION_OVERRIDE))
         head_signature = self.head_signature(head) if overriding else None
+        ownership = None
+        if stage is not None and stage.owner_approval and repo.teams:
+            try:
+                ownership = self._ownership(repo, env, applied_revision, head)
+            except ReconcilerError:
+                ownership = None  # not verified: every change in the stage is held ("not verified for this attempt")
         return Facts(datetime.fromtimestamp(now, UTC), _HistoryView(self), signatures, head_signature, dict(trailers),
-                     self.suspensions)  # fmt: skip
+                     self.suspensions, ownership)  # fmt: skip
 
     # --- waves ----------------------------------------------------------------------------------------------------
     @staticmethod

@@ -10,11 +10,15 @@ repo) for ``reconciler plan``. Called by the controller and the ``plan`` command
 from __future__ import annotations
 
 import os
+import posixpath
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
+from reconciler.core.model import ReleasesRepo, Stage
 from reconciler.core.policy import Signature
 from reconciler.core.problems import PermanentError, TemporaryError
+from reconciler.core.yamlsafe import parse_file
 from reconciler.source.gitrepo import BareRepo, GitSource
 
 
@@ -45,6 +49,80 @@ def _commits_touching(repo: BareRepo, old: str | None, new: str, paths: tuple[st
     if done.returncode:
         raise TemporaryError(f"cannot list the commits of {new[:12]}: {repo.tail(done)}")
     return tuple(line for line in done.stdout.decode().split() if line)
+
+
+MAX_CHANGES = 200  # commits per application and span looked at by the ownership rule (the newest ones)
+
+
+def commits_changing(source: GitSource, old: str | None, new: str, paths: tuple[str, ...]) -> list[str]:
+    """Every first-parent commit in ``old..new`` that changed any of ``paths``, newest first (at most
+    :data:`MAX_CHANGES`); with no ``old`` (a first apply, or rewritten history) only the newest one."""
+    if not paths:
+        return []
+    return list(_commits_changing(source.repo, old, new, paths))
+
+
+@lru_cache(maxsize=4096)
+def _commits_changing(repo: BareRepo, old: str | None, new: str, paths: tuple[str, ...]) -> tuple[str, ...]:
+    if old is not None and repo.resolve(old) is None:
+        old = None
+    span = [f"{old}..{new}"] if old else [new]
+    count = str(MAX_CHANGES) if old else "1"
+    done = repo.run("log", f"-{count}", "--first-parent", "--format=%H", "--no-show-signature", *span, "--", *paths)
+    if done.returncode:
+        raise TemporaryError(f"cannot list the commits of {new[:12]}: {repo.tail(done)}")
+    return tuple(line for line in done.stdout.decode().split() if line)
+
+
+def changed_rows(source: GitSource, sha: str, path: str) -> frozenset[str]:
+    """The applications whose row (``spec.releases.<app>``) in the stage file ``path`` commit ``sha`` changed,
+    added or removed, compared with its first parent (every row when the file is new or unreadable)."""
+    return _changed_rows(source.repo, sha, path)
+
+
+def _releases(repo: BareRepo, revision: str, path: str) -> dict[str, str] | None:
+    done = repo.run("show", f"{revision}:{path}")
+    if done.returncode:
+        return None
+    docs, problems = parse_file(path, done.stdout)  # bounded: an old revision was never validated
+    doc = docs[0].data if docs and not problems else None
+    spec = doc.get("spec") if isinstance(doc, dict) else None
+    releases = spec.get("releases") if isinstance(spec, dict) else None
+    return {str(k): str(v) for k, v in releases.items()} if isinstance(releases, dict) else None
+
+
+@lru_cache(maxsize=4096)
+def _changed_rows(repo: BareRepo, sha: str, path: str) -> frozenset[str]:
+    after = _releases(repo, sha, path) or {}
+    before = _releases(repo, f"{sha}^1", path)
+    if before is None:
+        return frozenset(after)
+    return frozenset(a for a in set(before) | set(after) if before.get(a) != after.get(a))
+
+
+def application_changes(
+    source: GitSource,
+    repo: ReleasesRepo,
+    stage: Stage,
+    application: str,
+    version: str,
+    since: str | None,
+    head: str,
+    allowed_signers: str | None,
+) -> tuple[Signature, ...]:
+    """The first-parent commits in ``since..head`` that changed ``application`` at ``head`` (its directory, its
+    release file, its row in ``stage``'s file), newest first, verified, with their authors: what the ownership rule
+    of :func:`reconciler.core.policy.ownership_hold` reads, at apply time and in ``plan``."""
+    app = repo.applications.get(application)
+    release = repo.releases.get((application, version))
+    paths = {posixpath.dirname(app.origin.path) or app.origin.path} if app is not None else set()
+    if release is not None:
+        paths.add(release.origin.path)
+    own = set(commits_changing(source, since, head, tuple(sorted(paths))))
+    every = commits_changing(source, since, head, tuple(sorted(paths | {stage.origin.path})))
+    commits = [c for c in every if c in own or application in changed_rows(source, c, stage.origin.path)]
+    return tuple(replace(verify_signature(source, c, allowed_signers), authors=change_authors(source, c))
+                 for c in commits)  # fmt: skip
 
 
 def change_authors(source: GitSource, sha: str) -> tuple[str, ...]:

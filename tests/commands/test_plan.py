@@ -24,11 +24,12 @@ def example_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-def commit_edit(repo: Path, path: str, old: str, new: str) -> str:
+def commit_edit(repo: Path, path: str, old: str, new: str, author: str | None = None) -> str:
     text = (repo / path).read_text()
     assert old in text
     (repo / path).write_text(text.replace(old, new, 1))
-    git("commit", "-q", "-am", f"edit {path}", cwd=repo)
+    who = {"GIT_AUTHOR_EMAIL": author, "GIT_COMMITTER_EMAIL": author} if author else None
+    git("commit", "-q", "-am", f"edit {path}", cwd=repo, env=who)
     return git("rev-parse", "HEAD", cwd=repo)
 
 
@@ -84,6 +85,26 @@ def test_unknown_revision_and_not_a_repository(
     assert "not a git repository" in capsys.readouterr().err
 
 
+def test_an_outsiders_change_to_another_teams_application_is_a_violation_in_recette(
+    example_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16, on the example fleet: recette has ``ownerApproval``; alice (in no team) edits team-famille's
+    action-sociale: exit 1, the markdown names the rule and recette's environments; dev is not concerned."""
+    configmap = "applications/action-sociale/templates/configmap.yaml"
+    sha = commit_edit(example_repo, configmap, "\ndata:\n", '\ndata:\n  FEATURE_FLAGS: "x"\n')
+    code, md = run_plan(example_repo, capsys, "--format", "markdown")
+    assert code == 1, md
+    assert f"commit {sha[:12]} by alice@example.org changes action-sociale, owned by team-famille" in md
+    assert "amiens-recette" in md.split("ownership")[1]
+    git("reset", "-q", "--hard", "HEAD~1", cwd=example_repo)
+    commit_edit(
+        example_repo, configmap, "\ndata:\n", '\ndata:\n  FEATURE_FLAGS: "x"\n', author="lea.martin@example.org"
+    )
+    code, md = run_plan(example_repo, capsys, "--format", "markdown")
+    assert code == 0 and "ownership" not in md, md
+    git("reset", "-q", "--hard", "HEAD~1", cwd=example_repo)
+
+
 def all_environments(repo: Path) -> list[str]:
     from reconciler.core.loader import load_repo
     from reconciler.source.fstree import DirectoryTree
@@ -102,7 +123,8 @@ def test_a_change_to_all_235_environments_fits_a_pr_comment_and_names_them_all(
     example_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, grouped: bool
 ) -> None:
     """Issue 15: `plan --format markdown` on a large change was 114 KB; GitHub refuses comments over 65,536."""
-    commit_edit(example_repo, "applications/action-sociale/templates/configmap.yaml", "\ndata:\n", f"\ndata:\n{line}\n")
+    configmap = "applications/action-sociale/templates/configmap.yaml"
+    commit_edit(example_repo, configmap, "\ndata:\n", f"\ndata:\n{line}\n", author="lea.martin@example.org")
     names = all_environments(example_repo)
     code, md = run_plan(example_repo, capsys, "--format", "markdown", "--output", str(tmp_path / "report"))
     assert code == 0 and len(md) < 65_000, len(md)

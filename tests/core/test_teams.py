@@ -151,3 +151,42 @@ def test_a_plaintext_secret_in_a_template_is_refused_with_file_and_line() -> Non
         b"password: hunter2", b"password: ENC[AES256_GCM,data:abc=,iv:abc=,tag:abc=,type:str]"
     )
     assert problems(files) == []
+
+
+def test_ownership_hold_reads_the_newest_commits_first() -> None:
+    from reconciler.core.policy import HoldKind, Signature, ownership_hold
+
+    owners = ("team-ref", frozenset({"alice@x.org", "ops@x.org"}))
+    outsider = Signature("b" * 40, False, authors=("alice@x.org", "bob@x.org"))
+    member = Signature("a" * 40, False, authors=("alice@x.org",))
+    approved = Signature("c" * 40, True, signer="Ops@x.org", authors=("bob@x.org",))  # a signed merge by ops
+    assert ownership_hold("ref", owners, ()) is None
+    assert ownership_hold("ref", owners, (member,)) is None
+    hold = ownership_hold("ref", owners, (member, outsider))
+    assert hold is not None and hold.kind is HoldKind.OWNERSHIP
+    assert hold.reason.startswith(f"commit {'b' * 12} by bob@x.org changes ref, owned by team-ref")
+    assert ownership_hold("ref", owners, (approved, outsider)) is None  # the newest signed commit attests
+    assert ownership_hold("ref", owners, (outsider, approved)) is not None  # an outsider's commit on top of it
+    bob_signed = Signature("d" * 40, True, signer="bob@x.org", authors=("bob@x.org",))
+    held = ownership_hold("ref", owners, (bob_signed,))
+    assert held is not None and "signed by bob@x.org," in held.reason
+
+
+def test_ownership_not_looked_up_holds_every_change_of_such_a_stage() -> None:
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from reconciler.core.decide import Facts, verdict
+    from reconciler.core.model import Member, Team
+    from tests.core.test_decide import repo
+
+    base = repo()
+    teams = {"team-ref": Team("team-ref", (Member("alice@x.org"),)), "team-famille": Team("team-famille", ())}
+    stages = {**base.stages, "dev": replace(base.stages["dev"], owner_approval=True)}
+    owned = replace(base, stages=stages, teams=teams)
+    env = next(e for e in owned.environments.values() if e.stage == "dev")
+    facts = Facts(datetime(2026, 1, 1, tzinfo=UTC))
+    held = verdict(owned, env, "ref", "3.10", facts, "3.0")
+    assert [h.reason for h in held.holds] == ["who changed it was not verified for this attempt"]
+    assert verdict(owned, env, "ref", "3.10", replace(facts, ownership={}), "3.0").allowed
+    assert verdict(replace(owned, stages=base.stages), env, "ref", "3.10", facts, "3.0").allowed  # rule off
