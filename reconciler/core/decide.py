@@ -115,7 +115,7 @@ def verdict(
             overrides.append(f"freeze: {overriding[HoldKind.FREEZE]}")
         else:
             holds.append(frozen[0])
-            drift_repair = frozen[1]
+            drift_repair = drift_repair and frozen[1]  # a freeze never reopens what a suspension holds
     if running is not None and running != version:
         promo = promotion_hold(repo, env, app, version, facts.history, facts.now)
         if promo is not None:

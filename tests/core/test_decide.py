@@ -134,3 +134,22 @@ def test_drift_repair_goes_ahead_under_a_hold_that_allows_it_and_is_reported_wit
     reported = plan_tasks(drift, inputs(self_heal=False))
     assert [t.kind for t in reported] == [TaskKind.REPORT] and "selfHeal is off" in reported[0].reason
     assert reported[0].phase == "OutOfSync"
+
+
+def test_a_suspension_holds_drift_repair_even_inside_a_freeze_that_allows_it() -> None:
+    """Found by the stateful machine (I8): the freeze's "drift repair allowed" overwrote the suspension's brake."""
+    from dataclasses import replace
+
+    from reconciler.core.model import AbsoluteWindow, FreezeWindow
+    from reconciler.core.operations import Suspension
+
+    r = repo()
+    window = FreezeWindow("now", stages=("production",), absolute=(AbsoluteWindow(NOW - timedelta(hours=1),
+                                                                               NOW + timedelta(hours=1)),))  # fmt: skip
+    frozen = replace(r, freezes={"now": window})
+    env = frozen.environments["lille-production"]
+    facts = Facts(NOW, signatures=())
+    assert verdict(frozen, env, "ref", "3.0", facts, "3.0").drift_repair  # a freeze lets drift repair through
+    brake = {("lille-production", None): Suspension("lille-production", None, "ops", "incident", "2026-12-03")}
+    held = verdict(frozen, env, "ref", "3.0", replace(facts, suspensions=brake), "3.0")
+    assert not held.drift_repair and {h.kind for h in held.holds} == {HoldKind.SUSPENDED, HoldKind.FREEZE}

@@ -26,6 +26,7 @@ from reconciler.drivers.memory import MemoryDriver
 from reconciler.engine.controller import Controller
 from reconciler.engine.targets import DriverPool
 from reconciler.source.gitrepo import GitSource
+from tests.core.test_teams import team
 from tests.engine import NEW_REF_RELEASE as REF_311
 from tests.minirepo import minimal_repo
 from tests.source import Upstream, git
@@ -34,6 +35,7 @@ TEMPLATE = "applications/ref/templates/deployment.yaml"
 DEV = ("lille-dev", "rennes-dev")
 PRODUCTION = ("lille-production", "rennes-production", "shared-production")
 SOAK = 24 * 3600.0
+OUTSIDER = "bob@example.org"  # team-famille: ref's template is not his
 FOREIGN = ("lille-production", "legacy-tool")  # someone else's unit on k8s-nord: never ours to touch
 
 
@@ -49,6 +51,8 @@ def ops_key() -> Path:
 def _stage(name: str, ref: str, protected: bool, famille: str | None = None) -> bytes:
     releases = {"ref": ref, **({"famille": famille} if famille else {})}
     spec: dict[str, Any] = {"releases": releases}
+    if not protected:
+        spec["ownerApproval"] = True  # outsiders' changes need the owning Team's (or ops') signature
     if protected:
         spec.update(promotesFrom="dev", soak="24h", protected=True)
     doc = {"apiVersion": "reconciler.io/v1", "kind": "Stage", "metadata": {"name": name}, "spec": spec}
@@ -77,6 +81,7 @@ class Model:
     dev_stints: dict[str, list[tuple[str, float, float | None]]] = field(default_factory=dict)
     prod_seen: dict[str, set[str]] = field(default_factory=dict)  # versions each production env ever ran
     commits: int = 0
+    outsider_tokens: set[str] = field(default_factory=set)  # template contents an outsider wrote, nobody attested
 
 
 class Fleet:
@@ -92,6 +97,9 @@ class Fleet:
         files["releases/ref/3.11.yaml"] = REF_311
         files["stages/dev.yaml"] = _stage("dev", "3.10", False, famille="2.4.0")
         files["stages/production.yaml"] = _stage("production", "3.0", True)
+        files["teams/ref.yaml"] = team("team-ref", "alice@example.org")  # alice: the default author of commits
+        files["teams/famille.yaml"] = team("team-famille", OUTSIDER)
+        files["teams/ops.yaml"] = team("team-ops", "ops@example.org", ops=True)
         self._write(files)
         self._commit("initial fleet", signed=True)
         allowed = root / "allowed_signers"
@@ -143,18 +151,22 @@ class Fleet:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
 
-    def _commit(self, message: str, signed: bool) -> None:
+    def _commit(self, message: str, signed: bool, author: str | None = None) -> None:
+        who = {"GIT_AUTHOR_EMAIL": author, "GIT_COMMITTER_EMAIL": author} if author else None
         git("add", "-A", cwd=self.upstream.work)
         sign = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={ops_key()}"] if signed else []
         git(*sign, "commit", "-q", "--allow-empty", *(["-S"] if signed else []), "-m", message,
-            cwd=self.upstream.work)  # fmt: skip
+            cwd=self.upstream.work, env=who)  # fmt: skip
         self.upstream.push()
         self.model.commits += 1
 
-    def commit(self, files: dict[str, bytes | None], message: str, signed: bool, touches_production: bool) -> None:
+    def commit(self, files: dict[str, bytes | None], message: str, signed: bool, touches_production: bool,
+               author: str | None = None, touches_ref: bool = False) -> None:  # fmt: skip
         self._write(files)
-        self._commit(message, signed)
+        self._commit(message, signed, author)
         m = self.model
+        if touches_ref and signed:  # ops signed a commit that changed ref in dev: it attests ref's content
+            m.outsider_tokens.discard(m.token)
         if not m.broken:
             m.served = (m.dev, m.prod, m.token)
             m.served_freeze = m.freeze
@@ -164,8 +176,9 @@ class Fleet:
     def bump(self, stage: str, version: str, signed: bool, override: bool) -> None:
         m = self.model
         if stage == "dev":
-            m.dev = version
-            self.commit({"stages/dev.yaml": _stage("dev", version, False, famille="2.4.0")}, "dev bump", signed, False)
+            changed, m.dev = m.dev != version, version
+            self.commit({"stages/dev.yaml": _stage("dev", version, False, famille="2.4.0")}, "dev bump", signed, False,
+                        touches_ref=changed)  # fmt: skip
             return
         m.prod = version
         trailer = "\n\nPromotion-Override: hotfix" if override else ""
@@ -174,11 +187,15 @@ class Fleet:
         self.commit({"stages/production.yaml": _stage("production", version, True)}, f"prod bump{trailer}", signed,
                     True)  # fmt: skip
 
-    def edit(self, signed: bool, broken: bool = False) -> None:
+    def edit(self, signed: bool, broken: bool = False, outsider: bool = False) -> None:
+        """A template edit by alice (team-ref, ref's owner) or by an outsider (team-famille); signed: by ops."""
         m = self.model
         m.token = f"c{m.commits + 1}"
         m.broken = broken
-        self.commit({TEMPLATE: _template(m.token, broken)}, "edit the template", signed, True)
+        if outsider and not signed:
+            m.outsider_tokens.add(m.token)
+        self.commit({TEMPLATE: _template(m.token, broken)}, "edit the template", signed, True,
+                    author=OUTSIDER if outsider else None, touches_ref=True)  # fmt: skip
 
     def set_freeze(self, hours: float | None, signed: bool) -> None:
         now = self.clock[0]

@@ -69,3 +69,20 @@ def test_a_suspension_elsewhere_does_not_count_as_a_retry_of_a_stalled_environme
         assert machine.fleet.controller.states["rennes-production"].phase == "Blocked"
     finally:
         machine.teardown()
+
+
+def test_a_freeze_does_not_reopen_drift_repair_in_a_suspended_environment() -> None:
+    """I8, as the long run found it: production frozen (freezes let drift repair through), lille-production hand
+    edited, then suspended; the next cycle repaired the drift: the freeze's "drift repair allowed" overwrote the
+    suspension's "nothing moves" in the verdict."""
+    machine = Invariants()
+    try:
+        machine.start()
+        machine.advance_clock(hours=0.05)
+        machine.freeze(hours=2.0, signed=True)
+        machine.hand_edit(unit=("lille-production", "ref", "k8s-nord"))
+        machine.operator(env="lille-production", resume=False)
+        machine.advance_clock(hours=0.05)  # checks I8 inside its cycle
+        assert ("lille-production", "ref") in machine.fleet.driver("k8s-nord").drifted
+    finally:
+        machine.teardown()

@@ -13,7 +13,9 @@ git (signatures verified by git), a real status branch, the in-memory driver twi
 - I6 every effect on a target has exactly one audit entry, with author and (protected stages) signer;
 - I7 a permanent error is not retried until the inputs change or someone triggers it;
 - I8 a suspended environment gets no effect at all (no change, no drift repair) until it is resumed, whatever
-  commits, restarts and triggers come meanwhile.
+  commits, restarts and triggers come meanwhile;
+- I9 a dev environment (``ownerApproval``) never holds template content an outsider to ref's Team wrote, unless a
+  commit signed by ops that changed ref came after it.
 
 The CI profile is bounded and derandomised; ``-m slow`` runs a longer one.
 """
@@ -69,9 +71,9 @@ class Invariants(RuleBasedStateMachine):
         self.fleet.bump("production", version, signed, override)
         self.stalled_keys.clear()
 
-    @rule(signed=st.booleans(), broken=st.booleans())
-    def edit_template(self, signed: bool, broken: bool) -> None:
-        self.fleet.edit(signed, broken)
+    @rule(signed=st.booleans(), broken=st.booleans(), outsider=st.booleans())
+    def edit_template(self, signed: bool, broken: bool, outsider: bool = False) -> None:
+        self.fleet.edit(signed, broken, outsider)
         self.stalled_keys.clear()
 
     @rule(hours=st.sampled_from([None, 2.0, 30.0]), signed=st.booleans())
@@ -223,6 +225,13 @@ class Invariants(RuleBasedStateMachine):
             got = {a: u.version for a, u in units.items()}
             assert got == want, f"I4: {name} is Synced but holds {got}, not {want}"
             assert token_of(units["ref"]) == token, f"I4: {name} is Synced with stale content"
+
+    @invariant()
+    def i9_outsiders_content_needs_the_owners_signature(self) -> None:
+        for env in DEV:
+            unit = self.fleet.units(env).get("ref")
+            token = token_of(unit) if unit is not None else None
+            assert token not in self.fleet.model.outsider_tokens, f"I9: {env} holds {token}, an outsider's edit"
 
     @invariant()
     def i5_nothing_foreign_is_touched(self) -> None:
