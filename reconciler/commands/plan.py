@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from reconciler.core.loader import Limits, LoadResult, load_repo
 from reconciler.core.policy import (
     PROMOTION_OVERRIDE,
     Stint,
+    approval_hold,
     extend_history,
     freeze_hold,
     ownership_hold,
@@ -96,10 +97,50 @@ def _verdicts(
                         hint = "" if status_ref else " (no status branch found: pass --status-ref)"
                         key = ("promotion", "violation", f"{hold}{hint}")
                     grouped.setdefault(key, []).append(env.name)
-            if stage is not None and stage.protected:
+            if stage is not None and stage.protected and not repo.teams:
                 msg = f"{stage.name} is protected: applied only from a commit signed by an allowed signer"
                 grouped.setdefault(("protected", "info", msg), []).append(env.name)
     return [Verdict(p, o, m, tuple(envs)) for (p, o, m), envs in sorted(grouped.items())]
+
+
+def _approval(source: GitSource, result: LoadResult, plan: RepoPlan, base: str, head: str,
+              signers: str | None) -> list[Verdict]:  # fmt: skip
+    """With Teams, what a protected stage needs of this change: a signature by one of its approvers who is not the
+    change's only author (four-eyes). The head commit (the signed merge, or a signed commit on the branch) is
+    judged when signed; otherwise the verdict says who may sign the merge."""
+    from reconciler.source.history import change_authors, verify_signature
+
+    repo = result.repo
+    assert repo is not None
+    stages = {repo.environments[e.environment].stage for e in plan.environments if e.changes}
+    found: list[Verdict] = []
+    for name in sorted(stages):
+        stage = repo.stages.get(name)
+        if stage is None or not stage.protected or not repo.teams:
+            continue
+        envs = tuple(e.environment for e in plan.environments if e.changes and e.stage == name)
+        authors = change_authors(source, head) if base == head else _authors(source, base, head)
+        signature = replace(verify_signature(source, head, signers), authors=authors)
+        approvers = repo.approvers(stage)
+        if signature.good:
+            hold = approval_hold(approvers, name, (signature,))
+            fine = f"{name}: signed by {signature.signer}, an approver who is not the only author"
+            outcome, message = ("violation", str(hold)) if hold else ("info", fine)
+        else:
+            others = sorted(approvers - set(authors))
+            who = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            outcome, message = "info", (f"{name} is protected: the merge must be signed by an approver other than "
+                                        f"the author{'s' if len(authors) > 1 else ''} ({', '.join(authors)}): "
+                                        f"{who or 'nobody else is an approver'}")  # fmt: skip
+        found.append(Verdict("protected", outcome, message, envs))
+    return found
+
+
+def _authors(source: GitSource, base: str, head: str) -> tuple[str, ...]:
+    done = source.repo.run("log", "--format=%ae", "--no-show-signature", f"{base}..{head}")
+    if done.returncode:
+        raise ReconcilerError(f"cannot list the authors of {base[:12]}..{head[:12]}: {source.repo.tail(done)}")
+    return tuple(sorted({line.strip().lower() for line in done.stdout.decode().splitlines() if line.strip()}))
 
 
 def _ownership(source: GitSource, result: LoadResult, plan: RepoPlan, base: str, head: str,
@@ -218,7 +259,9 @@ def run_plan(args: argparse.Namespace) -> int:
         trailers = source.commit(head).trailers
         verdicts = _verdicts(head_result, plan, history, now, trailers, status_ref)
         if not args.live:
-            verdicts += _ownership(source, head_result, plan, base, head, _signers(args))
+            signers = _signers(args)
+            verdicts += _approval(source, head_result, plan, base, head, signers)
+            verdicts += _ownership(source, head_result, plan, base, head, signers)
     except ConfigError as exc:
         return fail(str(exc))
     except ReconcilerError as exc:

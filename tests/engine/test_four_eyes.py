@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from reconciler.cli import main
 from tests.core.test_teams import team
 from tests.engine import NEW_REF_RELEASE as REF_311
 from tests.engine import Fleet
@@ -97,3 +100,47 @@ def test_without_teams_any_allowed_signer_approves_as_before(fleet: Fleet, tmp_p
                                               "stages/production.yaml": text.encode()}, "ref 3.11")  # fmt: skip
     assert fleet.once() == 0
     assert fleet.env_status("shared-production")["applications"]["ref"]["live"] == "3.11"
+
+
+def test_plan_judges_four_eyes_on_the_pull_request(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16 at PR time: ``plan`` judges a signed head like the controller will (exit 1 when its signer is its
+    only author), and for an unsigned branch says who may sign the merge."""
+    ops = protect_production(fleet, tmp_path)
+    olga = keypair(tmp_path, "olga", "olga@example.org")
+    fleet.write_config(allowedSigners=str(allow(tmp_path, ("ops@example.org", ops), ("olga@example.org", olga))))
+    commit_as(fleet, "alice@example.org", ops, teams("ops@example.org", "olga@example.org"), "teams")
+    args = ["plan", "--repo", str(fleet.upstream.work), "--base", "HEAD~1", "--head", "HEAD", "--config",
+            str(fleet.config), "--format", "markdown"]  # fmt: skip
+
+    def plan() -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(args)
+        return code, capsys.readouterr().out
+
+    text = prod_stage(fleet).replace("ref: 3.0", "ref: 3.11")
+    change = {"releases/ref/3.11.yaml": REF_311, "stages/production.yaml": text.encode()}
+
+    def branch_commit(author: str, key: Path | None) -> str:  # on the pull request's branch: not pushed
+        for path, data in change.items():
+            (fleet.upstream.work / path).write_bytes(data)
+        who = {"GIT_AUTHOR_EMAIL": author, "GIT_COMMITTER_EMAIL": author}
+        git("add", "-A", cwd=fleet.upstream.work, env=who)
+        sign = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "commit", "-S"] if key else ["commit"]
+        git(*sign, "-q", "-m", "ref 3.11", cwd=fleet.upstream.work, env=who)
+        return git("rev-parse", "HEAD", cwd=fleet.upstream.work)
+
+    own = branch_commit("ops@example.org", ops)
+    code, out = plan()
+    assert code == 1 and f"commit {own[:12]} is signed by its only author ops@example.org" in out, out
+    git("reset", "-q", "--hard", "HEAD~1", cwd=fleet.upstream.work)
+    branch_commit("alice@example.org", None)
+    code, out = plan()
+    assert code == 0, out
+    assert ("production is protected: the merge must be signed by an approver other than the author "
+            "(alice@example.org): olga@example.org, ops@example.org") in out  # fmt: skip
+    git("reset", "-q", "--hard", "HEAD~1", cwd=fleet.upstream.work)
+    branch_commit("alice@example.org", olga)
+    code, out = plan()
+    assert code == 0 and "production: signed by olga@example.org, an approver who is not the only author" in out
