@@ -59,6 +59,7 @@ class ControllerConfig:
     allowed_signers: str | None = None
     webhooks: Mapping[str, Any] = field(default_factory=dict)
     api: Mapping[str, Any] = field(default_factory=dict)  # who may read and act (reconciler.http.auth)
+    age_identity: str | None = None  # a reference (file:/path or env:NAME) to the age identities for SOPS files
 
     def target(self, name: str) -> TargetConfig | None:
         """The configuration of target ``name``: an exact entry, else the first matching pattern."""
@@ -84,6 +85,13 @@ class ControllerConfig:
 
     def with_overrides(self, **changes: Any) -> ControllerConfig:
         return replace(self, **changes)
+
+
+def _reference(base: str, value: str | None) -> str | None:
+    """A ``file:`` reference relative to the config file made absolute; ``env:`` as it is."""
+    if value and value.startswith("file:") and not value[5:].startswith("/"):
+        return "file:" + posixpath.normpath(posixpath.join(base, value[5:]))
+    return value
 
 
 def _fill(value: Any, target: str) -> Any:
@@ -175,6 +183,7 @@ def parse_config(path: str, data: bytes) -> ControllerConfig:
         allowed_signers=posixpath.normpath(posixpath.join(base, signers)) if signers else None,
         webhooks=raw.get("webhooks", {}),
         api=raw.get("api", {}),
+        age_identity=_reference(base, raw.get("secrets", {}).get("ageIdentity")),
         **durations,
     )
     if config.status_branch == config.branch:

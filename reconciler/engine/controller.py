@@ -42,6 +42,8 @@ from reconciler.engine.schedule import EnvState, Scheduler, run_in_waves
 from reconciler.engine.targets import DriverPool
 from reconciler.engine.workers import Workers
 from reconciler.observability.logging import get_logger
+from reconciler.secrets.identity import load_identities
+from reconciler.secrets.units import Decryptor, masked
 from reconciler.status.journal import AuditJournal
 
 __all__ = ["Controller", "CycleReport", "EnvState", "Loaded", "Source", "Store"]
@@ -87,6 +89,7 @@ class Controller:
         self.log = get_logger(component="controller")
         self.metrics: MetricsSink = metrics or pool.metrics
         self.gov = Governance(config, source)
+        self.decryptor = Decryptor(load_identities(config.age_identity))  # IdentityError: a clear refusal to start
         self.revisions = Revisions(config, source)
         self.sched = Scheduler(config)
         self.publisher = Publisher(store, self.sched, self.revisions, self.gov, self.metrics, dry_run, journal)
@@ -187,7 +190,8 @@ class Controller:
             shower = showing(self.pool.get(target))
             if shower is None:
                 raise RequestError(f"target {target} ({app}): its driver cannot show what runs")
-            found.setdefault(app, []).extend(shower.contents(unit))
+            plain, secrets = self.decryptor.unit(unit)  # compared as it would be applied, shown as digests
+            found.setdefault(app, []).extend(masked(c, secrets) for c in shower.contents(plain))
         return found
 
     # --- the cycle -----------------------------------------------------------------------------------------------
@@ -322,6 +326,7 @@ class Controller:
             render_tokens=self.revisions.render_tokens(loaded, env),
             clock=self.clock,
             journal=None if self.dry_run else self.publisher.journal,
+            decrypt=self.decryptor.unit,
         )
 
     def _run_batch(self, jobs: list[tuple[Job, str]], stop: threading.Event | None) -> dict[str, EnvOutcome]:

@@ -21,12 +21,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reconciler.core.audit import AuditEntry
+from reconciler.core.desired import DesiredUnit
 from reconciler.core.plan import Action, Phase, UnitPlan, worst_phase
 from reconciler.core.state import Health, worst
 from reconciler.core.tasks import Requirement, Task, TaskKind, is_drift_repair
 from reconciler.drivers.base import health_is_observed
 from reconciler.engine.outcome import HEALTH_PHASE, AppStatus, EnvOutcome, classify, safe_message, summary
 from reconciler.engine.targets import DriverPool
+from reconciler.secrets.units import redact
 from reconciler.status.journal import AuditJournal, JournalError, new_id
 
 
@@ -54,6 +56,8 @@ class Context:
     journal: AuditJournal | None = None  # effects are journalled before they are made (crash-safe audit)
     rollbacks: frozenset[str] = frozenset()  # applications the revision rolls back here (its Rollback: trailer)
     signer_team: str = ""  # the Teams of the signer (audited beside it)
+    # SOPS files decrypted at the last moment, with the plaintext values to mask (reconciler.secrets.units)
+    decrypt: Callable[[DesiredUnit], tuple[DesiredUnit, tuple[str, ...]]] | None = None
 
 
 @dataclass
@@ -208,15 +212,20 @@ def _apply(run: Run, task: Task) -> None:
             return
         start = iso(run.ctx.clock())
         run.starting(plan)
+        secrets: tuple[str, ...] = ()
         try:
-            result = run.pool.get(plan.target).apply(plan.desired, dry_run=run.ctx.dry_run)
+            unit = plan.desired
+            if run.ctx.decrypt is not None:  # the only place plaintext exists: on its way to the target
+                unit, secrets = run.ctx.decrypt(unit)
+            result = run.pool.get(plan.target).apply(unit, dry_run=run.ctx.dry_run)
         except Exception as exc:  # noqa: BLE001 - per application: report, let independent applications go on
             run.errors.append(exc)
-            run.record(task, plan, str(plan.action), "failed", safe_message(exc), start)
-            _fail(run, task, f"{plan.target}: {safe_message(exc)}")
+            message = redact(safe_message(exc), secrets)
+            run.record(task, plan, str(plan.action), "failed", message, start)
+            _fail(run, task, f"{plan.target}: {message}")
             return
         run.changed = run.changed or (result.changed and not run.ctx.dry_run)
-        run.record(task, plan, str(plan.action), "succeeded", result.message or plan.reason, start)
+        run.record(task, plan, str(plan.action), "succeeded", redact(result.message or plan.reason, secrets), start)
         if result.adopted:  # objects that existed and were not ours, taken over on the application's opt-in
             run.record(task, plan, "adopt", "succeeded", f"adopted {', '.join(result.adopted)}", start)
     if run.ctx.dry_run:

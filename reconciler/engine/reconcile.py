@@ -68,6 +68,8 @@ class Job:
     render_tokens: Mapping[str, str] = field(default_factory=dict)  # app -> digest of everything its render reads
     clock: Callable[[], float] = time.time  # the controller's clock (audit times)
     journal: AuditJournal | None = None  # audit entries are journalled before each effect and after it
+    # SOPS files decrypted just before a driver writes the unit (and the plaintext values, to mask in messages)
+    decrypt: Callable[[DesiredUnit], tuple[DesiredUnit, tuple[str, ...]]] | None = None
 
 
 def _dependencies(repo: ReleasesRepo, app: str, version: str | None) -> tuple[str, ...]:
@@ -282,7 +284,7 @@ def _reconcile(
                   facts.signer if facts else "", job.replica, job.dry_run, job.check_drift, job.owned,
                   inputs.requirement, job.clock, None if job.dry_run else job.journal,
                   rollbacks(facts.trailers if facts else {}, env.name),
-                  teams_of(job.repo, facts.signer if facts else ""))  # fmt: skip
+                  teams_of(job.repo, facts.signer if facts else ""), job.decrypt)  # fmt: skip
     return execute(ctx, pool, plan_tasks(plans, inputs), plans, _light(plans), clock() - started)
 
 
