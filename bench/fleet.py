@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from bench import fleetgen
-from reconciler.commands.demo import EXAMPLE_REPO, signing_key
+from reconciler.commands.demo import DEMO_AGE_IDENTITY, EXAMPLE_REPO, signing_key
 
 AUTHOR = {
     "GIT_AUTHOR_NAME": "Bench Developer",
@@ -160,6 +160,7 @@ class BenchFleet:
             "backoff": {"initial": "5s", "max": "2m"},
             "listen": "127.0.0.1:0",
             "allowedSigners": str(self.allowed_signers),
+            "secrets": {"ageIdentity": f"file:{DEMO_AGE_IDENTITY}"},  # the example repo's SOPS files
             "targets": {},
             "targetPatterns": [{"match": "*", "driver": "local", "path": str(self.targets / "${target}")}],
         }

@@ -28,6 +28,9 @@ from reconciler.observability import logging as logs
 PROJECT = Path(__file__).resolve().parents[2]
 EXAMPLE_REPO = PROJECT / "examples" / "releases-repo"
 AGENT = PROJECT / "examples" / "targets" / "aix-agent"
+DEMO_AGE_IDENTITY = (
+    PROJECT / "examples" / "demo-age-identity.txt"
+)  # public, demo only: decrypts the example's SOPS files
 DEMO_AUTHOR = {
     "GIT_AUTHOR_NAME": "Demo Developer",
     "GIT_AUTHOR_EMAIL": "dev@example.org",
@@ -92,6 +95,7 @@ def write_config(state: Path, listen: str, allowed_signers: Path | None = None) 
         "backoff": {"initial": "5s", "max": "2m"},
         "listen": listen,
         "api": {"auth": "none"},  # the demo listens on loopback: anyone there may press the buttons
+        "secrets": {"ageIdentity": f"file:{DEMO_AGE_IDENTITY}"},
         **({"allowedSigners": str(allowed_signers)} if allowed_signers else {}),
         "targets": {},
         "targetPatterns": [

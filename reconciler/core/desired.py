@@ -37,6 +37,8 @@ class DesiredComponent:
     # fill in the texts instead; ``files`` stays the truth (equality and fingerprints ignore this).
     filled: Mapping[str, Filled] = field(default_factory=dict, compare=False, repr=False)
     adopt: bool = False  # the application opts in to taking over objects that exist and are not ours (audited)
+    # files decrypted at apply time (SOPS): script targets get their text on stdin (``as_json``), never a log
+    decrypted: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ class DesiredUnit:
         return {f"{c.name}/{path}": filled for c in self.components for path, filled in c.filled.items()}
 
     def as_json(self) -> dict[str, Any]:
-        """The structured form sent to script targets (no file contents for templates: paths + hashes)."""
+        """The structured form sent to script targets (no file contents for templates: paths + hashes; the text
+        of files decrypted at apply time under ``secrets``, which only the agent's stdin ever carries)."""
         return {
             "environment": self.environment,
             "application": self.application,
@@ -74,6 +77,11 @@ class DesiredUnit:
                     "role": c.role,
                     "artifact": dict(c.artifact) if c.artifact else None,
                     "files": {p: hashlib.sha256(d).hexdigest() for p, d in sorted(c.files.items())},
+                    **(
+                        {"secrets": {p: c.files[p].decode("utf-8", "replace") for p in sorted(c.decrypted)}}
+                        if c.decrypted
+                        else {}
+                    ),
                 }
                 for c in self.components
             ],

@@ -46,7 +46,7 @@ class Decryptor:
 
     def _component(self, unit: DesiredUnit, component: DesiredComponent, secrets: list[str]) -> DesiredComponent:
         files = dict(component.files)
-        changed = False
+        decrypted: set[str] = set()
         for path, data in component.files.items():
             if _MARK not in data:
                 continue
@@ -59,10 +59,11 @@ class Decryptor:
             plain = _plain(decrypt_document(docs[0].data, self.identities, where))
             secrets.extend(_leaves(plain, docs[0].data))
             files[path] = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True).encode()
-            changed = True
-        if not changed:
+            decrypted.add(path)
+        if not decrypted:
             return component
-        return replace(component, files=files, filled={})  # the template fill no longer describes the bytes
+        # the template fill no longer describes the bytes; script agents get the decrypted text (as_json)
+        return replace(component, files=files, filled={}, decrypted=frozenset(decrypted))
 
 
 def _plain(node: Any) -> Any:

@@ -3,6 +3,7 @@ a second run that finds nothing to do (no status commit). Slow: a full cold cycl
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -23,6 +24,32 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "releases-repo"
 def demo(state: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "reconciler", "demo", "--once", "--state-dir", str(state)],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "RECONCILER_DEBUG": ""})  # fmt: skip
+
+
+PLAINTEXT = ("demo-db-password-action-sociale", "demo-db-password-capital-deces")
+
+
+def check_secrets(state: Path, logs: str) -> None:
+    """Issue 16: the example's two SOPS-encrypted files reach their targets in plaintext (a Kubernetes Secret on a
+    k8s target, a credentials file through the script agent), and nothing else holds the plaintext: not the status
+    branch (every commit), the audit trail, the logs, nor ``plan``."""
+    secret = state / "targets" / "k8s-lille" / "lille-dev" / "action-sociale" / "api" / "db-secret.yaml"
+    found = sorted(state.glob("targets/k8s-*/lille-dev/action-sociale/api/db-secret.yaml"))
+    secret = found[0] if found else secret
+    assert secret.is_file(), sorted(p.name for p in (state / "targets").iterdir())
+    data = yaml.safe_load(secret.read_text())
+    assert base64.b64decode(data["data"]["password"]).decode() == PLAINTEXT[0] and "sops" not in data
+    credentials = sorted(state.glob("targets/aix-lille-*/lille-*/capital-deces/credentials/db-credentials.yaml"))
+    assert credentials, "the script agent installed no credentials file"
+    assert f"password: {PLAINTEXT[1]}" in credentials[0].read_text()
+    assert credentials[0].stat().st_mode & 0o077 == 0  # readable by its owner only
+    bare = state / "releases.git"
+    status = git("log", "-p", "reconciler-status", cwd=bare)
+    plan = subprocess.run([sys.executable, "-m", "reconciler", "plan", "--repo", str(bare), "--base", "main",
+                           "--head", "main", "--format", "json"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    encoded = [base64.b64encode(p.encode()).decode() for p in PLAINTEXT]
+    for text in (status, logs, plan.stdout + plan.stderr):
+        assert not [p for p in (*PLAINTEXT, *encoded) if p in text]
 
 
 @pytest.mark.slow
@@ -48,6 +75,7 @@ def test_demo_once_reconciles_the_whole_example_fleet(tmp_path: Path) -> None:
         else:
             assert doc["phase"] == "Synced", doc
             assert doc["lastAppliedRevision"] == head
+    check_secrets(state, first.stdout + first.stderr)
     status_head = git("rev-parse", "reconciler-status", cwd=bare)
     second = demo(state)
     assert second.returncode == 0, second.stdout + second.stderr
