@@ -25,16 +25,16 @@ def allow(tmp_path: Path, *keys: tuple[str, Path]) -> Path:
     return allowed
 
 
-def commit_as(fleet: Fleet, author: str, key: Path, files: dict[str, bytes], message: str) -> str:
-    """A commit authored (and committed) by ``author``, signed with ``key``, pushed."""
+def commit_as(fleet: Fleet, author: str, key: Path | None, files: dict[str, bytes], message: str) -> str:
+    """A commit authored (and committed) by ``author``, signed with ``key`` (None: unsigned), pushed."""
     for path, data in files.items():
         (fleet.upstream.work / path).parent.mkdir(parents=True, exist_ok=True)
         (fleet.upstream.work / path).write_bytes(data)
     who = {"GIT_AUTHOR_EMAIL": author, "GIT_COMMITTER_EMAIL": author, "GIT_AUTHOR_NAME": author,
            "GIT_COMMITTER_NAME": author}  # fmt: skip
     git("add", "-A", cwd=fleet.upstream.work, env=who)
-    git("-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "commit", "-q", "-S", "-m", message,
-        cwd=fleet.upstream.work, env=who)  # fmt: skip
+    sign = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "commit", "-S"] if key else ["commit"]
+    git(*sign, "-q", "-m", message, cwd=fleet.upstream.work, env=who)
     fleet.upstream.push()
     return fleet.upstream.head()
 

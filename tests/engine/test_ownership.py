@@ -15,9 +15,8 @@ from reconciler.cli import main
 from tests.core.test_teams import team
 from tests.engine import NEW_REF_RELEASE as REF_311
 from tests.engine import Fleet
-from tests.engine.test_four_eyes import allow
+from tests.engine.test_four_eyes import allow, commit_as
 from tests.engine.test_governance import controller_at, keypair
-from tests.source import git
 
 TEMPLATE = "applications/ref/templates/deployment.yaml"
 BOB = "bob@example.org"  # team-famille: an outsider to ref
@@ -25,16 +24,7 @@ ALICE = "alice@example.org"  # team-ref (and the default author of the test repo
 
 
 def commit_by(fleet: Fleet, author: str, files: dict[str, bytes], message: str, key: Path | None = None) -> str:
-    for path, data in files.items():
-        (fleet.upstream.work / path).parent.mkdir(parents=True, exist_ok=True)
-        (fleet.upstream.work / path).write_bytes(data)
-    who = {"GIT_AUTHOR_EMAIL": author, "GIT_COMMITTER_EMAIL": author, "GIT_AUTHOR_NAME": author,
-           "GIT_COMMITTER_NAME": author}  # fmt: skip
-    git("add", "-A", cwd=fleet.upstream.work, env=who)
-    sign = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "commit", "-S"] if key else ["commit"]
-    git(*sign, "-q", "-m", message, cwd=fleet.upstream.work, env=who)
-    fleet.upstream.push()
-    return fleet.upstream.head()
+    return commit_as(fleet, author, key, files, message)
 
 
 def read(fleet: Fleet, path: str) -> str:
