@@ -59,6 +59,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from reconciler.commands.demo import DEMO_AGE_IDENTITY
 from reconciler.core.config import ControllerConfig
 from reconciler.core.desired import DesiredUnit, render_unit, targets_of
 from reconciler.core.loader import load_repo
@@ -70,6 +71,8 @@ from reconciler.drivers.k8s_store import api_client_for
 from reconciler.drivers.kubernetes import KubernetesDriver
 from reconciler.engine.reconcile import EnvOutcome, Job, reconcile_environment
 from reconciler.engine.targets import DriverPool
+from reconciler.secrets.identity import load_identities
+from reconciler.secrets.units import Decryptor
 from reconciler.source.fstree import DirectoryTree
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -79,6 +82,8 @@ TARGET_APPS_PER_S = 50.0  # issue #7, ConfigMap shape
 TARGET_RATIO = 1.5
 
 Units = dict[str, list[DesiredUnit]]
+# the example repo's SOPS-encrypted Secret, decrypted as the controller does at apply time (the demo's identity)
+DECRYPT = Decryptor(load_identities(f"file:{DEMO_AGE_IDENTITY}")).unit
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,7 @@ def fleet_of(repo: ReleasesRepo, tree: SourceTree, envs: list[Environment]) -> F
             app = repo.applications[app_name]
             for target in targets_of(env, app):
                 unit = render_unit(repo, env, app, repo.releases[(app_name, version)], target, tree.read)
-                units.setdefault(env.name, []).append(unit)
+                units.setdefault(env.name, []).append(DECRYPT(unit)[0])  # as the executor hands it to drivers
     return Fleet(repo, tree, {e.name: e for e in envs if e.name in units}, units)
 
 
@@ -262,7 +267,7 @@ def one_run(
 
     def reconcile(env: str, env_units: list[DesiredUnit]) -> bool:
         """The engine's reconcile of ``env`` (observe, apply in order, health); True when it changed something."""
-        job = Job(fleet.environments[env], fleet.repo, fleet.tree, "bench")
+        job = Job(fleet.environments[env], fleet.repo, fleet.tree, "bench", decrypt=DECRYPT)
         outcome = settled(lambda: reconcile_environment(job, pool), retried)
         if outcome.phase not in ("Synced", "Progressing"):  # Progressing: Deployments nobody rolls out here
             failures.append(f"{env}: {outcome.phase}: {outcome.message}")
