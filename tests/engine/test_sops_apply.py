@@ -144,3 +144,22 @@ def test_a_file_that_does_not_decrypt_fails_its_application_and_applies_nothing(
     assert status["applications"]["famille"]["phase"] == "Synced"  # the other application goes on
     assert deployed(fleet).read_text() == before  # nothing applied
     assert PASSWORD not in everything_written(fleet, capsys)
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        ("file:missing.key", "secrets.ageIdentity: cannot read secret file"),
+        ("file:{bad}", "bad.key:1: not a valid age identity"),
+    ],
+)
+def test_an_unreadable_identity_is_a_clear_refusal_to_start(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str], reference: str, expected: str
+) -> None:
+    bad = tmp_path / "bad.key"
+    bad.write_text("AGE-SECRET-KEY-1 is what goes here, but this is prose\n")
+    fleet.write_config(secrets={"ageIdentity": reference.replace("{bad}", str(bad))})
+    capsys.readouterr()
+    assert fleet.once() == 1  # refused before anything runs
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and "prose" not in err, err
