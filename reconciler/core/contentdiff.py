@@ -27,7 +27,8 @@ class Content:
     desired: str
 
 
-def _digest(value: Any) -> str:
+def secret_digest(value: Any) -> str:
+    """How a secret value is shown (diff, plan): a short digest, so that a change shows and the value never."""
     return "<secret sha256:" + hashlib.sha256(str(value).encode()).hexdigest()[:12] + ">"
 
 
@@ -39,7 +40,7 @@ def mask_object(obj: Any) -> Any:
     for field in SECRET_FIELDS:
         values = obj.get(field)
         if isinstance(values, Mapping):
-            masked[field] = {k: _digest(v) for k, v in values.items()}
+            masked[field] = {k: secret_digest(v) for k, v in values.items()}
     return masked
 
 

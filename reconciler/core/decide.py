@@ -52,6 +52,7 @@ class Facts:
     # stages with ``ownerApproval``: application -> the commits that changed it since the environment was last
     # applied, verified, with their authors; ``None``: not looked up (such a stage then holds every change)
     ownership: Mapping[str, tuple[Signature, ...]] | None = None
+    ownership_error: str = ""  # why ``ownership`` could not be looked up (git failed), shown in the hold
 
     @property
     def overrides(self) -> dict[HoldKind, str]:
@@ -150,7 +151,8 @@ def _outsider(repo: ReleasesRepo, env: Environment, app: str, facts: Facts) -> H
     if owners is None:
         return None
     if facts.ownership is None:
-        return Hold(HoldKind.OWNERSHIP, "who changed it was not verified for this attempt")
+        why = f": {facts.ownership_error}" if facts.ownership_error else ""
+        return Hold(HoldKind.OWNERSHIP, f"who changed it was not verified for this attempt{why}")
     return ownership_hold(app, owners, facts.ownership.get(app, ()))
 
 

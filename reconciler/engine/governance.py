@@ -111,14 +111,14 @@ class Governance:
                 signatures = (Signature(head, False, detail=str(exc)),)
         overriding = any(trailers.get(t) for t in (FREEZE_OVERRIDE, PROMOTION_OVERRIDE))
         head_signature = self.head_signature(head) if overriding else None
-        ownership = None
+        ownership, unverified = None, ""
         if stage is not None and stage.owner_approval and repo.teams:
             try:
                 ownership = self._ownership(repo, env, applied_revision, head)
-            except ReconcilerError:
-                ownership = None  # not verified: every change in the stage is held ("not verified for this attempt")
+            except ReconcilerError as exc:  # not verified: every change in the stage is held, saying why
+                unverified = str(exc)
         return Facts(datetime.fromtimestamp(now, UTC), _HistoryView(self), signatures, head_signature, dict(trailers),
-                     self.suspensions, ownership)  # fmt: skip
+                     self.suspensions, ownership, unverified)  # fmt: skip
 
     # --- waves ----------------------------------------------------------------------------------------------------
     @staticmethod

@@ -27,6 +27,7 @@ the whole page is parsed, and the script renders first only the rows that can be
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from itertools import groupby
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -204,6 +205,10 @@ def _grouped(rows: list[Mapping[str, Any]], snapshot: Mapping[str, Any]) -> list
     return sorted(rows, key=key)
 
 
+def _group_key(env: Mapping[str, Any]) -> tuple[str, str]:
+    return str(env.get("stage")), str(env.get("wave"))
+
+
 def _group_line(stage: str, wave: Any, members: list[Mapping[str, Any]], app: str) -> str:
     """A stage's (and wave's) line above its rows: its name, size, and how many need someone."""
     found = {p: 0 for p in PHASES}
@@ -237,22 +242,20 @@ def _matrix(rows: list[Mapping[str, Any]], columns: list[str], chosen: Mapping[s
     ]
     out.append("</div>")
     cells = _Cells()
-    group: tuple[str, str] | None = None
-    for i, (name, env) in enumerate(zip(names, rows, strict=True)):
-        here = (str(env.get("stage")), str(env.get("wave")))
-        if here != group:
-            group = here
-            members = [e for e in rows[i:] if (str(e.get("stage")), str(e.get("wave"))) == here]
-            out.append(_group_line(here[0], env.get("wave"), members, chosen["app"]))
-        statuses = apps_of(env)
-        phase = phase_of(env.get("phase"))
-        hint = f"{phase}: {env.get('message') or ''}"
-        out.append(
-            f"<div class=r role=row data-env={bare(name)} data-phase={phase}>"
-            f'<span role=rowheader title="{esc(hint)}"><a href="{esc(env_url(name))}">{esc(name)}</a></span>'
-            + "".join([cells.cell(a, statuses.get(a)) for a in columns])
-            + "</div>"
-        )
+    for (stage, _), group in groupby(rows, key=_group_key):  # rows are sorted by stage and wave (_grouped)
+        members = list(group)
+        out.append(_group_line(stage, members[0].get("wave"), members, chosen["app"]))
+        for env in members:
+            name = str(env.get("name"))
+            statuses = apps_of(env)
+            phase = phase_of(env.get("phase"))
+            hint = f"{phase}: {env.get('message') or ''}"
+            out.append(
+                f"<div class=r role=row data-env={bare(name)} data-phase={phase}>"
+                f'<span role=rowheader title="{esc(hint)}"><a href="{esc(env_url(name))}">{esc(name)}</a></span>'
+                + "".join([cells.cell(a, statuses.get(a)) for a in columns])
+                + "</div>"
+            )
     out.append("</div>")
     out.append(cells.reasons_list())
     return out

@@ -13,7 +13,6 @@ Called by the engine's executor (apply) and the controller's ``diff``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import pyrage
 import yaml
 
-from reconciler.core.contentdiff import Content
+from reconciler.core.contentdiff import Content, secret_digest
 from reconciler.core.desired import DesiredComponent, DesiredUnit
 from reconciler.core.yamlsafe import YamlFloat, YamlInt, parse_file
 from reconciler.secrets.sops import METADATA_KEY, SopsError, decrypt_document, is_encrypted
@@ -95,10 +94,6 @@ def _leaves(plain: Any, encrypted: Any) -> list[str]:
     return []
 
 
-def digest(value: str) -> str:
-    return "<secret sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12] + ">"
-
-
 def masked(content: Content, secrets: Sequence[str]) -> Content:
     """A file or object of ``diff`` with every decrypted value shown as its digest (a change stays visible)."""
     if not secrets:
@@ -106,7 +101,7 @@ def masked(content: Content, secrets: Sequence[str]) -> Content:
 
     def mask(text: str) -> str:
         for secret in secrets:
-            text = text.replace(secret, digest(secret))
+            text = text.replace(secret, secret_digest(secret))
         return text
 
     return Content(content.name, None if content.live is None else mask(content.live), mask(content.desired))

@@ -189,4 +189,8 @@ def test_ownership_not_looked_up_holds_every_change_of_such_a_stage() -> None:
     held = verdict(owned, env, "ref", "3.10", facts, "3.0")
     assert [h.reason for h in held.holds] == ["who changed it was not verified for this attempt"]
     assert verdict(owned, env, "ref", "3.10", replace(facts, ownership={}), "3.0").allowed
+    failed = replace(facts, ownership_error="cannot list the commits of 1a2b3c: fatal: bad object")
+    assert [h.reason for h in verdict(owned, env, "ref", "3.10", failed, "3.0").holds] == [
+        "who changed it was not verified for this attempt: cannot list the commits of 1a2b3c: fatal: bad object"
+    ]
     assert verdict(replace(owned, stages=base.stages), env, "ref", "3.10", facts, "3.0").allowed  # rule off
