@@ -289,8 +289,19 @@ def _json_bytes(body: dict[str, Any]) -> dict[str, Any] | bytes:
 
 
 def _cause(exc: urllib3.exceptions.HTTPError) -> str:
+    """A few words on why a request got no answer. urllib3's ``NewConnectionError`` is a ``ConnectTimeoutError``
+    whatever the cause, so the socket error under it decides: a refused connection is not a timeout."""
     reason = getattr(exc, "reason", None)
     inner = reason if isinstance(reason, BaseException) else exc
+    if isinstance(inner, urllib3.exceptions.NameResolutionError):
+        return "host name not resolved"
+    if isinstance(inner, urllib3.exceptions.NewConnectionError):
+        cause = inner.__cause__ or inner.__context__
+        if isinstance(cause, ConnectionRefusedError) or "Connection refused" in str(inner):
+            return "connection refused"
+        if isinstance(cause, TimeoutError) or "timed out" in str(inner):
+            return "timed out"
+        return f"cannot connect: {cause or inner}" if isinstance(cause, OSError) else "cannot connect"
     if isinstance(inner, urllib3.exceptions.TimeoutError | TimeoutError):
         return "timed out"
     return type(inner).__name__
