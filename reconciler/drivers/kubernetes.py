@@ -87,6 +87,7 @@ from reconciler.drivers.base import (
 )
 from reconciler.drivers.k8s_api import APPLY_PATCH, ApiError, KubeApi, NotServed, Resource, safe_name
 from reconciler.drivers.k8s_health import assess
+from reconciler.drivers.k8s_normalize import normalize
 from reconciler.drivers.k8s_objects import (
     ANN_FINGERPRINT,
     Entry,
@@ -285,6 +286,7 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
             if ref.identity in seen:
                 raise PermanentError(f"{doc.source}: {ref} is already defined by {seen[ref.identity]}")
             seen[ref.identity] = doc.source
+            normalize(body)
             adopt = doc.component in adopting or wants_adoption(body)
             mark(body, owner, doc.component, unit.version, unit.fingerprint)
             planned.append(Planned(ref, resource, body, doc.source, doc.component, new_kind, adopt))
@@ -343,7 +345,7 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
             except Exception:
                 self._sessions.pop(environment, None)
                 try:  # what was applied before the failure is recorded; the failure is what the caller sees
-                    self._flush(session)
+                    self._flush(session, failed=True)
                 except Exception as exc:  # noqa: BLE001 - the pending scopes keep everything findable
                     log.warning("kubernetes target %s: inventory of %s not written: %s", self.target, environment, exc)
                 raise
@@ -364,8 +366,11 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
             session.mine |= adopted
         return session
 
-    def _flush(self, session: _Session) -> None:
-        if not session.must_write:
+    def _flush(self, session: _Session, failed: bool = False) -> None:
+        """Write the session's records and clear the pending scopes. After a failure that recorded nothing (a
+        refused first apply) the pending scopes stay as written, so each retry of a failing application writes
+        nothing instead of creating the inventory and deleting it again; the next successful write clears them."""
+        if not session.must_write or (failed and not session.mine):
             return
         inventory = replace(session.inventory.copy(), pending=frozenset(), pending_unknown=False)
         stored = self.store.save(inventory, session.persisted, session.mine)

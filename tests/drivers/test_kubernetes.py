@@ -262,3 +262,29 @@ def test_objects_of_an_interrupted_apply_stay_tracked(
     assert result.message == "2 pruned"
     assert api.get(cm_path(ns, "a")) is None and api.get(cm_path(ns, "b")) is None
     assert api.get(inventory_path(ns)) is None  # the environment's last application: its inventory is deleted
+
+
+def test_retries_of_a_refused_first_apply_write_no_inventory(
+    driver: KubernetesDriver, api: KubeApi, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: each retry of a failing application created the environment's inventory (pending scope) and
+    deleted it again. The pending scope written by the first attempt stays; retries send only the refused apply;
+    the first success records the application and clears it."""
+    writes: list[tuple[str, str]] = []
+    request = driver.api.request
+
+    def counting(method: str, path: str, **kw: Any) -> dict[str, Any]:
+        if method != "GET":
+            writes.append((method, path))
+        return request(method, path, **kw)
+
+    monkeypatch.setattr(driver.api, "request", counting)
+    bad = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\ndata:\n  k: [1]\n"
+    for _ in range(3):
+        writes.clear()
+        with pytest.raises(PermanentError, match=r"api/b.yaml:1: apply ConfigMap/.*/bad: .*expected string"):
+            driver.apply(unit(ns, {"b.yaml": bad}))
+    assert writes == [("PATCH", f"/api/v1/namespaces/{ns}/configmaps/bad")]
+    driver.apply(unit(ns, {"b.yaml": configmap("bad", k="v")}))
+    stored = driver.store.load(ns)
+    assert stored is not None and not stored.pending and inventory(api, ns) is not None
