@@ -74,6 +74,7 @@ from reconciler.engine.targets import DriverPool
 from reconciler.secrets.identity import load_identities
 from reconciler.secrets.units import Decryptor
 from reconciler.source.fstree import DirectoryTree
+from reconciler.source.kustomize import KubectlKustomize
 
 PROJECT = Path(__file__).resolve().parents[1]
 EXAMPLE = PROJECT / "examples" / "releases-repo"
@@ -102,13 +103,16 @@ def kubernetes_only(env: Environment, name: str) -> Environment:
     return replace(env, name=name, targets=targets, parameters={**env.parameters, "namespace": name})
 
 
+KUSTOMIZE = KubectlKustomize()  # kustomize components, rendered as the controller renders them
+
+
 def fleet_of(repo: ReleasesRepo, tree: SourceTree, envs: list[Environment]) -> Fleet:
     units: Units = {}
     for env in envs:
         for app_name, version in repo.desired_versions(env).items():
             app = repo.applications[app_name]
             for target in targets_of(env, app):
-                unit = render_unit(repo, env, app, repo.releases[(app_name, version)], target, tree.read)
+                unit = render_unit(repo, env, app, repo.releases[(app_name, version)], target, tree.read, KUSTOMIZE)
                 units.setdefault(env.name, []).append(DECRYPT(unit)[0])  # as the executor hands it to drivers
     return Fleet(repo, tree, {e.name: e for e in envs if e.name in units}, units)
 
@@ -267,7 +271,7 @@ def one_run(
 
     def reconcile(env: str, env_units: list[DesiredUnit]) -> bool:
         """The engine's reconcile of ``env`` (observe, apply in order, health); True when it changed something."""
-        job = Job(fleet.environments[env], fleet.repo, fleet.tree, "bench", decrypt=DECRYPT)
+        job = Job(fleet.environments[env], fleet.repo, fleet.tree, "bench", decrypt=DECRYPT, build=KUSTOMIZE)
         outcome = settled(lambda: reconcile_environment(job, pool), retried)
         if outcome.phase not in ("Synced", "Progressing"):  # Progressing: Deployments nobody rolls out here
             failures.append(f"{env}: {outcome.phase}: {outcome.message}")

@@ -36,6 +36,9 @@ from reconciler.core.tree import SourceTree, is_manifest_path
 from reconciler.engine.controller import Controller, CycleReport
 from reconciler.engine.reconcile import Job, render_desired
 from reconciler.source.gitrepo import GitSource
+from reconciler.source.kustomize import KubectlKustomize
+
+KUSTOMIZE = KubectlKustomize()  # kustomize components, rendered as the controller renders them
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -157,14 +160,16 @@ class Size:
         for name in envs:
             env = repo.environments[name]
             if app is None:  # the controller's own render path
-                rendered, errors = render_desired(Job(env=env, repo=repo, tree=tree, revision=revision))
+                rendered, errors = render_desired(
+                    Job(env=env, repo=repo, tree=tree, revision=revision, build=KUSTOMIZE)
+                )
                 if errors:
                     raise RuntimeError(f"{name}: render errors: {errors}")
                 chosen = list(rendered.values())
             else:
                 application = repo.applications[app]
                 release = repo.releases[(app, repo.desired_versions(env)[app])]
-                chosen = [render_unit(repo, env, application, release, target, tree.read)
+                chosen = [render_unit(repo, env, application, release, target, tree.read, KUSTOMIZE)
                           for target in targets_of(env, application)]  # fmt: skip
             units += len(chosen)
             sink(list(unit_files(chosen)))

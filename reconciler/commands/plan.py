@@ -36,6 +36,7 @@ from reconciler.core.policy import (
 from reconciler.core.problems import ReconcilerError
 from reconciler.source.gitrepo import GitSource
 from reconciler.source.history import open_repository
+from reconciler.source.kustomize import KubectlKustomize
 from reconciler.status import document
 
 STATUS_REFS = ("refs/heads/reconciler-status", "refs/remotes/origin/reconciler-status")
@@ -252,7 +253,7 @@ def run_plan(args: argparse.Namespace) -> int:
         base_tree = source.tree(base) if not args.live else None
         base_result = load_repo(base_tree, limits) if base_tree is not None else None
         base_repo = base_result.repo if base_result else None
-        plan = compare(base_repo, base_tree, head_result.repo, head_tree, live)
+        plan = compare(base_repo, base_tree, head_result.repo, head_tree, live, build=KubectlKustomize())
         plan = plan_report.select(plan, args.env or (), args.stage or (), args.app or ())
         now = args.now or datetime.now(UTC)  # parsed (aware) by the CLI
         history, status_ref = read_history(source, args.status_ref)

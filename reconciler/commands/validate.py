@@ -13,8 +13,10 @@ import time
 from pathlib import Path
 
 from reconciler.commands.codeowners import stale_codeowners
+from reconciler.core.desired import overlay_problems
 from reconciler.core.loader import Limits, load_repo
 from reconciler.source.fstree import DirectoryTree
+from reconciler.source.kustomize import KubectlKustomize
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -27,6 +29,8 @@ def run_validate(args: argparse.Namespace) -> int:
     result = load_repo(tree, Limits(max_file_size=args.max_file_size, max_repo_size=args.max_repo_size))
     elapsed = time.perf_counter() - started
     problems = result.all_problems()
+    if result.repo is not None and not problems:  # Kustomize overlays: rendered once each, as written
+        problems = overlay_problems(result.repo, tree.read, KubectlKustomize())
     counts = result.repo.counts() if result.repo else {}
     warnings = [w for w in [stale_codeowners(root, result.repo) if result.repo else None] if w]
     if result.repo is not None and not result.repo.teams and result.repo.applications:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.core.kustomize import Build, KustomizeError, image_entry, wrapper
 from reconciler.core.model import Application, Component, Environment, Release, ReleasesRepo
 from reconciler.core.problems import Problem
 from reconciler.core.substitute import PLACEHOLDER, WHOLE, text_of
@@ -255,9 +256,16 @@ Reader = Callable[[str], bytes]
 
 
 def render_unit(
-    repo: ReleasesRepo, env: Environment, app: Application, release: Release, target: str, read: Reader
+    repo: ReleasesRepo,
+    env: Environment,
+    app: Application,
+    release: Release,
+    target: str,
+    read: Reader,
+    build: Build | None = None,
 ) -> DesiredUnit:
-    """Render the components of ``app`` that go to ``target`` in ``env``. Raises :class:`RenderError`."""
+    """Render the components of ``app`` that go to ``target`` in ``env``; ``build`` renders Kustomize overlays
+    (``reconciler.source.kustomize``). Raises :class:`RenderError`."""
     comps = []
     for comp in app.components:
         if env.targets.get(comp.role) != target:
@@ -265,6 +273,12 @@ def render_unit(
         values = template_values(env, app, release, comp)
         filled = {posixpath.basename(t): fill_template(t, read(t), values) for t in comp.templates}
         files = {name: rendered(f) for name, f in filled.items()}
+        if comp.manifests or comp.kustomize:
+            sourced = _sourced(app, comp, release, read, build, values)
+            filled = (
+                {name: fill_template(name, data, values) for name, data in sourced.items()} if comp.substitute else {}
+            )
+            files = {name: rendered(f) for name, f in filled.items()} if comp.substitute else sourced
         artifact = None
         if comp.artifact is not None:
             rc = release.components.get(comp.name)
@@ -289,6 +303,56 @@ def render_unit(
     )
 
 
+def _sourced(
+    app: Application, comp: Component, release: Release, read: Reader, build: Build | None, values: Mapping[str, Any]
+) -> dict[str, bytes]:
+    """The files of a ``manifests`` directory (named by their path below it, ``/`` written ``--``), or the rendered
+    overlay of a ``kustomize`` component (``<overlay directory name>.yaml``) with the release's image set."""
+    if comp.manifests:
+        prefix = "" if comp.manifests == "." else f"{comp.manifests}/"
+        return {p.removeprefix(prefix).replace("/", "--"): read(p) for p in comp.sources}
+    overlay = comp.kustomize
+    if "${" in overlay:  # one overlay per environment (overlays/${env.stage})
+        overlay = rendered(fill_template(app.origin.path, overlay.encode(), values)).decode()
+    if overlay not in comp.overlays:
+        known = ", ".join(comp.overlays) or "none"
+        raise RenderError(Problem(app.origin.path, app.origin.line, f"component {comp.name}: no overlay {overlay} "
+                                  f"(kustomize: {comp.kustomize}; overlays found: {known})"))  # fmt: skip
+    rc = release.components.get(comp.name)
+    entry = image_entry(rc.image, rc.digest) if rc else None
+    data = render_overlay(overlay, comp.overlays[overlay], read, build, [entry] if entry else [])
+    return {f"{posixpath.basename(overlay.strip('.')) or 'kustomization'}.yaml": data}
+
+
+def render_overlay(
+    overlay: str, sources: tuple[str, ...], read: Reader, build: Build | None, images: list[dict[str, str]]
+) -> bytes:
+    """An overlay (repo directory) rendered from the files it reads, with ``images`` set. Raises
+    :class:`RenderError` naming the overlay's kustomization file."""
+    overlay = "" if overlay == "." else overlay
+    where = next((p for p in sources if posixpath.dirname(p) == overlay), overlay or ".")
+    if build is None:
+        raise RenderError(Problem(where, None, "Kustomize overlays are not rendered here (no kubectl kustomize)"))
+    layer = wrapper(f"../{overlay or '.'}", images)  # (the wrapper sits one level below the repo's root)
+    try:
+        return build({p: read(p) for p in sources}, overlay, layer)
+    except KustomizeError as exc:
+        raise RenderError(Problem(where, None, str(exc).removeprefix(f"{where}: "))) from exc
+
+
+def overlay_problems(repo: ReleasesRepo, read: Reader, build: Build) -> list[Problem]:
+    """Each ``kustomize`` component's overlay rendered once as written (``validate``): what kustomize refuses."""
+    problems: list[Problem] = []
+    for app in repo.applications.values():
+        for comp in app.components:
+            for overlay, sources in comp.overlays.items():
+                try:
+                    render_overlay(overlay, sources, read, build, [])
+                except RenderError as exc:
+                    problems.append(exc.problem)
+    return problems
+
+
 def targets_of(env: Environment, app: Application) -> list[str]:
     """The target names ``app`` uses in ``env``, in component order, without repeats."""
     return list(dict.fromkeys(env.targets[c.role] for c in app.components if c.role in env.targets))
@@ -297,7 +361,8 @@ def targets_of(env: Environment, app: Application) -> list[str]:
 def app_digest(app: Application, release: Release, digest: Callable[[str], str]) -> str:
     """A digest of the files an application's rendering reads at one release (manifests and templates)."""
     h = hashlib.sha256()
-    for part in (app.origin.path, release.origin.path, *(t for c in app.components for t in c.templates)):
+    read = (t for c in app.components for t in (*c.templates, *c.sources))
+    for part in (app.origin.path, release.origin.path, *read):
         h.update(part.encode() + b"\0" + digest(part).encode() + b"\0")
     h.update(repr(app).encode() + release.version.encode())
     return h.hexdigest()

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from reconciler.core.desired import RenderError, input_key, render_unit, targets_of
+from reconciler.core.kustomize import Build
 from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.tree import SourceTree
 
@@ -60,12 +61,14 @@ class RepoPlan:
         return f"{n} of {self.total_environments} environments, stages: {stages}"
 
 
-def _render(repo: ReleasesRepo, tree: SourceTree, env: Environment, app: str, version: str) -> dict[str, bytes]:
+def _render(
+    repo: ReleasesRepo, tree: SourceTree, env: Environment, app: str, version: str, build: Build | None
+) -> dict[str, bytes]:
     application = repo.applications[app]
     release = repo.releases[(app, version)]
     files: dict[str, bytes] = {}
     for target in targets_of(env, application):
-        unit = render_unit(repo, env, application, release, target, tree.read)
+        unit = render_unit(repo, env, application, release, target, tree.read, build)
         files.update({f"{target}/{path}": data for path, data in unit.files().items()})
     return files
 
@@ -92,6 +95,7 @@ def compare(
     head_tree: SourceTree,
     live: Mapping[str, Mapping[str, str | None]] | None = None,
     diff_lines: int = 200,
+    build: Build | None = None,
 ) -> RepoPlan:
     """Changes from ``base`` (or from ``live`` versions: environment -> application -> version) to ``head``."""
     envs: list[EnvChange] = []
@@ -115,8 +119,8 @@ def compare(
                 continue
             diff = error = ""
             try:
-                new_files = _render(head, head_tree, env, app, a) if a else {}
-                old_files = (_render(base, base_tree, old_env, app, b)
+                new_files = _render(head, head_tree, env, app, a, build) if a else {}
+                old_files = (_render(base, base_tree, old_env, app, b, build)
                              if b and base and old_env and base_tree is not None and live is None else {})  # fmt: skip
                 diff = _diff(old_files, new_files, diff_lines) if live is None else ""
             except (RenderError, KeyError) as exc:

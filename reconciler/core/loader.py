@@ -12,6 +12,7 @@ Called by ``reconciler validate``, ``reconciler plan`` and the engine, with a :c
 from __future__ import annotations
 
 import posixpath
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +22,7 @@ from typing import Any
 from reconciler.core import schemas
 from reconciler.core.durations import DurationError, parse_duration
 from reconciler.core.expand import ExpansionError, expand
+from reconciler.core.kustomize import closure, kustomization_file
 from reconciler.core.model import (
     API_VERSION,
     AbsoluteWindow,
@@ -114,6 +116,8 @@ class _Builder:
         self.broken: set[str] = set()  # names of documents that failed their schema: no cascade of "unknown" errors
         self.parsed: dict[tuple[str, str, int], Parsed] = {}
         self.expanded: dict[tuple[int, int], tuple[Document, list[Environment | Problem]]] = {}
+        self.sources: dict[tuple[str, int, int], tuple[tuple[str, ...], tuple[Problem, ...]]] = {}
+        self.overlays: dict[tuple[str, int, int, str], tuple[str, ...]] = {}  # (file, doc, component, dir) -> files
 
     def error(self, doc: Document, where: tuple[str | int, ...], message: str) -> None:
         self.problems.append(Problem(doc.path, doc.line(where), message))
@@ -148,6 +152,72 @@ class _Builder:
             self.problems.extend(problems)
             docs.extend(d for d in found if d.data is not None)
         return docs, len(paths)
+
+    def set_sources_aside(self, docs: list[Document]) -> list[Document]:
+        """The files that ``manifests`` and ``kustomize`` components read are Kubernetes YAML, not releases-repo
+        manifests: find them (from the Applications as written, before their schema check) and drop their documents
+        and parse problems. Each component's files and problems are kept for :meth:`build_application`."""
+        aside: set[str] = set()
+        paths: set[str] | None = None
+        for doc in docs:
+            data = doc.data
+            spec = data.get("spec") if isinstance(data, dict) and data.get("kind") == "Application" else None
+            comps = spec.get("components") if isinstance(spec, dict) else None
+            for i, comp in enumerate(comps if isinstance(comps, list) else []):
+                key = next((k for k in ("manifests", "kustomize") if isinstance(comp, dict) and k in comp), None)
+                if key is None or not isinstance(comp[key], str):
+                    continue
+                paths = set(self.tree.paths()) if paths is None else paths
+                found = self._component_sources(doc, i, key, comp[key], paths)
+                self.sources[(doc.path, doc.index, i)] = found
+                aside.update(found[0])
+        if not aside:
+            return docs
+        self.problems = [p for p in self.problems if p.path not in aside]
+        return [d for d in docs if d.path not in aside]
+
+    def _component_sources(
+        self, doc: Document, i: int, key: str, ref: str, paths: set[str]
+    ) -> tuple[tuple[str, ...], tuple[Problem, ...]]:
+        where = ("spec", "components", i, key)
+        try:
+            directory = join_inside(posixpath.dirname(doc.path), ref)
+        except PathEscapes as exc:
+            return (), (Problem(doc.path, doc.line(where), str(exc)),)
+        prefix = "" if directory == "." else f"{directory}/"
+        if key == "kustomize":
+            return self._overlays(doc, i, ref, directory, paths)
+        files = tuple(sorted(p for p in paths if p.startswith(prefix) and p.endswith((".yaml", ".yml", ".json"))))
+        if not files:
+            return (), (Problem(doc.path, doc.line(where), f"manifests directory {ref!r} has no YAML file "
+                                f"(looked in {directory})"),)  # fmt: skip
+        return files, ()
+
+    def _overlays(
+        self, doc: Document, i: int, ref: str, directory: str, paths: set[str]
+    ) -> tuple[tuple[str, ...], tuple[Problem, ...]]:
+        """The closures of the overlays ``kustomize`` names: one directory, or with a ``${...}`` segment every
+        directory of that shape holding a kustomization (``overlays/${env.stage}``: one overlay per stage)."""
+        where = ("spec", "components", i, "kustomize")
+        if "${" in directory:
+            shape = re.compile("/".join("[^/]+" if "${" in seg else re.escape(seg) for seg in directory.split("/")))
+            dirs = {posixpath.dirname(p) for p in paths}
+            found = sorted(d for d in dirs if shape.fullmatch(d) and kustomization_file(d, paths))
+            if not found:
+                return (), (Problem(doc.path, doc.line(where), f"no overlay matches {ref!r} (looked for {directory} "
+                                    "directories holding a kustomization.yaml)"),)  # fmt: skip
+        elif kustomization_file(directory, paths) is None:
+            return (), (Problem(doc.path, doc.line(where), f"{ref!r}: no kustomization.yaml in {directory}"),)
+        else:
+            found = [directory]
+        files: set[str] = set()
+        problems: list[Problem] = []
+        for overlay in found:
+            walked = closure(overlay, paths, self.tree.read)
+            self.overlays[(doc.path, doc.index, i, overlay)] = walked.files
+            files.update(walked.files)
+            problems.extend(walked.problems)
+        return tuple(sorted(files)), tuple(problems)
 
     def dispatch(self, doc: Document) -> None:
         data = doc.data
@@ -209,6 +279,12 @@ class _Builder:
                 )
                 templates.append(path)
             art = comp.get("artifact")
+            sources, problems = self.sources.get((doc.path, doc.index, i), ((), ()))
+            self.problems.extend(problems)
+            for path in sources:
+                self.problems.extend(
+                    plaintext_secrets_cached(path, self.tree.digest(path), partial(self.tree.read, path))
+                )
             components.append(
                 Component(
                     name=comp["name"],
@@ -216,6 +292,13 @@ class _Builder:
                     templates=tuple(templates),
                     artifact=Artifact(art["name"], art.get("type", "")) if art else None,
                     adopt=comp.get("adopt") is True,
+                    manifests=join_inside(base, comp["manifests"]) if sources and "manifests" in comp else "",
+                    kustomize=join_inside(base, comp["kustomize"]) if sources and "kustomize" in comp else "",
+                    overlays={
+                        o: f for (p, d, c, o), f in self.overlays.items() if (p, d, c) == (doc.path, doc.index, i)
+                    },
+                    substitute=comp.get("substitute") is True,
+                    sources=sources,
                 )
             )
         names = [c.name for c in components]
@@ -467,6 +550,7 @@ def load_repo(tree: SourceTree, limits: Limits | None = None) -> LoadResult:
     builder = _Builder(tree, limits or Limits())
     docs, files = builder.read_documents()
     _PARSED = builder.parsed  # what this load read: the cache of the next
+    docs = builder.set_sources_aside(docs)
     for doc in docs:
         builder.dispatch(doc)
     _EXPANDED = builder.expanded

@@ -50,6 +50,11 @@ class Component:
     templates: tuple[str, ...] = ()  # repo-relative paths, already checked to stay inside the repo
     artifact: Artifact | None = None
     adopt: bool = False  # take over objects that already exist and are not ours (kubernetes; audited as "adopt")
+    manifests: str = ""  # a repo directory: every YAML file under it, as written (``substitute``: ``${...}`` filled)
+    kustomize: str = ""  # a repo directory holding a Kustomize overlay (may name ``${...}``: one per environment)
+    overlays: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # kustomize: overlay dir -> files it reads
+    substitute: bool = False  # fill ``${...}`` in ``manifests`` files / the rendered overlay (templates always are)
+    sources: tuple[str, ...] = ()  # every repo file a manifests/kustomize component reads (found at load time)
 
 
 @dataclass(frozen=True)

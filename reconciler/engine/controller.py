@@ -44,6 +44,7 @@ from reconciler.engine.workers import Workers
 from reconciler.observability.logging import get_logger
 from reconciler.secrets.identity import load_identities
 from reconciler.secrets.units import Decryptor, masked
+from reconciler.source.kustomize import KubectlKustomize
 from reconciler.status.journal import AuditJournal
 
 __all__ = ["Controller", "CycleReport", "EnvState", "Loaded", "Source", "Store"]
@@ -90,6 +91,7 @@ class Controller:
         self.metrics: MetricsSink = metrics or pool.metrics
         self.gov = Governance(config, source)
         self.decryptor = Decryptor(load_identities(config.age_identity))  # IdentityError: a clear refusal to start
+        self.kustomize = KubectlKustomize()  # kustomize components; its cache spans cycles and revisions
         self.revisions = Revisions(config, source)
         self.sched = Scheduler(config)
         self.publisher = Publisher(store, self.sched, self.revisions, self.gov, self.metrics, dry_run, journal)
@@ -327,6 +329,7 @@ class Controller:
             clock=self.clock,
             journal=None if self.dry_run else self.publisher.journal,
             decrypt=self.decryptor.unit,
+            build=self.kustomize,
         )
 
     def _run_batch(self, jobs: list[tuple[Job, str]], stop: threading.Event | None) -> dict[str, EnvOutcome]:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from reconciler.core.decide import ALLOWED, ROLLBACK, AppVerdict, Facts, verdicts
 from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of, with_identity
+from reconciler.core.kustomize import Build
 from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.plan import Action, Phase, UnitPlan, guard_empty, pair
 from reconciler.core.policy import requirement_hold
@@ -70,6 +71,7 @@ class Job:
     journal: AuditJournal | None = None  # audit entries are journalled before each effect and after it
     # SOPS files decrypted just before a driver writes the unit (and the plaintext values, to mask in messages)
     decrypt: Callable[[DesiredUnit], tuple[DesiredUnit, tuple[str, ...]]] | None = None
+    build: Build | None = None  # renders Kustomize overlays (``kustomize`` components)
 
 
 def _dependencies(repo: ReleasesRepo, app: str, version: str | None) -> tuple[str, ...]:
@@ -128,7 +130,7 @@ def render_desired(
                 stubs.add((app_name, target))
                 continue
             try:
-                unit = render_unit(job.repo, job.env, app, release, target, job.tree.read)
+                unit = render_unit(job.repo, job.env, app, release, target, job.tree.read, job.build)
                 unit = units[(app_name, target)] = identify(unit)
             except RenderError as exc:
                 errors[app_name] = str(exc.problem)
@@ -150,7 +152,7 @@ def realise(
             app = job.repo.applications[plan.application]
             release = job.repo.releases[(plan.application, plan.desired.version)]
             try:
-                unit = identify(render_unit(job.repo, job.env, app, release, plan.target, job.tree.read))
+                unit = identify(render_unit(job.repo, job.env, app, release, plan.target, job.tree.read, job.build))
             except RenderError as exc:  # not expected: equal inputs rendered before
                 errors[plan.application] = str(exc.problem)
                 continue

@@ -167,3 +167,21 @@ def test_an_unwritable_output_directory_is_a_clear_error(
     assert main(["plan", "--repo", str(example_repo), "--output", str(blocker / "sub")]) == 1
     assert f"plan: cannot write the report to {blocker / 'sub'}" in capsys.readouterr().err
     git("reset", "-q", "--hard", "HEAD~1", cwd=example_repo)
+
+
+def test_a_kustomize_overlay_is_planned_with_the_release_image(
+    example_repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17: annuaire-agents is a Kustomize base with one overlay per stage; the plan's diff is the rendered
+    objects, with the release's image set by the wrapper and the environment's values filled in."""
+    commit_edit(example_repo, "stages/dev.yaml", "annuaire-agents: 3.9.0", "annuaire-agents: 3.8.1")
+    code, out = run_plan(example_repo, capsys, "--format", "json")
+    data = json.loads(out)
+    assert code == 0 and data["ok"] is True, out
+    changes = {e["name"]: e["changes"][0] for e in data["environments"]}
+    lille = changes["lille-dev"]
+    assert (lille["application"], lille["from"], lille["to"]) == ("annuaire-agents", "3.9.0", "3.8.1")
+    assert "-        image: registry.example.org/rh/annuaire-agents-api:3.9.0" in lille["diff"], lille["diff"]
+    assert "+        image: registry.example.org/rh/annuaire-agents-api:3.8.1" in lille["diff"], lille["diff"]
+    assert "+  APP_VERSION: 3.8.1" in lille["diff"] and "ENVIRONMENT: lille-dev" in lille["diff"]
+    git("reset", "-q", "--hard", "HEAD~1", cwd=example_repo)
