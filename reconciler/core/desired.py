@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.core.kustomize import Build, KustomizeError, image_entry, wrapper
+from reconciler.core.kustomize import Build, KustomizeError, image_entry, kustomization_file, wrapper
 from reconciler.core.model import Application, Component, Environment, Release, ReleasesRepo
 from reconciler.core.problems import Problem
 from reconciler.core.substitute import PLACEHOLDER, WHOLE, text_of
@@ -330,7 +330,7 @@ def render_overlay(
     """An overlay (repo directory) rendered from the files it reads, with ``images`` set. Raises
     :class:`RenderError` naming the overlay's kustomization file."""
     overlay = "" if overlay == "." else overlay
-    where = next((p for p in sources if posixpath.dirname(p) == overlay), overlay or ".")
+    where = kustomization_file(overlay, sources) or overlay or "."
     if build is None:
         raise RenderError(Problem(where, None, "Kustomize overlays are not rendered here (no kubectl kustomize)"))
     layer = wrapper(f"../{overlay or '.'}", images)  # (the wrapper sits one level below the repo's root)

@@ -22,7 +22,7 @@ from typing import Any
 from reconciler.core import schemas
 from reconciler.core.durations import DurationError, parse_duration
 from reconciler.core.expand import ExpansionError, expand
-from reconciler.core.kustomize import closure, kustomization_file
+from reconciler.core.kustomize import KUSTOMIZATION_FILES, closure, kustomization_file
 from reconciler.core.model import (
     API_VERSION,
     AbsoluteWindow,
@@ -171,6 +171,9 @@ class _Builder:
                 found = self._component_sources(doc, i, key, comp[key], paths)
                 self.sources[(doc.path, doc.index, i)] = found
                 aside.update(found[0])
+        roots = {posixpath.dirname(p) for p in aside if posixpath.basename(p) in KUSTOMIZATION_FILES}
+        if roots:  # files beside an overlay's or a base's kustomization are not manifests either, read or not
+            aside |= {p for p in (paths or ()) if any(p.startswith(f"{r}/") or not r for r in roots)}
         if not aside:
             return docs
         self.problems = [p for p in self.problems if p.path not in aside]
