@@ -38,6 +38,7 @@ class DesiredComponent:
     # fill in the texts instead; ``files`` stays the truth (equality and fingerprints ignore this).
     filled: Mapping[str, Filled] = field(default_factory=dict, compare=False, repr=False)
     adopt: bool = False  # the application opts in to taking over objects that exist and are not ours (audited)
+    own_namespaces: bool = False  # its Namespace objects are managed as ours, not only ensured (kubernetes)
     # files decrypted at apply time (SOPS): script targets get their text on stdin (``as_json``), never a log
     decrypted: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
@@ -105,6 +106,8 @@ def fingerprint(components: tuple[DesiredComponent, ...], version: str) -> str:
             digest.update(b"\0a" + json.dumps(comp.artifact, sort_keys=True).encode())
         if comp.adopt:  # (only when set: the fingerprints of units without it stay as they were)
             digest.update(b"\0adopt")
+        if comp.own_namespaces:
+            digest.update(b"\0own-namespaces")
     return digest.hexdigest()
 
 
@@ -290,7 +293,8 @@ def render_unit(
                 "version": release.version,
             }
             files["artifact.json"] = (json.dumps(artifact, indent=2, sort_keys=True) + "\n").encode()
-        comps.append(DesiredComponent(comp.name, comp.role, files, artifact, filled, adopt=comp.adopt))
+        comps.append(DesiredComponent(comp.name, comp.role, files, artifact, filled, adopt=comp.adopt,
+                                      own_namespaces=comp.own_namespaces))  # fmt: skip
     components = tuple(comps)
     return DesiredUnit(
         environment=env.name,
@@ -308,16 +312,21 @@ def _sourced(
 ) -> dict[str, bytes]:
     """The files of a ``manifests`` directory (named by their path below it, ``/`` written ``--``), or the rendered
     overlay of a ``kustomize`` component (``<overlay directory name>.yaml``) with the release's image set."""
+    source = comp.manifests or comp.kustomize
+    chosen = source
+    if "${" in source:  # one directory per environment (overlays/${env.stage})
+        chosen = rendered(fill_template(app.origin.path, source.encode(), values)).decode()
+        if chosen not in comp.overlays:
+            noun, nouns = ("directory", "directories") if comp.manifests else ("overlay", "overlays")
+            what = "manifests" if comp.manifests else "kustomize"
+            found = ", ".join(comp.overlays) or "none"
+            message = f"component {comp.name}: no {noun} {chosen} ({what}: {source}; {nouns} found: {found})"
+            raise RenderError(Problem(app.origin.path, app.origin.line, message))
     if comp.manifests:
-        prefix = "" if comp.manifests == "." else f"{comp.manifests}/"
-        return {p.removeprefix(prefix).replace("/", "--"): read(p) for p in comp.sources}
-    overlay = comp.kustomize
-    if "${" in overlay:  # one overlay per environment (overlays/${env.stage})
-        overlay = rendered(fill_template(app.origin.path, overlay.encode(), values)).decode()
-    if overlay not in comp.overlays:
-        known = ", ".join(comp.overlays) or "none"
-        raise RenderError(Problem(app.origin.path, app.origin.line, f"component {comp.name}: no overlay {overlay} "
-                                  f"(kustomize: {comp.kustomize}; overlays found: {known})"))  # fmt: skip
+        files = comp.overlays[chosen] if "${" in source else comp.sources
+        prefix = "" if chosen == "." else f"{chosen}/"
+        return {p.removeprefix(prefix).replace("/", "--"): read(p) for p in files}
+    overlay = chosen
     rc = release.components.get(comp.name)
     entry = image_entry(rc.image, rc.digest) if rc else None
     data = render_overlay(overlay, comp.overlays[overlay], read, build, [entry] if entry else [])

@@ -82,6 +82,16 @@ class LoadResult:
         return sort_problems(list(dict.fromkeys(self.problems)) + grouped)
 
 
+def _yaml_under(directory: str, paths: set[str]) -> tuple[str, ...]:
+    prefix = "" if directory == "." else f"{directory}/"
+    return tuple(sorted(p for p in paths if p.startswith(prefix) and p.endswith((".yaml", ".yml", ".json"))))
+
+
+def _ancestors(path: str) -> list[str]:
+    parts = path.split("/")[:-1]
+    return ["/".join(parts[:n]) for n in range(1, len(parts))]
+
+
 def _environments(names: list[str], shown: int = 3) -> str:
     if len(names) == 1:
         return f"environment {names[0]}"
@@ -187,14 +197,19 @@ class _Builder:
             directory = join_inside(posixpath.dirname(doc.path), ref)
         except PathEscapes as exc:
             return (), (Problem(doc.path, doc.line(where), str(exc)),)
-        prefix = "" if directory == "." else f"{directory}/"
         if key == "kustomize":
             return self._overlays(doc, i, ref, directory, paths)
-        files = tuple(sorted(p for p in paths if p.startswith(prefix) and p.endswith((".yaml", ".yml", ".json"))))
-        if not files:
+        found = {directory: _yaml_under(directory, paths)}
+        if "${" in directory:  # one directory per environment (rendered/${env.stage})
+            shape = re.compile("/".join("[^/]+" if "${" in seg else re.escape(seg) for seg in directory.split("/")))
+            dirs = {d for p in paths for d in (posixpath.dirname(p), *_ancestors(p)) if shape.fullmatch(d)}
+            found = {d: _yaml_under(d, paths) for d in sorted(dirs)}
+            for d, files in found.items():
+                self.overlays[(doc.path, doc.index, i, d)] = files
+        if not any(found.values()):
             return (), (Problem(doc.path, doc.line(where), f"manifests directory {ref!r} has no YAML file "
                                 f"(looked in {directory})"),)  # fmt: skip
-        return files, ()
+        return tuple(sorted({f for files in found.values() for f in files})), ()
 
     def _overlays(
         self, doc: Document, i: int, ref: str, directory: str, paths: set[str]
@@ -301,6 +316,7 @@ class _Builder:
                         o: f for (p, d, c, o), f in self.overlays.items() if (p, d, c) == (doc.path, doc.index, i)
                     },
                     substitute=comp.get("substitute") is True,
+                    own_namespaces=comp.get("ownNamespaces") is True,
                     sources=sources,
                 )
             )

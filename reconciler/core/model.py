@@ -55,6 +55,9 @@ class Component:
     overlays: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # kustomize: overlay dir -> files it reads
     substitute: bool = False  # fill ``${...}`` in ``manifests`` files / the rendered overlay (templates always are)
     sources: tuple[str, ...] = ()  # every repo file a manifests/kustomize component reads (found at load time)
+    own_namespaces: bool = (
+        False  # kubernetes: its Namespace objects are ours (updated, drift-repaired), not just ensured
+    )
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,7 @@ def crd_resources(planned_docs: Sequence[dict[str, Any]]) -> dict[tuple[str, str
 
 
 def summary(counts: Counter[str], notes: Sequence[str]) -> str:
-    order = ("created", "configured", "unchanged", "pruned")
+    order = ("created", "configured", "unchanged", "kept", "pruned")
     text = ", ".join(f"{counts[k]} {k}" for k in order if counts[k]) or "nothing to do"
     return text + "".join(f"; {n}" for n in notes)
 

@@ -134,6 +134,7 @@ class Planned:
     component: str
     new_kind: bool = False  # defined by a CRD of the same unit (may not be served yet)
     adopt: bool = False  # may be taken over if it exists and is not ours (component ``adopt`` or the annotation)
+    ensure: bool = False  # a Namespace of a component that does not own its namespaces: created if missing, else kept
 
     @property
     def rank(self) -> int:
@@ -258,6 +259,7 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
         from_crds = crd_resources([d.body for d in docs])
         default_ns = unit.parameters.get("namespace")
         adopting = {c.name for c in unit.components if c.adopt}
+        owning = {c.name for c in unit.components if c.own_namespaces}
         seen: dict[tuple[str, str, str, str], str] = {}
         planned: list[Planned] = []
         for doc in docs:
@@ -288,8 +290,10 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
             seen[ref.identity] = doc.source
             normalize(body)
             adopt = doc.component in adopting or wants_adoption(body)
-            mark(body, owner, doc.component, unit.version, unit.fingerprint)
-            planned.append(Planned(ref, resource, body, doc.source, doc.component, new_kind, adopt))
+            ensure = (ref.group, ref.kind) == ("", "Namespace") and doc.component not in owning
+            if not ensure:  # (an ensured Namespace is never ours: it carries no marks)
+                mark(body, owner, doc.component, unit.version, unit.fingerprint)
+            planned.append(Planned(ref, resource, body, doc.source, doc.component, new_kind, adopt, ensure))
         return sorted(planned, key=lambda p: p.rank)  # stable: file order within a rank
 
     def _check_allowed(self, ref: Ref, resource: Resource, source: str) -> None:
@@ -484,7 +488,7 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
                 batch = [step for step in steps if step.planned.rank == rank]
                 for step in batch:
                     p = step.planned
-                    if step.action == "unchanged":
+                    if step.action in ("unchanged", "kept"):
                         live = step.live or {}
                     else:
                         attempted.append(p)
@@ -496,6 +500,8 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
                             rv = (step.live or {}).get("metadata", {}).get("resourceVersion")
                             step.action = "unchanged" if live["metadata"].get("resourceVersion") == rv else "configured"
                     counts[step.action] += 1
+                    if p.ensure:  # not ours: not recorded, never pruned, never checked for drift
+                        continue
                     fields, state = digests(live, self.field_manager)
                     entries.append(Entry(p.ref, p.component, fields, state, p.ref.identity in adopted))
                 if rank == 0:  # CRDs: wait until they serve their kinds
@@ -579,6 +585,9 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
         steps: list[Step] = []
         for p in planned:
             live = self._read(session, p.resource, p.ref, p.source)
+            if p.ensure:  # created when missing, otherwise left exactly as it is, whoever made it
+                steps.append(Step(p, "created" if live is None else "kept", live))
+                continue
             theirs = owner_of(live) if live is not None else None
             if theirs is not None and theirs != owner:
                 raise PermanentError(
@@ -600,11 +609,11 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
                 steps.append(Step(p, "unchanged", live))
             else:
                 steps.append(Step(p, "apply", live))
-        if not dry_run and sum(1 for s in steps if s.action != "unchanged") <= 1:
+        if not dry_run and sum(1 for s in steps if s.action not in ("unchanged", "kept")) <= 1:
             return steps
         creating = {(p.ref.group, p.ref.kind, p.ref.name) for p in planned}
         for step in steps:
-            if step.action == "unchanged":
+            if step.action in ("unchanged", "kept"):
                 continue
             p, live = step.planned, step.live
             try:
@@ -676,7 +685,7 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
         creates = [s.planned.ref for s in steps if s.action == "created"]
         adopts = [s.planned.ref for s in steps if s.adopting]
         configures = [s.planned.ref for s in steps if s.action == "configured"]
-        unchanged = sum(1 for s in steps if s.action == "unchanged")
+        unchanged = sum(1 for s in steps if s.action in ("unchanged", "kept"))
         prunes, notes = self.store.prune(owner, stale, dry_run=True)
         parts = [
             f"{verb} {len(refs)} ({names(refs)})"

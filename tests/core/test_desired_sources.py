@@ -61,3 +61,20 @@ def test_one_overlay_per_stage_and_a_stage_without_one_is_named() -> None:
     with pytest.raises(RenderError, match=r"applications/ref/k/dev/kustomization.yaml: Kustomize overlays are not "
                        r"rendered here"):  # fmt: skip
         _unit("kustomize: k/${env.stage}", extra)
+
+
+def test_one_manifests_directory_per_stage() -> None:
+    extra = {
+        "applications/ref/rendered/dev/web.yaml": CM,
+        "applications/ref/rendered/production/web.yaml": b"kind: P\n",
+    }
+    assert _unit("manifests: rendered/${env.stage}", extra).files() == {"api/web.yaml": CM}
+    assert _unit("manifests: rendered/${env.stage}", extra, env="lille-production").files() == {
+        "api/web.yaml": b"kind: P\n"
+    }
+    with pytest.raises(RenderError, match=r"component api: no directory applications/ref/rendered/production "
+                       r"\(manifests: applications/ref/rendered/\$\{env.stage\}; directories found: "
+                       r"applications/ref/rendered/dev\)"):  # fmt: skip
+        _unit(
+            "manifests: rendered/${env.stage}", {"applications/ref/rendered/dev/web.yaml": CM}, env="lille-production"
+        )

@@ -191,14 +191,16 @@ def test_records_of_a_batch_that_raises_are_still_written(driver: KubernetesDriv
 
 
 def test_a_refused_single_object_leaves_nothing(driver: KubernetesDriver, api: KubeApi, ns: str) -> None:
-    """One object is applied without a dry-run: a refusal (422) writes nothing, and no record is left behind."""
+    """One object is applied without a dry-run: a refusal (422) writes nothing and records no application; the
+    pending scope written before the attempt stays (so its retries write nothing: issue 17's retry churn)."""
     bad = deployment("web").replace(b"matchLabels: {app: web}", b"matchLabels: {app: other}")
     with pytest.raises(PermanentError) as caught:
         driver.apply(unit(ns, {"d.yaml": bad}))
     message = str(caught.value)
     assert "api/d.yaml:1" in message and "Deployment" in message and "is invalid" in message, message
     assert api.get(f"/apis/apps/v1/namespaces/{ns}/deployments/web") is None
-    assert driver.observe(ns, "shop") is None and api.get(inventory_path(ns)) is None
+    assert driver.observe(ns, "shop") is None and inventory_record(api, ns) is None
+    assert header(api, ns)["pending"] == [["apps/v1", "Deployment", ns]]
 
 
 def test_an_object_changed_by_our_own_field_manager_is_not_taken_as_unchanged(

@@ -6,21 +6,26 @@ objects carry the release's image."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from reconciler.core.config import ControllerConfig
+from reconciler.core.desired import DesiredComponent, DesiredUnit, fingerprint
 from reconciler.core.loader import load_repo
 from reconciler.core.plan import Phase
 from reconciler.core.tree import MemoryTree
-from reconciler.drivers.k8s_api import KubeApi
+from reconciler.core.problems import PermanentError
+from reconciler.drivers.k8s_api import MERGE_PATCH, KubeApi
+from reconciler.drivers.k8s_objects import LABEL_MANAGED_BY
 from reconciler.drivers.kubernetes import KubernetesDriver
 from reconciler.engine.reconcile import EnvOutcome, Job, reconcile_environment
 from reconciler.engine.targets import DriverPool
 from reconciler.source.kustomize import KubectlKustomize
 from tests.drivers import k8s_support
-from tests.drivers.k8s_support import TARGET, get
+from tests.drivers.k8s_support import TARGET, get, new_namespace
 
 api = k8s_support.api  # fixture
 driver = k8s_support.driver  # fixture
@@ -151,3 +156,44 @@ def test_hydrated_helm_output_and_a_kustomize_overlay_apply_and_stay_applied(
     second = reconcile(repo_files(ns), ns, pool, build)
     assert not second.changed and second.phase is first.phase, second.message
     assert build.runs == 1  # the overlay was rendered once: the second reconcile used the cache
+
+
+def _namespace_unit(env: str, namespace: str, own: bool, labels: str = "team: a") -> Any:
+    text = f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n  labels: {{{labels}}}\n---\n"
+    text += f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: {namespace}\ndata: {{k: v}}\n"
+    comp = DesiredComponent("api", "kubernetes", {"all.yaml": text.encode()}, own_namespaces=own)
+    return DesiredUnit(env, "shop", "1.0", TARGET, (comp,), {"namespace": namespace},
+                       fingerprint(((comp,)), "1.0"))  # fmt: skip
+
+
+def test_a_namespace_is_only_ensured_unless_the_component_owns_it(driver: KubernetesDriver, api: KubeApi) -> None:
+    """Issue 17: a component whose manifests include a Namespace (Flux test1, most public example apps) does not
+    take over one that exists (the platform team's), and one it creates is not its own either: no marks, not in the
+    inventory, never updated. With ``ownNamespaces`` the Namespace is managed like the other objects."""
+    foreign = new_namespace(api, "plat")
+    api.request("PATCH", f"/api/v1/namespaces/{foreign}", body={"metadata": {"labels": {"owner": "platform"}}},
+                content_type=MERGE_PATCH)  # fmt: skip
+    result = driver.apply(_namespace_unit(foreign, foreign, own=False))
+    assert "1 created, 1 kept" in result.message, result.message
+    live = get(api, f"/api/v1/namespaces/{foreign}")
+    assert (
+        live is not None
+        and live["metadata"]["labels"].get("owner") == "platform"
+        and "team" not in live["metadata"]["labels"]
+    )
+    assert not driver.apply(_namespace_unit(foreign, foreign, own=False)).changed
+    fresh = f"fresh-{uuid.uuid4().hex[:8]}"
+    driver.apply(_namespace_unit(fresh, fresh, own=False))
+    created = get(api, f"/api/v1/namespaces/{fresh}")
+    assert created is not None and LABEL_MANAGED_BY not in created["metadata"].get("labels", {})
+    with pytest.raises(PermanentError, match=rf"Namespace/{foreign} exists, not managed by reconciler"):
+        driver.apply(_namespace_unit(foreign + "-own", foreign, own=True))
+    owned = f"owned-{uuid.uuid4().hex[:8]}"
+    driver.apply(_namespace_unit(owned, owned, own=True))
+    mine = get(api, f"/api/v1/namespaces/{owned}")
+    assert mine is not None and mine["metadata"]["labels"][LABEL_MANAGED_BY] == "reconciler"
+    driver.apply(_namespace_unit(owned, owned, own=True, labels="team: b"))
+    relabelled = get(api, f"/api/v1/namespaces/{owned}")
+    assert relabelled is not None and relabelled["metadata"]["labels"]["team"] == "b"  # ours: updated
+    driver.remove(owned, "shop")
+    assert get(api, f"/api/v1/namespaces/{owned}") is not None  # never deleted, owned or not
