@@ -142,8 +142,13 @@ def measure(runs: int, concurrency: int, root: Path) -> dict[str, Any]:
 def _figure(runs: list[tuple[float, float, int]]) -> dict[str, Any]:
     seconds = statistics.median(r[0] for r in runs)
     floor_s = statistics.median(r[1] for r in runs)
-    return {"seconds": round(seconds, 2), "floor_seconds": round(floor_s, 2), "renders": runs[0][2],
-            "over_floor_seconds": round(seconds - floor_s, 2), "runs": [[round(a, 2), round(b, 2), n] for a, b, n in runs]}  # fmt: skip
+    return {
+        "seconds": round(seconds, 2),
+        "floor_seconds": round(floor_s, 2),
+        "renders": runs[0][2],
+        "over_floor_seconds": round(seconds - floor_s, 2),
+        "runs": [[round(a, 2), round(b, 2), n] for a, b, n in runs],
+    }
 
 
 def main() -> int:

@@ -16,8 +16,8 @@ from reconciler.core.config import ControllerConfig
 from reconciler.core.desired import DesiredComponent, DesiredUnit, fingerprint
 from reconciler.core.loader import load_repo
 from reconciler.core.plan import Phase
-from reconciler.core.tree import MemoryTree
 from reconciler.core.problems import PermanentError
+from reconciler.core.tree import MemoryTree
 from reconciler.drivers.k8s_api import MERGE_PATCH, KubeApi
 from reconciler.drivers.k8s_objects import LABEL_MANAGED_BY
 from reconciler.drivers.kubernetes import KubernetesDriver
