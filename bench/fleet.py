@@ -123,7 +123,7 @@ class BenchFleet:
         lines[hits[0]] = f"{prefix}{version}\n"
         path.write_text("".join(lines))
 
-    def find_bump(self, stage: str = "dev") -> Bump:
+    def find_bump(self, stage: str = "dev", among: set[str] | None = None) -> Bump:
         """An application of ``stage`` with a second release that keeps the repo valid (no ``requires`` broken)."""
         from reconciler.core.loader import load_repo
         from reconciler.source.fstree import DirectoryTree
@@ -133,6 +133,8 @@ class BenchFleet:
             raise RuntimeError("the benchmark fleet does not load")
         current = repo.stages[stage].releases
         for app, version in sorted(current.items()):
+            if among is not None and app not in among:
+                continue
             others = sorted(v for (a, v) in repo.releases if a == app and v != version)
             envs = [e.name for e in repo.environments.values() if repo.desired_versions(e).get(app) == version]
             if not others or not envs:

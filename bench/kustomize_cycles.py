@@ -3,7 +3,8 @@
 ``python -m bench.kustomize_cycles [--runs N] [--out FILE]``: the committed example fleet (235 environments, 60
 applications) with every Kubernetes component turned into a Kustomize base (its three templates, the image named
 without a tag) and one overlay per stage (``kustomize: kustomize/overlays/${env.stage}``, ``substitute: true``), in
-a real Git repository, local targets. Measured, each the median of ``--runs``: the cold cycle (a new controller:
+a real Git repository, local targets; the same fleet with its templates is measured beside it. Measured, each the
+median of ``--runs``: the cold cycle (a new controller:
 empty render cache, empty targets) and the incremental cycle (one release bumped in one stage). The floor of each
 is the same ``kubectl kustomize`` renders alone: every distinct (overlay, wrapper) the cycle rendered, run through a
 fresh renderer with the controller's concurrency. The cycle minus its floor is what the controller adds.
@@ -27,7 +28,8 @@ import yaml
 from bench.fleet import BenchFleet
 from reconciler.commands.common import load_config
 from reconciler.commands.run import build_controller
-from reconciler.engine.controller import Controller
+from reconciler.core.plan import Phase
+from reconciler.engine.controller import Controller, CycleReport
 from reconciler.source.kustomize import KubectlKustomize
 
 K = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
@@ -46,16 +48,19 @@ class Recording:
         return self.inner(files, overlay, wrapper)
 
 
-def kustomized(work: Path) -> int:
-    """Turn every templated Kubernetes component of the fleet in ``work`` into a base + 5 overlays; how many."""
+def kustomized(work: Path) -> set[str]:
+    """Turn every templated Kubernetes component of the fleet in ``work`` into a base + 5 overlays; the
+    applications changed."""
     images = _images(work)
-    count = 0
+    apps: set[str] = set()
     for app_file in sorted(work.glob("applications/*/application.yaml")):
         doc = yaml.safe_load(app_file.read_text())
         changed = False
         for comp in doc["spec"]["components"]:
-            if "templates" not in comp:
+            if "templates" not in comp or comp["target"] != "kubernetes":
                 continue
+            if any("sops:" in (app_file.parent / t).read_text() for t in comp["templates"]):
+                continue  # (a SOPS-encrypted Secret stays a template: decrypted per file at apply time)
             base = app_file.parent / "kustomize" / comp["name"] / "base"
             base.mkdir(parents=True)
             for template in comp.pop("templates"):
@@ -72,11 +77,10 @@ def kustomized(work: Path) -> int:
             comp["kustomize"] = f"kustomize/{comp['name']}/overlays/${{env.stage}}"
             comp["substitute"] = True
             changed = True
-            count += 1
+            apps.add(doc["metadata"]["name"])
         if changed:
-            shutil.rmtree(app_file.parent / "templates", ignore_errors=True)
             app_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return count
+    return apps
 
 
 def _images(work: Path) -> dict[tuple[str, str], str]:
@@ -110,11 +114,14 @@ def floor(calls: Mapping[tuple[str, bytes, tuple[str, ...]], Mapping[str, bytes]
     return time.perf_counter() - started
 
 
-def measure(runs: int, concurrency: int, root: Path) -> dict[str, Any]:
+def measure(runs: int, concurrency: int, root: Path, overlays: bool) -> dict[str, Any]:
+    """The cold and incremental figures of the example fleet, its Kubernetes components as Kustomize overlays
+    (``overlays``) or as the templates it has."""
     fleet = BenchFleet(root, 35, 60)
-    components = kustomized(fleet.work)
-    fleet.commit("Kubernetes components as Kustomize overlays")
-    bump = fleet.find_bump("dev")
+    apps = kustomized(fleet.work) if overlays else set()
+    if overlays:
+        fleet.commit("Kubernetes components as Kustomize overlays")
+    bump = fleet.find_bump("dev", among=apps or None)
     cold: list[tuple[float, float, int]] = []
     incremental: list[tuple[float, float, int]] = []
     for run in range(runs):
@@ -122,8 +129,7 @@ def measure(runs: int, concurrency: int, root: Path) -> dict[str, Any]:
         started = time.perf_counter()
         report = controller.cycle("manual")
         seconds = time.perf_counter() - started
-        if report.source_error or report.invalid:
-            raise RuntimeError(f"cold cycle failed: {report.source_error or report.invalid[:3]}")
+        _check(report, "cold")
         cold.append((seconds, floor(recording.calls, concurrency), len(recording.calls)))
         recording.calls.clear()
         fleet.set_version(bump, bump.versions[(run + 1) % 2])
@@ -131,12 +137,18 @@ def measure(runs: int, concurrency: int, root: Path) -> dict[str, Any]:
         started = time.perf_counter()
         report = controller.cycle("poll")
         seconds = time.perf_counter() - started
-        if report.source_error or report.invalid:
-            raise RuntimeError(f"incremental cycle failed: {report.source_error or report.invalid[:3]}")
+        _check(report, "incremental")
         incremental.append((seconds, floor(recording.calls, concurrency), len(recording.calls)))
         controller.close()
-    return {"components": components, "bump": f"{bump.application} in {bump.stage}", "concurrency": concurrency,
+    return {"kustomize_applications": len(apps), "bump": f"{bump.application} in {bump.stage}",
             "cold": _figure(cold), "incremental": _figure(incremental)}  # fmt: skip
+
+
+def _check(report: CycleReport, what: str) -> None:
+    bad = [f"{o.environment}: {o.phase}: {o.message}" for o in report.outcomes.values()
+           if o.phase not in (Phase.SYNCED, Phase.BLOCKED)]  # fmt: skip
+    if report.source_error or report.invalid or bad:
+        raise RuntimeError(f"{what} cycle failed: {report.source_error or report.invalid[:3] or bad[:3]}")
 
 
 def _figure(runs: list[tuple[float, float, int]]) -> dict[str, Any]:
@@ -157,8 +169,10 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-kustomize-") as tmp:
-        result = measure(args.runs, args.concurrency, Path(tmp))
+    result: dict[str, Any] = {"concurrency": args.concurrency, "runs": args.runs}
+    for shape, overlays in (("kustomize", True), ("templates", False)):
+        with tempfile.TemporaryDirectory(prefix=f"bench-{shape}-") as tmp:
+            result[shape] = measure(args.runs, args.concurrency, Path(tmp), overlays)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -65,26 +65,52 @@ def kustomization_file(directory: str, paths: Collection[str]) -> str | None:
     return None
 
 
-def closure(overlay: str, paths: Collection[str], read: Callable[[str], bytes]) -> Closure:
-    """The files ``overlay`` (a repo directory) reads, and every reason it may not be rendered."""
-    walk = _Walk(paths, read)
+def directories(paths: Collection[str]) -> set[str]:
+    """Every directory of ``paths`` (repo paths of files), ``""`` for the root."""
+    found = {""}
+    for path in paths:
+        directory = posixpath.dirname(path)
+        while directory not in found:
+            found.add(directory)
+            directory = posixpath.dirname(directory)
+    return found
+
+
+def closure(
+    overlay: str,
+    paths: Collection[str],
+    read: Callable[[str], bytes],
+    dirs: set[str] | None = None,
+    parsed: dict[str, list[Document] | YamlError] | None = None,
+    size: Callable[[str], int] | None = None,
+) -> Closure:
+    """The files ``overlay`` (a repo directory) reads, and every reason it may not be rendered. ``dirs`` (see
+    :func:`directories`) and ``parsed`` (kustomization files as parsed) may be shared by the closures of one load;
+    ``size`` gives a file's size without reading it."""
+    walk = _Walk(paths, read, directories(paths) if dirs is None else dirs, {} if parsed is None else parsed)
     walk.directory(overlay, None)
-    size = sum(len(read(p)) for p in walk.files)
-    if len(walk.files) > MAX_FILES or size > MAX_BYTES:
+    total = sum(size(p) if size is not None else len(read(p)) for p in walk.files)
+    if len(walk.files) > MAX_FILES or total > MAX_BYTES:
         limit = f"over the limit of {MAX_FILES} files, {MAX_BYTES} bytes"
         walk.problems.append(
-            Problem(overlay, None, f"the overlay reads {len(walk.files)} files, {size} bytes: {limit}")
+            Problem(overlay, None, f"the overlay reads {len(walk.files)} files, {total} bytes: {limit}")
         )
     problems = sorted(walk.problems, key=lambda p: (p.path, p.line or 0))
     return Closure(tuple(sorted(walk.files)), tuple(problems))
 
 
 class _Walk:
-    def __init__(self, paths: Collection[str], read: Callable[[str], bytes]) -> None:
+    def __init__(
+        self,
+        paths: Collection[str],
+        read: Callable[[str], bytes],
+        dirs: set[str],
+        parsed: dict[str, list[Document] | YamlError],
+    ) -> None:
         self.paths = paths
         self.read = read
-        self.dirs = {posixpath.dirname(p) for p in paths}
-        self.dirs |= {d for p in self.dirs for d in _parents(p)}
+        self.dirs = dirs
+        self.parsed = parsed
         self.files: set[str] = set()
         self.seen: set[str] = set()
         self.problems: list[Problem] = []
@@ -100,10 +126,14 @@ class _Walk:
                                  if named_by else Problem(directory or ".", None, message))  # fmt: skip
             return
         self.files.add(found)
-        try:
-            docs = [d for d in parse_documents(found, self.read(found)) if d.data is not None]
-        except YamlError as exc:
-            self.problems.append(Problem(found, exc.line, exc.message))
+        if found not in self.parsed:
+            try:
+                self.parsed[found] = [d for d in parse_documents(found, self.read(found)) if d.data is not None]
+            except YamlError as exc:
+                self.parsed[found] = exc
+        docs = self.parsed[found]
+        if isinstance(docs, YamlError):
+            self.problems.append(Problem(found, docs.line, docs.message))
             return
         if len(docs) != 1 or not isinstance(docs[0].data, dict):
             self.problems.append(Problem(found, None, "a kustomization file holds one mapping"))
@@ -205,12 +235,6 @@ def _items(data: Mapping[str, Any], key: str) -> Iterator[tuple[tuple[str | int,
     value = data.get(key)
     if isinstance(value, list):
         yield from (((key, i), v) for i, v in enumerate(value) if isinstance(v, dict))
-
-
-def _parents(path: str) -> Iterator[str]:
-    while path:
-        path = posixpath.dirname(path)
-        yield path
 
 
 def image_entry(image: str, digest: str = "") -> dict[str, str] | None:

@@ -22,7 +22,7 @@ from typing import Any
 from reconciler.core import schemas
 from reconciler.core.durations import DurationError, parse_duration
 from reconciler.core.expand import ExpansionError, expand
-from reconciler.core.kustomize import KUSTOMIZATION_FILES, closure, kustomization_file
+from reconciler.core.kustomize import KUSTOMIZATION_FILES, closure, directories, kustomization_file
 from reconciler.core.model import (
     API_VERSION,
     AbsoluteWindow,
@@ -46,7 +46,7 @@ from reconciler.core.model import (
 from reconciler.core.plaintext import plaintext_secrets_cached
 from reconciler.core.problems import Problem, sort_problems
 from reconciler.core.tree import PathEscapes, SourceTree, is_manifest_path, join_inside
-from reconciler.core.yamlsafe import DEFAULT_MAX_FILE_SIZE, Document, parse_file, scalar_text
+from reconciler.core.yamlsafe import DEFAULT_MAX_FILE_SIZE, Document, YamlError, parse_file, scalar_text
 
 
 @dataclass(frozen=True)
@@ -82,14 +82,20 @@ class LoadResult:
         return sort_problems(list(dict.fromkeys(self.problems)) + grouped)
 
 
+def _under_any(path: str, roots: set[str]) -> bool:
+    """``path`` is in one of the directories ``roots`` or below it."""
+    directory = posixpath.dirname(path)
+    while True:
+        if directory in roots:
+            return True
+        if not directory:
+            return False
+        directory = posixpath.dirname(directory)
+
+
 def _yaml_under(directory: str, paths: set[str]) -> tuple[str, ...]:
     prefix = "" if directory == "." else f"{directory}/"
     return tuple(sorted(p for p in paths if p.startswith(prefix) and p.endswith((".yaml", ".yml", ".json"))))
-
-
-def _ancestors(path: str) -> list[str]:
-    parts = path.split("/")[:-1]
-    return ["/".join(parts[:n]) for n in range(1, len(parts))]
 
 
 def _environments(names: list[str], shown: int = 3) -> str:
@@ -127,6 +133,8 @@ class _Builder:
         self.parsed: dict[tuple[str, str, int], Parsed] = {}
         self.expanded: dict[tuple[int, int], tuple[Document, list[Environment | Problem]]] = {}
         self.sources: dict[tuple[str, int, int], tuple[tuple[str, ...], tuple[Problem, ...]]] = {}
+        self.dirs: set[str] | None = None  # every directory of the tree (component sources), once per load
+        self.kustomizations: dict[str, list[Document] | YamlError] = {}  # kustomization files parsed in this load
         self.overlays: dict[tuple[str, int, int, str], tuple[str, ...]] = {}  # (file, doc, component, dir) -> files
 
     def error(self, doc: Document, where: tuple[str | int, ...], message: str) -> None:
@@ -183,7 +191,7 @@ class _Builder:
                 aside.update(found[0])
         roots = {posixpath.dirname(p) for p in aside if posixpath.basename(p) in KUSTOMIZATION_FILES}
         if roots:  # files beside an overlay's or a base's kustomization are not manifests either, read or not
-            aside |= {p for p in (paths or ()) if any(p.startswith(f"{r}/") or not r for r in roots)}
+            aside |= {p for p in (paths or ()) if _under_any(p, roots)}
         if not aside:
             return docs
         self.problems = [p for p in self.problems if p.path not in aside]
@@ -202,8 +210,8 @@ class _Builder:
         found = {directory: _yaml_under(directory, paths)}
         if "${" in directory:  # one directory per environment (rendered/${env.stage})
             shape = re.compile("/".join("[^/]+" if "${" in seg else re.escape(seg) for seg in directory.split("/")))
-            dirs = {d for p in paths for d in (posixpath.dirname(p), *_ancestors(p)) if shape.fullmatch(d)}
-            found = {d: _yaml_under(d, paths) for d in sorted(dirs)}
+            self.dirs = directories(paths) if self.dirs is None else self.dirs
+            found = {d: _yaml_under(d, paths) for d in sorted(self.dirs) if shape.fullmatch(d)}
             for d, files in found.items():
                 self.overlays[(doc.path, doc.index, i, d)] = files
         if not any(found.values()):
@@ -219,8 +227,8 @@ class _Builder:
         where = ("spec", "components", i, "kustomize")
         if "${" in directory:
             shape = re.compile("/".join("[^/]+" if "${" in seg else re.escape(seg) for seg in directory.split("/")))
-            dirs = {posixpath.dirname(p) for p in paths}
-            found = sorted(d for d in dirs if shape.fullmatch(d) and kustomization_file(d, paths))
+            self.dirs = directories(paths) if self.dirs is None else self.dirs
+            found = sorted(d for d in self.dirs if shape.fullmatch(d) and kustomization_file(d, paths))
             if not found:
                 return (), (Problem(doc.path, doc.line(where), f"no overlay matches {ref!r} (looked for {directory} "
                                     "directories holding a kustomization.yaml)"),)  # fmt: skip
@@ -230,8 +238,10 @@ class _Builder:
             found = [directory]
         files: set[str] = set()
         problems: list[Problem] = []
+        if self.dirs is None:
+            self.dirs = directories(paths)
         for overlay in found:
-            walked = closure(overlay, paths, self.tree.read)
+            walked = closure(overlay, paths, self.tree.read, self.dirs, self.kustomizations, self.tree.size)
             self.overlays[(doc.path, doc.index, i, overlay)] = walked.files
             files.update(walked.files)
             problems.extend(walked.problems)
@@ -552,24 +562,28 @@ _PARSED: dict[tuple[str, str, int], Parsed] = {}
 # EnvironmentSets of the last load, expanded, by (id of their parsed document, limit): a set whose file did not
 # change is the same document object (from _PARSED), and expands to the same environments and problems
 _EXPANDED: dict[tuple[int, int], tuple[Document, list[Environment | Problem]]] = {}
+# kustomization files of the last load, parsed, by (path, digest): overlays whose files did not change
+_KUSTOMIZED: dict[tuple[str, str], list[Document] | YamlError] = {}
 
 
 def forget_last_load() -> None:
     """Drop what the last load parsed and expanded: the next load reads every file (benchmarks of a load from
     scratch; the controller never needs it)."""
-    global _PARSED, _EXPANDED
-    _PARSED, _EXPANDED = {}, {}
+    global _PARSED, _EXPANDED, _KUSTOMIZED
+    _PARSED, _EXPANDED, _KUSTOMIZED = {}, {}, {}
 
 
 def load_repo(tree: SourceTree, limits: Limits | None = None) -> LoadResult:
     """Load and validate ``tree``. Never raises for bad input: every finding is a :class:`Problem`."""
-    global _PARSED, _EXPANDED
+    global _PARSED, _EXPANDED, _KUSTOMIZED
     from reconciler.core.validate import validate_repo
 
     builder = _Builder(tree, limits or Limits())
     docs, files = builder.read_documents()
     _PARSED = builder.parsed  # what this load read: the cache of the next
+    builder.kustomizations = {p: v for (p, d), v in _KUSTOMIZED.items() if p in tree and tree.digest(p) == d}
     docs = builder.set_sources_aside(docs)
+    _KUSTOMIZED = {(p, tree.digest(p)): v for p, v in builder.kustomizations.items()}
     for doc in docs:
         builder.dispatch(doc)
     _EXPANDED = builder.expanded

@@ -53,23 +53,34 @@ class KubectlKustomize:
         self.cache_size = cache_size
         self.runs = 0  # kubectl processes started (benches, tests)
         self._cache: OrderedDict[str, bytes | KustomizeError] = OrderedDict()
+        self._running: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
     def __call__(self, files: Mapping[str, bytes], overlay: str, wrapper: bytes) -> bytes:
         key = _key(files, overlay, wrapper)
-        with self._lock:
-            found = self._cache.get(key)
-            if found is not None:
-                self._cache.move_to_end(key)
+        while True:  # one render per key at a time: the other workers asking for it wait for its result
+            with self._lock:
+                found = self._cache.get(key)
+                if found is not None:
+                    self._cache.move_to_end(key)
+                    break
+                running = self._running.get(key)
+                if running is None:
+                    running = self._running[key] = threading.Event()
+                    break
+            running.wait()
         if found is None:
             try:
                 found = self._render(files, overlay, wrapper)
             except KustomizeError as exc:
                 found = exc
-            with self._lock:
-                self._cache[key] = found
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+            finally:
+                with self._lock:
+                    if found is not None:
+                        self._cache[key] = found
+                    while len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
+                    self._running.pop(key).set()
         if isinstance(found, KustomizeError):
             raise KustomizeError(str(found)) from found
         return found

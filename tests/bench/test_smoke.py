@@ -110,3 +110,30 @@ def test_the_throughput_bench_runs_an_environment_again_after_a_transient_failur
     result = settled(lambda: answers.pop(0), retried)
     assert (len(answers), retried) == (2 - runs, noted)
     assert result.phase is (Phase.SYNCED if runs == 2 else first.phase)
+
+
+def test_the_kustomize_bench_fleet_is_the_example_with_overlays(tmp_path: Path) -> None:
+    """bench/kustomize_cycles.py: every templated Kubernetes component (not the SOPS-encrypted one) becomes a base
+    and 5 overlays, and the fleet still loads and renders."""
+    import shutil
+
+    from bench.kustomize_cycles import kustomized
+    from reconciler.core.desired import render_unit
+    from reconciler.core.loader import load_repo
+    from reconciler.source.fstree import DirectoryTree
+    from reconciler.source.kustomize import KubectlKustomize
+
+    work = tmp_path / "fleet"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples" / "releases-repo", work)
+    apps = kustomized(work)
+    assert len(apps) == 39 and "annuaire-agents" not in apps  # (annuaire-agents has its own overlays already)
+    tree = DirectoryTree.scan(work)
+    result = load_repo(tree)
+    assert result.ok and result.repo is not None, result.all_problems()[:3]
+    repo = result.repo
+    env = repo.environments["lille-dev"]
+    app = repo.applications["gateway-api"]
+    release = repo.releases[("gateway-api", repo.desired_versions(env)["gateway-api"])]
+    unit = render_unit(repo, env, app, release, env.targets["kubernetes"], tree.read, KubectlKustomize())
+    text = unit.files()["api/dev.yaml"].decode()
+    assert f"image: {release.components['api'].image}" in text and "${" not in text

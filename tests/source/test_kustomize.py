@@ -104,3 +104,17 @@ def test_an_output_over_the_bound_is_refused() -> None:
 def test_a_missing_kubectl_is_a_clear_error() -> None:
     with pytest.raises(KustomizeError, match=r"cannot run kubectl kustomize: No such file or directory"):
         KubectlKustomize(executable=os.path.join("/nonexistent", "kubectl"))(FILES, "app/overlays/prod", _wrap())
+
+
+def test_workers_asking_for_the_same_render_at_once_share_one_run() -> None:
+    import threading
+
+    build = KubectlKustomize()
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda: results.append(build(FILES, "app/overlays/prod", _wrap())))
+               for _ in range(4)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 4 and len(set(results)) == 1 and build.runs == 1
