@@ -99,8 +99,9 @@ def fresh_controller(fleet: BenchFleet, name: str, concurrency: int) -> tuple[Co
     shutil.rmtree(state, ignore_errors=True)
     config = load_config(str(fleet.write_config(name, concurrency, "0s", state)))
     controller = build_controller(config)
-    recording = Recording(controller.kustomize)
-    controller.kustomize = recording  # type: ignore[assignment]
+    recording = Recording(getattr(controller, "kustomize", None) or KubectlKustomize())
+    if hasattr(controller, "kustomize"):  # (the code before issue 17 has none: --shapes templates measures it)
+        controller.kustomize = recording
     controller.restore()
     return controller, recording
 
@@ -168,9 +169,11 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    p.add_argument("--shapes", default="kustomize,templates", help="which fleets (kustomize, templates)")
     args = p.parse_args()
     result: dict[str, Any] = {"concurrency": args.concurrency, "runs": args.runs}
-    for shape, overlays in (("kustomize", True), ("templates", False)):
+    for shape in args.shapes.split(","):
+        overlays = shape == "kustomize"
         with tempfile.TemporaryDirectory(prefix=f"bench-{shape}-") as tmp:
             result[shape] = measure(args.runs, args.concurrency, Path(tmp), overlays)
     text = json.dumps(result, indent=2)
