@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from reconciler.core.instants import InstantError, parse_instant
 from reconciler.core.loader import Limits
@@ -54,23 +55,42 @@ def _add_limits(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default when it has one worth showing and its help does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+def _command(sub: Any, name: str, text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".",
+                                                     formatter_class=_Help)  # fmt: skip
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="reconciler", description="GitOps release controller for Kubernetes and legacy hosts."
+        prog="reconciler",
+        description="GitOps release controller for Kubernetes and legacy hosts.",
+        formatter_class=_Help,
     )
     parser.add_argument("--version", action="version", version=f"reconciler {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("validate", help="check a releases repo; exit 1 with every problem as path:line: message")
+    p = _command(sub, "validate", "check a releases repo; exit 1 with every problem as path:line: message")
     p.add_argument("path", nargs="?", default=".", help="the releases repo (default: current directory)")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     _add_limits(p)
 
-    p = sub.add_parser("plan", help="what a change between two revisions does, with policy verdicts")
+    p = _command(sub, "plan", "what a change between two revisions does, with policy verdicts")
     p.add_argument("--repo", default=".", help="the releases repository (a checkout or a bare repo)")
     p.add_argument("--base", default="HEAD~1", help="the revision to compare from (default HEAD~1)")
     p.add_argument("--head", default="HEAD", help="the revision to compare to (default HEAD)")
-    p.add_argument("--format", choices=("text", "markdown", "json"), default="text")
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                   help="output format (markdown: a pull request comment)")  # fmt: skip
     p.add_argument("--live", action="store_true", help="compare with the live versions on the status branch")
     p.add_argument("--config", help="the controller config (with --live; its allowedSigners verify signatures)")
     p.add_argument(
@@ -87,20 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "plan.txt): a CI artifact")  # fmt: skip
     _add_limits(p)
 
-    p = sub.add_parser("run", help="run the controller")
+    p = _command(sub, "run", "run the controller")
     p.add_argument("--config", required=True, help="the controller config file")
     p.add_argument("--once", action="store_true", help="one full cycle; exit 0 if every environment is Synced")
     p.add_argument("--dry-run", action="store_true", help="plan and print; apply nothing, write no status")
     _add_sharding(p)
     _add_logging(p)
 
-    p = sub.add_parser("status", help="show the status branch")
-    p.add_argument("--config", required=True)
+    p = _command(sub, "status", "show the status branch")
+    p.add_argument("--config", required=True, help="the controller config file (names the status branch)")
     p.add_argument("--env", help="one environment, with its applications")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
 
-    p = sub.add_parser("history", help="show or export the audit trail")
-    p.add_argument("--config", required=True)
+    p = _command(sub, "history", "show or export the audit trail")
+    p.add_argument("--config", required=True, help="the controller config file (names the status branch)")
     p.add_argument("--env", help="only this environment")
     p.add_argument("--app", help="only this application")
     p.add_argument("--stage", help="only this stage")
@@ -117,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "resume": "lift a suspension",
     }
     for verb, text in verbs.items():
-        p = sub.add_parser(verb, help=f"{text} (asks a running controller)")
+        p = _command(sub, verb, f"{text} (asks a running controller)")
         p.add_argument("--env", required=True, help="the environment")
         if verb != "refresh":
             p.add_argument("--app", help="only this application")
@@ -125,13 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--url", default="http://127.0.0.1:8080", help="the controller's address")
         p.add_argument("--token-file", help="a file holding an operator token (default: $RECONCILER_TOKEN)")
 
-    p = sub.add_parser("diff", help="what Git wants of an environment against what runs there (secrets masked)")
+    p = _command(sub, "diff", "what Git wants of an environment against what runs there (secrets masked)")
     p.add_argument("--config", required=True, help="the controller config file")
     p.add_argument("--env", required=True, help="the environment")
     p.add_argument("--app", help="only this application")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 
-    p = sub.add_parser("rollback", help="commit a pin of an environment's application to the version it ran before")
+    p = _command(sub, "rollback", "commit a pin of an environment's application to the version it ran before")
     p.add_argument("--env", required=True, help="the environment")
     p.add_argument("--app", required=True, help="the application")
     p.add_argument("--to", help="the version (default: the one it ran before, from the audit trail)")
@@ -140,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", help="why (in the commit message and the pin)")
     p.add_argument("--no-push", action="store_true", help="commit only; push yourself")
 
-    p = sub.add_parser("codeowners", help="print or write the CODEOWNERS file that the Teams imply")
+    p = _command(sub, "codeowners", "print or write the CODEOWNERS file that the Teams imply")
     p.add_argument("path", nargs="?", default=".", help="the releases repo (default: current directory)")
     p.add_argument("--syntax", choices=("github", "gitlab"), default="github",
                    help="github: one line a pattern; gitlab: a section per team (default github)")  # fmt: skip
@@ -149,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write it (default: the repo's CODEOWNERS, else .github/CODEOWNERS)")  # fmt: skip
     g.add_argument("--check", action="store_true", help="exit 1 when the committed CODEOWNERS is stale or missing")
 
-    p = sub.add_parser("demo", help="run the controller on the embedded example fleet")
+    p = _command(sub, "demo", "run the controller on the embedded example fleet")
     p.add_argument("--state-dir", default=".reconciler-demo", help="where the demo keeps everything")
     p.add_argument("--listen", default="127.0.0.1:8080", help="address of the dashboard and metrics")
     p.add_argument("--once", action="store_true", help="one cycle, exit code as run --once")
@@ -158,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_sharding(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("scale-out (see reconciler/engine/sharding.py)")
+    g = p.add_argument_group("scale-out (README: Kubernetes and scale-out)")
     g.add_argument("--shard-index", type=int, metavar="I", help="static sharding: this replica's index, 0..N-1")
     g.add_argument("--shard-count", type=int, metavar="N", help="static sharding: the number of replicas")
     g.add_argument("--shards", type=int, metavar="N", help="dynamic sharding: N shards handed out with Leases")
@@ -167,19 +187,20 @@ def _add_sharding(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--lease-context", metavar="NAME", help="context of --lease-kubeconfig (default: its current one)")
     g.add_argument("--lease-namespace", default="reconciler-system", metavar="NS", help="namespace of the Leases")
-    g.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS", help="lease duration (15)")
+    g.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS", help="lease duration")
     g.add_argument("--replica-id", metavar="ID", help="this replica's unique name (default: HOSTNAME-PID)")
 
 
 def _add_logging(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="the least severe log events written")  # fmt: skip
 
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("reconciler")
+        return version("release-reconciler")
     except PackageNotFoundError:
         return "0+unknown"
 

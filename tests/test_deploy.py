@@ -8,6 +8,7 @@ minimal CRDs for the Prometheus Operator kinds so those are validated too.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -291,6 +292,11 @@ def test_dockerfile() -> None:
     assert 'CMD ["run", "--config", "/etc/reconciler/config.yaml"]' in text
     assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", text, re.M)
     assert "pip install" in text and " ." in text
+    # the package data links (reconciler/bundled/) resolve inside the build context, so the image's wheel has them
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text()
+    for link in (DEPLOY.parent / "reconciler" / "bundled").iterdir():
+        target = os.path.relpath(link.resolve(), DEPLOY.parent)
+        assert f"COPY {target} ./{target}" in text and f"!{target}" in ignore, target
 
 
 # --- a real API server -------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,11 @@ from reconciler.commands.common import ConfigError, fail, load_config
 from reconciler.core.problems import ReconcilerError
 from reconciler.observability import logging as logs
 
-PROJECT = Path(__file__).resolve().parents[2]
-EXAMPLE_REPO = PROJECT / "examples" / "releases-repo"
-AGENT = PROJECT / "examples" / "targets" / "aix-agent"
-DEMO_AGE_IDENTITY = (
-    PROJECT / "examples" / "demo-age-identity.txt"
-)  # public, demo only: decrypts the example's SOPS files
+# what the demo needs, found as package data: in a checkout these are symlinks to examples/, in a wheel files
+BUNDLED = Path(str(resources.files("reconciler"))) / "bundled"
+EXAMPLE_REPO = BUNDLED / "releases-repo"
+AGENT = BUNDLED / "aix-agent"
+DEMO_AGE_IDENTITY = BUNDLED / "demo-age-identity.txt"  # public, demo only: decrypts the example's SOPS files
 DEMO_AUTHOR = {
     "GIT_AUTHOR_NAME": "Demo Developer",
     "GIT_AUTHOR_EMAIL": "dev@example.org",
@@ -64,7 +64,7 @@ def seed_repository(bare: Path, key: Path | None) -> bool:
     if bare.exists():
         return False
     if not EXAMPLE_REPO.is_dir():
-        raise FileNotFoundError(f"{EXAMPLE_REPO} not found: run the demo from a clone of the project")
+        raise FileNotFoundError(f"{EXAMPLE_REPO} not found: the installation lacks the demo's example fleet")
     bare.parent.mkdir(parents=True, exist_ok=True)
     _git("init", "-q", "--bare", "-b", "main", str(bare))
     with tempfile.TemporaryDirectory(prefix="reconciler-seed-") as tmp:
@@ -110,7 +110,8 @@ def write_config(state: Path, listen: str, allowed_signers: Path | None = None) 
     }
     path = state / "controller.yaml"
     path.write_text(
-        "# Written by `reconciler demo`; edit freely, it is rewritten at each start.\n"
+        "# Written by `reconciler demo` and rewritten at each start: edits here do not last; to run the controller\n"
+        "# with your own settings, copy this file and use `reconciler run --config <copy>`.\n"
         + yaml.safe_dump(config, sort_keys=False)
     )
     return path

@@ -15,6 +15,7 @@ controller reports to :class:`~reconciler.observability.metrics.PrometheusMetric
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import socket
@@ -167,7 +168,10 @@ def run_controller(
             server = serve(controller, wake) if serve else None
         except (OSError, ValueError) as exc:  # address in use, not allowed, malformed
             log.error("cannot serve HTTP", listen=controller.config.listen, error=str(exc))
-            return fail(f"cannot listen on {controller.config.listen}: {exc}")
+            hint = ""
+            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+                hint = " (the port is in use: choose another with `listen:` in the config, or --listen for the demo)"
+            return fail(f"cannot listen on {controller.config.listen}: {exc}{hint}")
         log.info("controller started", source=controller.config.source_url, interval=controller.config.interval)
         controller.run_forever(stop, wake)
         controller.finish_overdue()  # the process would wait for them anyway: record them

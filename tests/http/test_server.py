@@ -313,6 +313,7 @@ def test_reconciler_run_on_a_busy_port_fails_cleanly(fleet: Fleet, tmp_path: Pat
                               capture_output=True, timeout=120, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 1
     assert b"cannot listen on 127.0.0.1:" in done.stderr and b"Address already in use" in done.stderr
+    assert b"choose another with `listen:` in the config, or --listen for the demo" in done.stderr  # issue 18
     assert b"Traceback" not in done.stderr
 
 
