@@ -207,6 +207,9 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from reconciler.commands.common import COMMAND
+
+    COMMAND["name"] = args.command
     try:
         if args.command == "validate":
             from reconciler.commands.validate import run_validate
@@ -216,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from reconciler.commands.plan import run_plan
 
             if args.live and not args.config:
-                print("plan: --live needs --config", file=sys.stderr)
+                print("reconciler plan: --live needs --config", file=sys.stderr)
                 return 1
             return run_plan(args)
         if args.command == "run":
@@ -264,7 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RECONCILER_DEBUG"):
             raise
         print(
-            f"reconciler: internal error: {type(exc).__name__}: {exc} (set RECONCILER_DEBUG=1 for details)",
+            f"reconciler {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(set RECONCILER_DEBUG=1 for details)",
             file=sys.stderr,
         )
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,12 @@ def test_help_shows_defaults_and_exits_0(name: str, capsys: pytest.CaptureFixtur
         following = re.search(r"^\s{2}-", rest, re.MULTILINE)
         text = rest[: following.start() if following else len(rest)]
         assert "default" in text, (name, flag, text)
+
+
+def test_errors_are_prefixed_by_their_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "--config", str(tmp_path / "missing.yaml")]) == 1
+    assert capsys.readouterr().err.startswith("reconciler status: ")
+    assert main(["validate", str(tmp_path / "missing")]) == 1
+    assert capsys.readouterr().err.startswith("reconciler validate: ")
+    assert main(["plan", "--live"]) == 1
+    assert capsys.readouterr().err.startswith("reconciler plan: --live needs --config")

@@ -384,7 +384,7 @@ def _config_body(root: Path, capsys: pytest.CaptureFixture[str]) -> Callable[...
             capsys.readouterr()
             code = main(["status", "--config", str(path)])
             out, err = capsys.readouterr()
-            assert code == 1 and err.startswith(f"{path}:"), err
+            assert code == 1 and err.startswith(f"reconciler status: {path}:"), err
             no_crash(out + err)
             return
         from reconciler.engine.targets import build_driver

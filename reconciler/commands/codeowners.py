@@ -38,16 +38,16 @@ def stale_codeowners(root: Path, repo: ReleasesRepo) -> str | None:
 def run_codeowners(args: argparse.Namespace) -> int:
     root = Path(args.path)
     if not root.is_dir():
-        print(f"{args.path}: not a directory", file=sys.stderr)
+        print(f"reconciler codeowners: {args.path}: not a directory", file=sys.stderr)
         return 1
     result = load_repo(DirectoryTree.scan(root), Limits())
     if result.repo is None:
         for problem in result.all_problems():
             print(problem, file=sys.stderr)
-        print(f"{args.path}: not valid: fix it first (reconciler validate)", file=sys.stderr)
+        print(f"reconciler codeowners: {args.path}: not valid: fix it first (reconciler validate)", file=sys.stderr)
         return 1
     if not result.repo.teams:
-        print(f"{args.path}: no Team is declared: nothing to own", file=sys.stderr)
+        print(f"reconciler codeowners: {args.path}: no Team is declared: nothing to own", file=sys.stderr)
         return 1
     text = codeowners(result.repo, Syntax(args.syntax))
     if args.check:

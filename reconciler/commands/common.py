@@ -42,6 +42,17 @@ def status_store(config: ControllerConfig):  # type: ignore[no-untyped-def]
     )
 
 
+COMMAND = {"name": ""}  # the running subcommand, set by the CLI: errors are prefixed by it
+
+
 def fail(message: str) -> int:
-    print(message, file=sys.stderr)
+    """Print ``message`` as the running command's error (``reconciler <command>: message``); exit code 1."""
+    print(prefixed(message), file=sys.stderr)
     return 1
+
+
+def prefixed(message: str) -> str:
+    name = COMMAND["name"]
+    if not name or message.startswith("reconciler "):
+        return message
+    return f"reconciler {name}: {message}"

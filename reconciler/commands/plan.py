@@ -266,7 +266,7 @@ def run_plan(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return fail(str(exc))
     except ReconcilerError as exc:
-        return fail(f"plan: {exc}")
+        return fail(str(exc))
     filtered = _filters(args)
     if args.output:
         written = _write_reports(Path(args.output), plan, verdicts, base, head, filtered)
@@ -296,5 +296,5 @@ def _write_reports(out: Path, plan: RepoPlan, verdicts: list[Verdict], base: str
         (out / "plan.json").write_text(render_json(plan, verdicts, base, head) + "\n", encoding="utf-8")
         (out / "plan.txt").write_text(render_text(plan, verdicts, base, head) + "\n", encoding="utf-8")
     except OSError as exc:
-        return f"plan: cannot write the report to {out}: {exc.strerror or exc}"
+        return f"reconciler plan: cannot write the report to {out}: {exc.strerror or exc}"
     return ""

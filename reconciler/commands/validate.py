@@ -22,7 +22,7 @@ from reconciler.source.kustomize import KubectlKustomize
 def run_validate(args: argparse.Namespace) -> int:
     root = Path(args.path)
     if not root.is_dir():
-        print(f"{args.path}: not a directory", file=sys.stderr)
+        print(f"reconciler validate: {args.path}: not a directory", file=sys.stderr)
         return 1
     started = time.perf_counter()
     tree = DirectoryTree.scan(root)

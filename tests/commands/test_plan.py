@@ -165,7 +165,7 @@ def test_an_unwritable_output_directory_is_a_clear_error(
     blocker.write_text("x")
     capsys.readouterr()
     assert main(["plan", "--repo", str(example_repo), "--output", str(blocker / "sub")]) == 1
-    assert f"plan: cannot write the report to {blocker / 'sub'}" in capsys.readouterr().err
+    assert f"reconciler plan: cannot write the report to {blocker / 'sub'}" in capsys.readouterr().err
     git("reset", "-q", "--hard", "HEAD~1", cwd=example_repo)
 
 
