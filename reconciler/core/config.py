@@ -60,6 +60,7 @@ class ControllerConfig:
     webhooks: Mapping[str, Any] = field(default_factory=dict)
     api: Mapping[str, Any] = field(default_factory=dict)  # who may read and act (reconciler.http.auth)
     age_identity: str | None = None  # a reference (file:/path or env:NAME) to the age identities for SOPS files
+    notifications: Mapping[str, Any] = field(default_factory=dict)  # sinks and subscriptions (engine/notifications)
 
     def target(self, name: str) -> TargetConfig | None:
         """The configuration of target ``name``: an exact entry, else the first matching pattern."""
@@ -184,8 +185,14 @@ def parse_config(path: str, data: bytes) -> ControllerConfig:
         webhooks=raw.get("webhooks", {}),
         api=raw.get("api", {}),
         age_identity=_reference(base, raw.get("secrets", {}).get("ageIdentity")),
+        notifications=raw.get("notifications", {}),
         **durations,
     )
+    sinks = config.notifications.get("sinks", {})
+    for i, subscription in enumerate(config.notifications.get("subscriptions", ())):
+        if subscription["sink"] not in sinks:
+            line = doc.line(("notifications", "subscriptions", i, "sink"))
+            raise InvalidInput([Problem(path, line, f"notifications: unknown sink {subscription['sink']!r}")])
     if config.status_branch == config.branch:
         line = doc.line(("status", "branch"))
         raise InvalidInput([Problem(path, line, "status.branch must differ from source.branch (the tracked branch)")])

@@ -33,6 +33,7 @@ from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
 from reconciler.engine.loop import Debounce, SourceBackoff
 from reconciler.engine.memo import RenderMemo
+from reconciler.engine.notifications import build_notifier
 from reconciler.engine.operate import Operations, RequestError
 from reconciler.engine.outcome import AppStatus, EnvOutcome
 from reconciler.engine.publish import Publisher, Store
@@ -103,6 +104,9 @@ class Controller:
         self.fetched_once = threading.Event()
         self.cycles = 0
         self.listeners: list[Callable[[CycleReport], None]] = []
+        self.notifier = build_notifier(config.notifications, self._stage_of, self._head_context, {})
+        if self.notifier is not None:  # after the status commit of each cycle; offering never waits
+            self.listeners.append(self.notifier)
         self.wake = threading.Event()  # set by trigger(): the next cycle starts at once
         self.loop_running = False  # for /readyz
         self.waiting = False  # the loop waits for a trigger or the poll interval, none came during the last cycle
@@ -150,6 +154,8 @@ class Controller:
         """Seed per-environment memory from the status branch, so a restart does not rewrite unchanged status."""
         self.publisher.restore()
         self.operations.restore()
+        if self.notifier is not None:  # a restart does not announce again what was already so
+            self.notifier.seen.update({name: state.phase for name, state in self.states.items()})
 
     # --- operator requests ---------------------------------------------------------------------------------------
     def request(
@@ -343,6 +349,8 @@ class Controller:
 
     def _report_metrics(self, loaded: Loaded, report: CycleReport) -> None:
         now = self.clock()
+        if self.notifier is not None:
+            self.metrics.notifications(self.notifier.results(), self.notifier.depths())
         for name, outcome in report.outcomes.items():
             env = loaded.repo.environments.get(name)
             self.metrics.environment(name, env.stage if env else "", outcome)
@@ -380,6 +388,13 @@ class Controller:
                            environment=name)  # fmt: skip
 
     # --- loop ------------------------------------------------------------------------------------------------------
+    def _stage_of(self, environment: str) -> str:
+        env = self.good.repo.environments.get(environment) if self.good else None
+        return env.stage if env is not None else ""
+
+    def _head_context(self) -> tuple[str, str]:
+        return (self.good.revision, self.good.author) if self.good else ("", "")
+
     def phases(self) -> dict[str, Phase | None]:
         names = self.good.repo.environments if self.good else {}
         return {n: self.states[n].phase if n in self.states else None for n in names}
@@ -450,6 +465,8 @@ class Controller:
             self.loop_running = False
 
     def close(self) -> None:
+        if self.notifier is not None:
+            self.notifier.close()
         self.workers.close()
         self.publisher.journal.close()
         self.pool.close()

@@ -71,6 +71,10 @@ class MetricsSink(Protocol):
 
     def cycle(self, seconds: float) -> None: ...
 
+    def notifications(self, results: Mapping[tuple[str, str], int], depths: Mapping[str, int]) -> None:
+        """Notifications so far by (sink, result: sent, retried, failed, dropped), and each sink's queue depth."""
+        ...
+
 
 class NullMetrics:
     def fetch(self, seconds: float, ok: bool) -> None:
@@ -95,6 +99,9 @@ class NullMetrics:
         return None
 
     def cycle(self, seconds: float) -> None:
+        return None
+
+    def notifications(self, results: Mapping[tuple[str, str], int], depths: Mapping[str, int]) -> None:
         return None
 
 

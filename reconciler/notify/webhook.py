@@ -65,7 +65,7 @@ class WebhookSink:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:
                 answer.read(65536)
         except urllib.error.HTTPError as exc:
-            retry_after = _seconds(exc.headers.get("Retry-After")) if exc.headers else None
+            retry_after = seconds(exc.headers.get("Retry-After")) if exc.headers else None
             retry = exc.code == 429 or exc.code >= 500
             raise DeliveryError(f"webhook {self.name}: HTTP {exc.code}", retry, retry_after) from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
@@ -74,7 +74,7 @@ class WebhookSink:
             raise DeliveryError(f"webhook {self.name}: no answer ({text})", True) from None
 
 
-def _seconds(value: str | None) -> float | None:
+def seconds(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:

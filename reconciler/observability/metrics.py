@@ -205,6 +205,32 @@ class _StateCollector:
             )
 
 
+class _NotificationCollector:
+    """``notifications_total{sink,result}`` and ``notification_queue_depth{sink}``, as the outboxes last counted."""
+
+    def __init__(self) -> None:
+        self.results: dict[tuple[str, str], int] = {}
+        self.depths: dict[str, int] = {}
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        total = CounterMetricFamily(
+            PREFIX + "notifications", "Notifications by sink and result (sent, retried, failed, dropped).",
+            labels=["sink", "result"],
+        )  # fmt: skip
+        for (sink, result), count in sorted(self.results.items()):
+            total.add_metric([sink, result], count)
+        depth = GaugeMetricFamily(
+            PREFIX + "notification_queue_depth", "Notifications waiting to be delivered, by sink.", labels=["sink"]
+        )
+        for sink, count in sorted(self.depths.items()):
+            depth.add_metric([sink], count)
+        yield total
+        yield depth
+
+
 class PrometheusMetrics:
     """The Prometheus :class:`~reconciler.engine.hooks.MetricsSink`; thread-safe (driver calls come from workers)."""
 
@@ -282,6 +308,8 @@ class PrometheusMetrics:
             self.webhooks.labels(str(outcome))
         self.state = _StateCollector(clock)
         r.register(self.state)
+        self.notify = _NotificationCollector()
+        r.register(self.notify)
         self._stages: dict[str, str] = {}
         self._results: dict[str, set[str]] = {}  # environment -> result labels it has series for
         self._render_lock = threading.Lock()
@@ -368,6 +396,10 @@ class PrometheusMetrics:
 
     def cycle(self, seconds: float) -> None:
         self.cycle_duration.observe(max(seconds, 0.0))
+        self._dirty.set()
+
+    def notifications(self, results: Mapping[tuple[str, str], int], depths: Mapping[str, int]) -> None:
+        self.notify.results, self.notify.depths = dict(results), dict(depths)
         self._dirty.set()
 
     # --- the HTTP side -------------------------------------------------------------------------------------------

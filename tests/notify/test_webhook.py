@@ -106,3 +106,40 @@ def test_a_hanging_receiver_never_blocks_the_producer_and_a_full_queue_drops(cap
     box.close()
     assert box.results[("pager", "failed")] == offered.count(True)
     assert "timed out" in caplog.text and "do-not-log-me" not in caplog.text and SECRET.decode() not in caplog.text
+
+
+def test_a_slack_style_sink_posts_the_text_and_its_url_is_never_shown() -> None:
+    from reconciler.notify.slack import SlackSink
+
+    got: list[bytes] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            got.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200 if len(got) > 1 else 500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/XXXXsecretXXXX"
+    box = Outbox(attempts=3, backoff=0.05)
+    box.offer(SlackSink("chat", url), PAYLOAD)
+    assert box.drain(10)
+    box.close()
+    server.shutdown()
+    assert [json.loads(b) for b in got] == [{"text": PAYLOAD["text"]}] * 2
+    assert box.results[("chat", "sent")] == 1 and box.results[("chat", "retried")] == 1
+
+
+def test_the_outboxes_counts_are_exported_as_metrics() -> None:
+    from reconciler.observability.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics()
+    metrics.notifications({("ops", "sent"): 3, ("ops", "failed"): 1}, {"ops": 2})
+    text = metrics.render().decode()
+    assert 'reconciler_notifications_total{sink="ops",result="sent"} 3.0' in text
+    assert 'reconciler_notification_queue_depth{sink="ops"} 2.0' in text
