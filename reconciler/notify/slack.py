@@ -7,12 +7,9 @@ shown; errors name the sink only. Answers are judged as :mod:`reconciler.notify.
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from typing import Any
 
-from reconciler.notify.outbox import DeliveryError
-from reconciler.notify.webhook import seconds
+from reconciler.notify.webhook import post
 
 
 class SlackSink:
@@ -23,14 +20,4 @@ class SlackSink:
 
     def send(self, payload: dict[str, Any]) -> None:
         body = json.dumps({"text": str(payload.get("text", ""))}).encode()
-        request = urllib.request.Request(self.url, data=body, method="POST")
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                answer.read(65536)
-        except urllib.error.HTTPError as exc:
-            retry_after = seconds(exc.headers.get("Retry-After")) if exc.headers else None
-            raise DeliveryError(f"chat {self.name}: HTTP {exc.code}", exc.code == 429 or exc.code >= 500,
-                                retry_after) from None  # fmt: skip
-        except (urllib.error.URLError, TimeoutError, OSError):
-            raise DeliveryError(f"chat {self.name}: no answer", True) from None
+        post(self.url, body, {"Content-Type": "application/json"}, self.timeout, f"chat {self.name}")

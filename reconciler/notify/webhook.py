@@ -58,20 +58,23 @@ class WebhookSink:
 
     def send(self, payload: dict[str, Any]) -> None:
         body = json.dumps(self.envelope(payload), sort_keys=True).encode()
-        request = urllib.request.Request(self.url, data=body, method="POST")
-        request.add_header("Content-Type", "application/cloudevents+json")
-        request.add_header(SIGNATURE_HEADER, signature(self.secret, body))
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                answer.read(65536)
-        except urllib.error.HTTPError as exc:
-            retry_after = seconds(exc.headers.get("Retry-After")) if exc.headers else None
-            retry = exc.code == 429 or exc.code >= 500
-            raise DeliveryError(f"webhook {self.name}: HTTP {exc.code}", retry, retry_after) from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            text = "timed out" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else str(reason)
-            raise DeliveryError(f"webhook {self.name}: no answer ({text})", True) from None
+        headers = {"Content-Type": "application/cloudevents+json", SIGNATURE_HEADER: signature(self.secret, body)}
+        post(self.url, body, headers, self.timeout, f"webhook {self.name}")
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float, who: str) -> None:
+    """POST ``body``; :class:`DeliveryError` naming ``who`` (never the URL) unless the answer is 2xx."""
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            answer.read(65536)
+    except urllib.error.HTTPError as exc:
+        retry_after = seconds(exc.headers.get("Retry-After")) if exc.headers else None
+        raise DeliveryError(f"{who}: HTTP {exc.code}", exc.code == 429 or exc.code >= 500, retry_after) from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        text = "timed out" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else "no connection"
+        raise DeliveryError(f"{who}: no answer ({text})", True) from None
 
 
 def seconds(value: str | None) -> float | None:
