@@ -209,15 +209,19 @@ class _Builder:
             return self._overlays(doc, i, ref, directory, paths)
         found = {directory: _yaml_under(directory, paths)}
         if "${" in directory:  # one directory per environment (rendered/${env.stage})
-            shape = re.compile("/".join("[^/]+" if "${" in seg else re.escape(seg) for seg in directory.split("/")))
-            self.dirs = directories(paths) if self.dirs is None else self.dirs
-            found = {d: _yaml_under(d, paths) for d in sorted(self.dirs) if shape.fullmatch(d)}
+            found = {d: _yaml_under(d, paths) for d in self._shaped(directory, paths)}
             for d, files in found.items():
                 self.overlays[(doc.path, doc.index, i, d)] = files
         if not any(found.values()):
             return (), (Problem(doc.path, doc.line(where), f"manifests directory {ref!r} has no YAML file "
                                 f"(looked in {directory})"),)  # fmt: skip
         return tuple(sorted({f for files in found.values() for f in files})), ()
+
+    def _shaped(self, directory: str, paths: set[str]) -> list[str]:
+        """The repo directories of the shape of ``directory``, whose ``${...}`` segments match any one segment."""
+        shape = re.compile("/".join("[^/]+" if "${" in seg else re.escape(seg) for seg in directory.split("/")))
+        self.dirs = directories(paths) if self.dirs is None else self.dirs
+        return sorted(d for d in self.dirs if shape.fullmatch(d))
 
     def _overlays(
         self, doc: Document, i: int, ref: str, directory: str, paths: set[str]
@@ -226,9 +230,7 @@ class _Builder:
         directory of that shape holding a kustomization (``overlays/${env.stage}``: one overlay per stage)."""
         where = ("spec", "components", i, "kustomize")
         if "${" in directory:
-            shape = re.compile("/".join("[^/]+" if "${" in seg else re.escape(seg) for seg in directory.split("/")))
-            self.dirs = directories(paths) if self.dirs is None else self.dirs
-            found = sorted(d for d in self.dirs if shape.fullmatch(d) and kustomization_file(d, paths))
+            found = [d for d in self._shaped(directory, paths) if kustomization_file(d, paths)]
             if not found:
                 return (), (Problem(doc.path, doc.line(where), f"no overlay matches {ref!r} (looked for {directory} "
                                     "directories holding a kustomization.yaml)"),)  # fmt: skip

@@ -67,8 +67,6 @@ class Outbox:
         self.dead_letters = 0
         self._queue: queue.Queue[_Item | None] = queue.Queue(capacity)
         self._stop = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread = threading.Thread(target=self._work, name="notify-outbox", daemon=True)
         self._thread.start()
 
@@ -79,7 +77,6 @@ class Outbox:
     def offer(self, sink: Sink, payload: dict[str, Any]) -> bool:
         """Queue ``payload`` for ``sink`` without waiting; ``False`` (and counted) when the queue is full."""
         try:
-            self._idle.clear()
             self._queue.put_nowait(_Item(sink, payload))
             return True
         except queue.Full:
@@ -89,7 +86,8 @@ class Outbox:
 
     def drain(self, timeout: float) -> bool:
         """Wait until everything queued was delivered or given up (tests, shutdown); ``False`` on timeout."""
-        return self._idle.wait(timeout)
+        with self._queue.all_tasks_done:  # (the queue's own count of items not yet done: no race with offer)
+            return self._queue.all_tasks_done.wait_for(lambda: self._queue.unfinished_tasks == 0, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -100,11 +98,12 @@ class Outbox:
     def _work(self) -> None:
         while not self._stop.is_set():
             item = self._queue.get()
-            if item is None:
-                break
-            self._deliver(item)
-            if self._queue.empty():
-                self._idle.set()
+            try:
+                if item is None:
+                    break
+                self._deliver(item)
+            finally:
+                self._queue.task_done()
 
     def _deliver(self, item: _Item) -> None:
         for attempt in range(1, self.attempts + 1):
