@@ -344,6 +344,7 @@ class _Builder:
             description=spec.get("description", ""),
             labels={k: scalar_text(v) for k, v in meta.get("labels", {}).items()},
             origin=_origin(doc),
+            notify=tuple(spec.get("notify", ())),
         )
         if name in self.applications:
             self.duplicate(doc, "Application", name, self.applications[name].origin)

@@ -69,6 +69,7 @@ class Application:
     description: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     origin: Origin = Origin("")
+    notify: tuple[str, ...] = ()  # operator-defined notification sinks its team hears on
 
     @property
     def roles(self) -> frozenset[str]:

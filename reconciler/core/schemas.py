@@ -86,6 +86,8 @@ def _messages(error: ValidationError, where: tuple[str | int, ...]) -> list[tupl
     field = dotted(where)
     v, sch, inst = error.validator, error.schema, error.instance
     expected: Any = error.validator_value
+    if isinstance(sch, dict) and sch.get("writeOnly"):  # a secret written where its reference belongs: not shown
+        return [(where, f"{field}: not valid (the value is not shown): {sch.get('description', error.validator)}")]
     if v == "additionalProperties" and isinstance(inst, dict) and isinstance(sch, dict):
         allowed = sorted(sch.get("properties", {}))
         out = []

@@ -14,6 +14,7 @@ Used by ``reconciler run`` and ``reconciler demo``; the HTTP server reads :meth:
 
 from __future__ import annotations
 
+import posixpath
 import random
 import threading
 import time
@@ -104,7 +105,8 @@ class Controller:
         self.fetched_once = threading.Event()
         self.cycles = 0
         self.listeners: list[Callable[[CycleReport], None]] = []
-        self.notifier = build_notifier(config.notifications, self._stage_of, self._head_context, {})
+        self.notifier = build_notifier(config.notifications, _FleetView(self.revisions),
+                                       posixpath.dirname(config.path))  # fmt: skip
         if self.notifier is not None:  # after the status commit of each cycle; offering never waits
             self.listeners.append(self.notifier)
         self.wake = threading.Event()  # set by trigger(): the next cycle starts at once
@@ -171,6 +173,8 @@ class Controller:
         if application is not None and application not in loaded.repo.desired_versions(env):
             raise RequestError(f"application {application[:200]!r} is not deployed in {environment}")
         op = self.operations.request(action, environment, application, by, reason, env.stage)
+        if self.notifier is not None:  # a suspend or resume is told as it is recorded
+            self.notifier.operation(str(action), environment, application, by, reason)
         with self._requested_lock:  # a suspend or resume is shown (and held) from the next cycle on
             self.requested[environment] = Action.REFRESH if action is Action.REFRESH else Action.SYNC
         self.trigger()
@@ -388,13 +392,6 @@ class Controller:
                            environment=name)  # fmt: skip
 
     # --- loop ------------------------------------------------------------------------------------------------------
-    def _stage_of(self, environment: str) -> str:
-        env = self.good.repo.environments.get(environment) if self.good else None
-        return env.stage if env is not None else ""
-
-    def _head_context(self) -> tuple[str, str]:
-        return (self.good.revision, self.good.author) if self.good else ("", "")
-
     def phases(self) -> dict[str, Phase | None]:
         names = self.good.repo.environments if self.good else {}
         return {n: self.states[n].phase if n in self.states else None for n in names}
@@ -482,3 +479,31 @@ def _stages(loaded: Loaded | None) -> list[dict[str, Any]]:
          "waves": [w.name for w in s.waves]}
         for s in loaded.repo.stage_order()
     ]  # fmt: skip
+
+
+class _FleetView:
+    """What the notifier reads of the good head (:class:`reconciler.engine.notifications.Fleet`)."""
+
+    def __init__(self, revisions: Revisions) -> None:
+        self.revisions = revisions
+        self._members: tuple[str, dict[str, str], dict[str, tuple[str, ...]]] | None = None
+
+    def _of_head(self) -> tuple[str, dict[str, str], dict[str, tuple[str, ...]]]:
+        good = self.revisions.good
+        if good is None:
+            return "", {}, {}
+        if self._members is None or self._members[0] != good.revision:  # once per revision
+            members = {name: env.stage for name, env in good.repo.environments.items()}
+            notify = {name: app.notify for name, app in good.repo.applications.items() if app.notify}
+            self._members = (good.revision, members, notify)
+        return self._members
+
+    def members(self) -> Mapping[str, str]:
+        return self._of_head()[1]
+
+    def notify_of(self) -> Mapping[str, tuple[str, ...]]:
+        return self._of_head()[2]
+
+    def head(self) -> tuple[str, str]:
+        good = self.revisions.good
+        return (good.revision, good.author) if good else ("", "")

@@ -50,6 +50,10 @@ class EnvOutcome:
     stalled: bool = False  # a permanent error or invalid input: not retried until the inputs change or a trigger
     retry_after: float | None = None  # the longest delay a temporary error asked for
     holds: frozenset[str] = frozenset()  # the kinds of policy holds that block applications (freeze, signature...)
+    # what the audit entries said, kept once the controller has taken them (notifications)
+    touched: tuple[str, ...] = ()  # applications changed on a target, drift repairs aside
+    repaired: tuple[str, ...] = ()  # applications whose drift was repaired
+    overrides: tuple[str, ...] = ()  # the overrides used ("promotion: why")
 
 
 @dataclass(frozen=True)
@@ -82,3 +86,13 @@ def summary(statuses: Mapping[str, AppStatus]) -> str:
     if problems:
         return problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
     return f"{len(statuses)} application{'s' if len(statuses) != 1 else ''} in sync"
+
+
+def effects(entries: Iterable[Mapping[str, Any]]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """From an environment's audit entries: the applications changed (drift repairs aside), the applications whose
+    drift was repaired, the overrides used; only effects that succeeded count."""
+    done = [e for e in entries if e.get("result") == "succeeded"]
+    touched = tuple(dict.fromkeys(str(e["application"]) for e in done if e.get("trigger") != "drift"))
+    repaired = tuple(dict.fromkeys(str(e["application"]) for e in done if e.get("trigger") == "drift"))
+    overrides = tuple(dict.fromkeys(str(e["override"]) for e in done if e.get("override")))
+    return touched, repaired, overrides

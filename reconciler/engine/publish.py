@@ -25,7 +25,7 @@ from reconciler.core.plan import Phase
 from reconciler.core.problems import ReconcilerError
 from reconciler.engine.governance import Governance
 from reconciler.engine.hooks import MetricsSink
-from reconciler.engine.outcome import AppStatus, EnvOutcome
+from reconciler.engine.outcome import AppStatus, EnvOutcome, effects
 from reconciler.engine.revision import Revisions
 from reconciler.engine.schedule import Scheduler
 from reconciler.observability.logging import get_logger
@@ -144,7 +144,9 @@ class Publisher:
             self.pending_ids.extend(e["id"] for e in outcome.audit if "id" in e)
             with self._recent_lock:
                 self._recent.setdefault(outcome.environment, deque(maxlen=20)).extend(lines)
-        return evolve(outcome, audit=(), changes=len(outcome.audit))
+        touched, repaired, overrides = effects(outcome.audit)
+        return evolve(outcome, audit=(), changes=len(outcome.audit), touched=touched, repaired=repaired,
+                      overrides=overrides)  # fmt: skip
 
     def recent(self, environment: str) -> list[dict[str, Any]]:
         """The last audit entries of an environment (safe from any thread)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from reconciler.notify.webhook import post
+from reconciler.notify.http import post
 
 
 class SlackSink:

@@ -12,14 +12,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from reconciler.notify.outbox import DeliveryError
+from reconciler.notify.http import post
 
 SIGNATURE_HEADER = "X-Reconciler-Signature"
 
@@ -60,25 +58,3 @@ class WebhookSink:
         body = json.dumps(self.envelope(payload), sort_keys=True).encode()
         headers = {"Content-Type": "application/cloudevents+json", SIGNATURE_HEADER: signature(self.secret, body)}
         post(self.url, body, headers, self.timeout, f"webhook {self.name}")
-
-
-def post(url: str, body: bytes, headers: dict[str, str], timeout: float, who: str) -> None:
-    """POST ``body``; :class:`DeliveryError` naming ``who`` (never the URL) unless the answer is 2xx."""
-    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            answer.read(65536)
-    except urllib.error.HTTPError as exc:
-        retry_after = seconds(exc.headers.get("Retry-After")) if exc.headers else None
-        raise DeliveryError(f"{who}: HTTP {exc.code}", exc.code == 429 or exc.code >= 500, retry_after) from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        text = "timed out" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else "no connection"
-        raise DeliveryError(f"{who}: no answer ({text})", True) from None
-
-
-def seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
