@@ -6,17 +6,21 @@ local targets. Each run measures two cold cycles (a new controller, empty target
 alternating order: one without a ``notifications`` section, one with a CloudEvents webhook, a chat webhook and an
 e-mail sink over SMTP with STARTTLS (aiosmtpd, a test CA), every event subscribed, and GitHub commit statuses
 for every stage (a local forge that checks each request against GitHub's description). The cycle is
-``Controller.cycle`` (status commit included); delivery happens on the outboxes' threads, and the messages are
-counted once the controller has closed (it gives them up to 5 s). Reported: the median cycles, their ratio (the
-target is within 5 %), the messages each sink received and the commit statuses posted.
+``Controller.cycle`` (status commit included), each in a fresh process so that nothing carries over from an
+earlier cycle; delivery happens on the outboxes' threads, and the messages are counted once the controller has
+closed (it gives them up to 5 s). Reported: the median cycles, their ratio and the median ratio of each run's pair
+(the target is within 5 %), the messages each sink received and the commit statuses posted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -77,7 +81,9 @@ def notifications(root: Path, hook: Counter, chat: Counter, smtp_port: int, ca: 
     }  # fmt: skip
 
 
-def cold_cycle(fleet: BenchFleet, name: str, section: dict[str, Any] | None, concurrency: int) -> float:
+def cold_cycle(fleet: BenchFleet, name: str, section: dict[str, Any] | None, concurrency: int) -> tuple[float, float]:
+    """One cold cycle in a fresh process (nothing carried over from an earlier controller): its seconds, and the
+    seconds of it spent in the notifier (events, routing, coalescing, offering, commit statuses)."""
     fleet.reset_targets_and_status()
     state = fleet.root / f"state-{name}"
     shutil.rmtree(state, ignore_errors=True)
@@ -86,16 +92,39 @@ def cold_cycle(fleet: BenchFleet, name: str, section: dict[str, Any] | None, con
         config = yaml.safe_load(path.read_text())
         config["notifications"] = section
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-    controller = build_controller(load_config(str(path)))
+    os.sync()  # the last cycle's files written back and the deleted targets gone: each cycle starts from the same disk
+    done = subprocess.run([sys.executable, "-m", "bench.notify_cycles", "--child", str(path)], capture_output=True,
+                          timeout=1200, check=False, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    if done.returncode:
+        raise RuntimeError(f"cold cycle {name}: {done.stderr.decode(errors='replace')[-2000:]}")
+    found: dict[str, float] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return found["seconds"], found["notifier_seconds"]
+
+
+def child(config: Path) -> int:
+    """The child's cold cycle: measured around ``Controller.cycle``; the notifier's grace at close is not."""
+    controller = build_controller(load_config(str(config)))
     controller.restore()
+    spent = [0.0]
+    notifier = controller.notifier
+    if notifier is not None:  # timed where the controller calls it, after the status commit
+
+        def timed(report: Any) -> None:
+            begun = time.perf_counter()
+            notifier(report)
+            spent[0] += time.perf_counter() - begun
+
+        controller.listeners = [timed if listener is notifier else listener for listener in controller.listeners]
     started = time.perf_counter()
     report = controller.cycle("manual")
     seconds = time.perf_counter() - started
     bad = [o.environment for o in report.outcomes.values() if o.phase is not Phase.SYNCED]
     controller.close()  # (the notifier's grace: delivery finishes here, outside the measured cycle)
     if report.source_error or report.invalid or bad or len(report.outcomes) != 235:
-        raise RuntimeError(f"cold cycle {name}: {report.source_error or report.invalid or bad[:5]}")
-    return seconds
+        print(f"cold cycle: {report.source_error or report.invalid or bad[:5]}", file=sys.stderr)
+        return 1
+    print(json.dumps({"seconds": seconds, "notifier_seconds": spent[0]}))
+    return 0
 
 
 def measure(runs: int, concurrency: int, root: Path) -> dict[str, Any]:
@@ -107,15 +136,17 @@ def measure(runs: int, concurrency: int, root: Path) -> dict[str, Any]:
     section = notifications(root, hook, chat, smtp.port, certs[0], forge.url)
     without: list[float] = []
     with_sinks: list[float] = []
+    notifier: list[float] = []
     counts: list[dict[str, int]] = []
     try:
         for run in range(runs):
             order = [False, True] if run % 2 == 0 else [True, False]
             for sinks in order:
                 before = (len(hook.bodies), len(chat.bodies), len(mailbox.mails), len(forge.requests))
-                seconds = cold_cycle(fleet, f"{'sinks' if sinks else 'plain'}{run}", section if sinks else None,
-                                     concurrency)  # fmt: skip
+                seconds, spent = cold_cycle(fleet, f"{'sinks' if sinks else 'plain'}{run}", section if sinks else None,
+                                            concurrency)  # fmt: skip
                 (with_sinks if sinks else without).append(seconds)
+                notifier.extend([spent] if sinks else [])
                 if sinks:
                     after = (len(hook.bodies), len(chat.bodies), len(mailbox.mails), len(forge.requests))
                     sent = [b - a for a, b in zip(before, after, strict=True)]
@@ -135,7 +166,10 @@ def measure(runs: int, concurrency: int, root: Path) -> dict[str, Any]:
         "messages_per_cycle": counts[0],
         "messages_every_run": counts,
         "forge_requests_checked_against_description": not forge.violations,
-        "runs": {"without": [round(s, 2) for s in without], "with": [round(s, 2) for s in with_sinks]},
+        "notifier_seconds_in_cycle": round(statistics.median(notifier), 4),
+        "notifier_share_of_cycle": round(statistics.median(notifier) / sinks_s, 5),
+        "ratio_of_pairs": round(statistics.median(b / a for a, b in zip(without, with_sinks, strict=True)), 3),
+        "seconds_each_run": {"without": [round(s, 2) for s in without], "with": [round(s, 2) for s in with_sinks]},
     }
 
 
@@ -144,7 +178,10 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    p.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # one cold cycle, this config
     args = p.parse_args()
+    if args.child:
+        return child(args.child)
     with tempfile.TemporaryDirectory(prefix="bench-notify-") as tmp:
         result = {"concurrency": args.concurrency, "runs": args.runs, **measure(args.runs, args.concurrency, Path(tmp))}
     text = json.dumps(result, indent=2)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench.k8s_throughput import settled
 from bench.report import FIGURE_FIELDS, check_targets, k8s_summary, missing_fields
@@ -137,3 +138,19 @@ def test_the_kustomize_bench_fleet_is_the_example_with_overlays(tmp_path: Path) 
     unit = render_unit(repo, env, app, release, env.targets["kubernetes"], tree.read, KubectlKustomize())
     text = unit.files()["api/dev.yaml"].decode()
     assert f"image: {release.components['api'].image}" in text and "${" not in text
+
+
+def test_the_notification_bench_configures_every_sink_the_config_accepts(tmp_path: Path) -> None:
+    from bench.notify_cycles import Counter, notifications
+    from reconciler.commands.common import load_config
+
+    hook, chat = Counter(), Counter()
+    section = notifications(tmp_path, hook, chat, 2525, tmp_path / "ca.pem", "http://127.0.0.1:9/")
+    config = tmp_path / "controller.yaml"
+    config.write_text(yaml.safe_dump({"apiVersion": "reconciler.io/v1", "kind": "ControllerConfig",
+                                      "source": {"url": str(tmp_path)}, "targets": {}, "notifications": section}))  # fmt: skip
+    loaded = load_config(str(config))
+    assert {s["type"] for s in loaded.notifications["sinks"].values()} == {"webhook", "slack", "email"}
+    assert loaded.notifications["commitStatuses"]["forge"] == "github"
+    hook.server.shutdown()
+    chat.server.shutdown()
