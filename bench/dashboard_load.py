@@ -9,6 +9,9 @@ navigation started); the first contentful paint (the page shows the matrix then:
 whole page, so the load event may come before it); the time spent in layout, style and script
 (``Performance.getMetrics``, up to a moment after that paint).
 
+Then ``/api/v1/environments`` as a client fetches it: everything, light ``fields=`` and a page, bytes on the wire
+(gzip accepted) and times, and a revalidation with the ETag (304).
+
 ``--url`` measures a dashboard that already runs (e.g. ``./dev demo``); ``--snapshot`` serves a saved
 ``/api/v1/environments`` document through the current :mod:`reconciler.http.dashboard` (gzipped, like the
 controller), which is quick for trying changes to the page. Needs the Debian package ``chromium``; the Chromium
@@ -26,6 +29,9 @@ import statistics
 import sys
 import tempfile
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -113,6 +119,38 @@ def report(url: str, timings: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+API_QUERIES = ("", "?fields=name,stage,phase", "?fields=name,stage,phase,applications", "?fields=name,phase&limit=50")
+
+
+def api_report(base: str, runs: int) -> str:
+    """``/api/v1/environments`` as a client asks it (gzip accepted): bytes on the wire, the median time of ``runs``
+    requests, and a revalidation with the answer's ETag (304)."""
+    lines = [f"{'/api/v1/environments':44} {'bytes':>10} {'gzipped':>9} {'median ms':>10}"]
+    for query in API_QUERIES:
+        times, raw, zipped, tag = [], 0, 0, ""
+        for _ in range(runs):
+            started = time.perf_counter()
+            with urllib.request.urlopen(urllib.request.Request(base + "/api/v1/environments" + query,
+                                        headers={"Accept-Encoding": "gzip"}), timeout=60) as answer:  # fmt: skip
+                body = answer.read()
+                tag = answer.headers.get("ETag", "")
+                encoded = answer.headers.get("Content-Encoding") == "gzip"
+            times.append((time.perf_counter() - started) * 1000)
+            zipped, raw = len(body), len(gzip.decompress(body)) if encoded else len(body)
+        lines.append(f"{query or '(everything)':44} {raw:>10,} {zipped:>9,} {statistics.median(times):>10.1f}")
+        if not query:
+            request = urllib.request.Request(base + "/api/v1/environments", headers={"If-None-Match": tag})
+            started = time.perf_counter()
+            try:
+                urllib.request.urlopen(request, timeout=60).read()
+                status = 200
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            lines.append(f"{'(everything, If-None-Match: its ETag)':44} {'HTTP ' + str(status):>10} {0:>9} "
+                         f"{(time.perf_counter() - started) * 1000:>10.1f}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.dashboard_load", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="loads measured (after one warm-up load); default 5")
@@ -133,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 base = stack.enter_context(demo(work / "demo", work / "demo.log"))[0]
             url = base + args.path
             print(report(url, measure(url, args.runs, work)))
+            if not args.snapshot:
+                print(api_report(base, args.runs))
     return 0
 
 

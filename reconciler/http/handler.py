@@ -28,6 +28,7 @@ import yaml
 from reconciler.core.operations import Action
 from reconciler.core.plan import Phase
 from reconciler.core.problems import ReconcilerError
+from reconciler.http import listing
 from reconciler.http.auth import Denied, Need
 from reconciler.http.ports import App
 from reconciler.http.webhooks import Verdict, authenticate, decide, signed, unsigned
@@ -39,7 +40,7 @@ TEXT = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"
 CHUNK = 64 * 1024
 LINGER_SECONDS = 2.0  # after refusing a body: how long unread bytes are drained so the client sees the answer
-KNOWN_PHASES = {str(p) for p in Phase} | {"Unknown"}
+KNOWN_PHASES = frozenset({str(p) for p in Phase} | {"Unknown"})
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 
 
@@ -192,7 +193,8 @@ class Handler(BaseHTTPRequestHandler):
             headers["Vary"] = "Accept-Encoding"
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if status != 304:  # (a 304's length would be the representation's, which it does not carry)
+            self.send_header("Content-Length", str(len(body)))
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
@@ -200,8 +202,16 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
             self.sent = len(body)
 
-    def respond_json(self, status: int, value: Any, headers: dict[str, str] | None = None) -> None:
+    def respond_json(self, status: int, value: Any, headers: dict[str, str] | None = None,
+                     conditional: bool = False) -> None:  # fmt: skip
+        """``conditional``: the body gets an ETag, and a client whose ``If-None-Match`` has it gets 304, no body."""
         body = logs.redact_text(json.dumps(value, ensure_ascii=False, default=str)).encode()
+        if conditional:
+            tag = listing.etag(body)
+            headers = {**(headers or {}), "ETag": tag}
+            if listing.fresh(self.headers.get("If-None-Match"), tag):
+                self.respond(304, b"", JSON, headers)
+                return
         self.respond(status, body, JSON, headers)
 
     def respond_text(self, status: int, text: str) -> None:
@@ -267,27 +277,22 @@ class Handler(BaseHTTPRequestHandler):
             if env is None:
                 self.respond_json(404, {"error": f"environment {name[:200]!r} not found"})
             else:
-                self.respond_json(200, env)
+                self.respond_json(200, env, conditional=True)
         elif route in (Route.INDEX, Route.STAGES_PAGE, Route.ENVIRONMENT_PAGE):
             self.dashboard(route, name, query)
         else:
             self.webhook()
 
     def api_environments(self, query: dict[str, str]) -> None:
-        phase = query.get("phase")
-        if phase is not None and phase not in KNOWN_PHASES:
-            self.respond_json(400, {"error": f"unknown phase {phase[:50]!r}; one of {', '.join(sorted(KNOWN_PHASES))}"})
-            return
         snapshot = self.app.snapshot()
-        envs = [
-            e
-            for e in snapshot["environments"]
-            if ("stage" not in query or e["stage"] == query["stage"])
-            and (phase is None or e["phase"] == phase)
-            and ("application" not in query or query["application"] in e["applications"])
-        ]
+        try:
+            page = listing.select(snapshot["environments"], query, KNOWN_PHASES)
+        except listing.BadQuery as exc:
+            self.respond_json(400, {"error": str(exc)})
+            return
         top = {k: v for k, v in snapshot.items() if k != "environments"}
-        self.respond_json(200, {**top, "count": len(envs), "environments": envs})
+        value = {**top, "count": page.count, "continue": page.next, "environments": page.environments}
+        self.respond_json(200, value, conditional=True)
 
     def dashboard(self, route: Route, name: str | None, query: dict[str, str]) -> None:
         module = self.app.dashboard
