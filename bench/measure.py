@@ -332,7 +332,13 @@ class Size:
         assert self.controller is not None
         controller, bump, fleet = self.controller, self.bump, self.fleet
         finished = threading.Event()
-        controller.listeners.append(lambda _report: finished.set())
+        reports: list[Any] = []
+
+        def ended(report: Any) -> None:
+            reports.append(report)
+            finished.set()
+
+        controller.listeners.append(ended)
         stop = threading.Event()
         thread = threading.Thread(target=controller.run_forever, args=(stop,), name="bench-run-forever", daemon=True)
         thread.start()
@@ -340,6 +346,7 @@ class Size:
         incremental = self.figures["incremental"]["median_s"] or 10.0
         deadline_s = max(60.0, 10 * incremental)
         samples: list[float] = []
+        breakdown: list[dict[str, float]] = []
         started = time.perf_counter()
         version = self.current_version
         try:
@@ -359,6 +366,9 @@ class Size:
                 controller.trigger()
                 samples.append(self._wait_live(bump, version, before, t0, deadline_s))
                 finished.wait(deadline_s)  # the cycle's end (status is written just before it)
+                if reports:  # where this commit's time went: waiting for the cycle, then its phases
+                    last = reports[-1]
+                    breakdown.append({"wait": max(0.0, last.started - t0), **last.timings})
         finally:
             stop.set()
             controller.wake.set()
@@ -370,7 +380,13 @@ class Size:
             "samples_s": samples,
             "floor": "incremental floor (git fetch of the commit + write of the changed files)",
             "floor_median_s": self.figures["incremental"]["floor_median_s"],
-        }
+            # the median seconds of each phase over the samples: wait (trigger to cycle start), fetch, load, plan,
+            # reconcile (decisions, drift check of the changed environments, applies), status (commit and push)
+            "breakdown_s": {
+                phase: round(statistics.median(b.get(phase, 0.0) for b in breakdown), 4)
+                for phase in ("wait", "fetch", "load", "plan", "reconcile", "status", "after")
+            } if breakdown else {},
+        }  # fmt: skip
         floor_s = self.figures["latency"]["floor_median_s"]
         p50 = self.figures["latency"]["p50_s"]
         self.figures["latency"]["ratio"] = p50 / floor_s if p50 is not None and floor_s else None

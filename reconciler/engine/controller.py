@@ -62,6 +62,15 @@ class CycleReport:
     invalid: list[Problem] = field(default_factory=list)
     duration: float = 0.0
     recovered: bool = False  # the head is valid again after an invalid one
+    # where the cycle's time went, seconds by phase: fetch, load, plan, reconcile, status, after (metrics, listeners)
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)  # (perf_counter) when the cycle began
+
+    def lap(self, phase: str, since: float) -> float:
+        """Add the time since ``since`` (perf_counter) to ``phase``; returns now."""
+        now = time.perf_counter()
+        self.timings[phase] = self.timings.get(phase, 0.0) + now - since
+        return now
 
     def all_good(self, phases: dict[str, Phase | None]) -> bool:
         if self.source_error or self.invalid or not phases:
@@ -213,6 +222,7 @@ class Controller:
         self.workers.take_late(self.publisher.take)
         report = CycleReport(revision=None)
         recovered = self._fetch(report, triggered=trigger in ("webhook", "manual"))
+        lap = time.perf_counter()
         loaded = self.good
         if loaded is None:
             self._publish({}, report)
@@ -223,6 +233,7 @@ class Controller:
             with self._requested_lock:
                 self.requested.update(dict.fromkeys(changed - set(self.requested), Action.SYNC))
         jobs, invalid_outcomes = self._plan(loaded, trigger, report)
+        lap = report.lap("plan", lap)
         if recovered:  # every environment was shown Invalid: show it again as it is, at the new head
             for name in loaded.repo.environments:
                 self.sched.state(name).attempted_revision = loaded.revision
@@ -232,15 +243,18 @@ class Controller:
         outcomes.update(invalid_outcomes)
         report.outcomes = outcomes
         self.sched.record(loaded, outcomes, {job.env.name: key for job, key in jobs}, self.clock(), self.dry_run)
+        lap = report.lap("reconcile", lap)
         for name, outcome in outcomes.items():
             log = self.log.info if outcome.changes or outcome.phase is not Phase.SYNCED else self.log.debug
             log("environment reconciled", environment=name, revision=loaded.revision[:12], phase=str(outcome.phase),
                 changes=outcome.changes, message=outcome.message, seconds=round(outcome.duration, 3))  # fmt: skip
         self._publish(loaded.repo.environments, report)
+        lap = report.lap("status", lap)
         report.duration = self.clock() - started
         self._report_metrics(loaded, report)
         for listener in self.listeners:
             listener(report)
+        report.lap("after", lap)
         return report
 
     def _fetch(self, report: CycleReport, triggered: bool) -> bool:
@@ -253,7 +267,9 @@ class Controller:
             head = self._fetch_head(report)
         recovered = False
         if head is not None and head != self.head:
+            loading = time.perf_counter()
             recovered = self.revisions.advance(head)
+            report.lap("load", loading)
             self.metrics.revision(head, self.invalid is None)
         report.revision = self.head
         if self.invalid:
@@ -264,6 +280,7 @@ class Controller:
         fetch_started = time.perf_counter()
         try:
             head = self.source.fetch()
+            report.lap("fetch", fetch_started)
         except ReconcilerError as exc:
             self.source_error = report.source_error = str(exc)
             self.metrics.fetch(time.perf_counter() - fetch_started, False)
