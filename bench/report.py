@@ -217,6 +217,12 @@ def markdown(doc: Mapping[str, Any]) -> str:
         for s in sizes
     ]
     lines.append("| commit-to-live p50 / p95 | < 1 s / < 2 s | incremental floor | " + " | ".join(cells) + " |")
+    cells = [
+        ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in (s["figures"]["latency"].get("breakdown_s") or {}).items())
+        or "-"
+        for s in sizes
+    ]
+    lines.append("| commit-to-live, median by phase | - | - | " + " | ".join(cells) + " |")
     base = sizes[0]["per_environment_cold_ms"]
     cells = [f"{s['per_environment_cold_ms']:.0f} ms ({s['per_environment_cold_ms'] / base:.2f}x)" for s in sizes]
     lines.append("| cold cost per environment | largest <= 1.3x smallest | - | " + " | ".join(cells) + " |")

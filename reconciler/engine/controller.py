@@ -114,8 +114,8 @@ class Controller:
         self.fetched_once = threading.Event()
         self.cycles = 0
         self.listeners: list[Callable[[CycleReport], None]] = []
-        self.notifier = build_notifier(config.notifications, _FleetView(self.revisions),
-                                       posixpath.dirname(config.path))  # fmt: skip
+        self.notifier = None if dry_run else build_notifier(config.notifications, _FleetView(self.revisions),
+                                                            posixpath.dirname(config.path))  # fmt: skip
         if self.notifier is not None:  # after the status commit of each cycle; offering never waits
             self.listeners.append(self.notifier)
         self.wake = threading.Event()  # set by trigger(): the next cycle starts at once

@@ -184,3 +184,15 @@ def test_a_hanging_forge_never_delays_the_status_commit(fleet: Fleet, tmp_path: 
         assert time.monotonic() - started < 30  # the forge's 60 s timeout held up nothing (5 s grace at stop)
         assert {fleet.env_status(e)["phase"] for e in ENVIRONMENTS} == {"Synced"}
         assert server.wait_for(1) and server.violations == []
+
+
+def test_a_dry_run_tells_no_forge_and_no_sink(fleet: Fleet, tmp_path: Path) -> None:
+    token = tmp_path / "forge.token"
+    token.write_text(TOKEN)
+    for server in serve(ForgeKind.GITHUB):
+        fleet.write_config(notifications={
+            "commitStatuses": {"forge": "github", "url": server.url, "repository": "bank/releases",
+                               "token": f"file:{token}"},
+        })  # fmt: skip
+        assert fleet.once("--dry-run") == 1  # everything would change
+        assert server.requests == []  # nothing was applied: nothing to tell
