@@ -213,6 +213,7 @@ class Controller:
                 raise RequestError(f"target {target} ({app}): its driver cannot show what runs")
             plain, secrets = self.decryptor.unit(unit)  # compared as it would be applied, shown as digests
             found.setdefault(app, []).extend(masked(c, secrets) for c in shower.contents(plain))
+        self.decryptor.forget()
         return found
 
     # --- the cycle -----------------------------------------------------------------------------------------------
@@ -240,6 +241,7 @@ class Controller:
             report.recovered = True
         run_batch = partial(self._run_batch, stop=stop)
         outcomes = run_in_waves(self.gov, self.sched, loaded, jobs, run_batch)
+        self.decryptor.forget()  # (a stage's environments shared each SOPS file's decryption; not kept longer)
         outcomes.update(invalid_outcomes)
         report.outcomes = outcomes
         self.sched.record(loaded, outcomes, {job.env.name: key for job, key in jobs}, self.clock(), self.dry_run)

@@ -13,6 +13,7 @@ Called by the engine's executor (apply) and the controller's ``diff``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -34,6 +35,14 @@ class Decryptor:
 
     def __init__(self, identities: Sequence[pyrage.x25519.Identity]) -> None:
         self.identities = list(identities)
+        # one cycle's decryptions by the digest of the encrypted file: a stage's environments share one file, which
+        # is decrypted and verified once (forget() at the end of each cycle: plaintext is not kept longer)
+        self._memo: dict[bytes, tuple[bytes, tuple[str, ...]]] = {}
+        self.decryptions = 0  # files decrypted (tests, benches)
+
+    def forget(self) -> None:
+        """Drop what this cycle decrypted (the controller calls it when a cycle ends)."""
+        self._memo = {}
 
     def unit(self, unit: DesiredUnit) -> tuple[DesiredUnit, tuple[str, ...]]:
         """``unit`` with its SOPS files decrypted, and the plaintext values found (for :func:`redact`)."""
@@ -49,20 +58,28 @@ class Decryptor:
         for path, data in component.files.items():
             if _MARK not in data:
                 continue
-            where = f"{unit.application}/{component.name}/{path}"
-            docs, problems = parse_file(where, data)
-            if problems:
-                raise SopsError(f"{problems[0]}")
-            if len(docs) != 1 or not is_encrypted(docs[0].data):
-                raise SopsError(f"{where}: holds ENC[...] values but is not one sops document")
-            plain = _plain(decrypt_document(docs[0].data, self.identities, where))
-            secrets.extend(_leaves(plain, docs[0].data))
-            files[path] = yaml.safe_dump(plain, sort_keys=False, allow_unicode=True).encode()
+            key = hashlib.sha256(data).digest()
+            found = self._memo.get(key)
+            if found is None:
+                found = self._memo[key] = self._decrypt(f"{unit.application}/{component.name}/{path}", data)
+            files[path] = found[0]
+            secrets.extend(found[1])
             decrypted.add(path)
         if not decrypted:
             return component
         # the template fill no longer describes the bytes; script agents get the decrypted text (as_json)
         return replace(component, files=files, filled={}, decrypted=frozenset(decrypted))
+
+    def _decrypt(self, where: str, data: bytes) -> tuple[bytes, tuple[str, ...]]:
+        """One SOPS file decrypted (its MAC verified): the YAML without the metadata, and its plaintext values."""
+        docs, problems = parse_file(where, data)
+        if problems:
+            raise SopsError(f"{problems[0]}")
+        if len(docs) != 1 or not is_encrypted(docs[0].data):
+            raise SopsError(f"{where}: holds ENC[...] values but is not one sops document")
+        plain = _plain(decrypt_document(docs[0].data, self.identities, where))
+        self.decryptions += 1
+        return yaml.safe_dump(plain, sort_keys=False, allow_unicode=True).encode(), tuple(_leaves(plain, docs[0].data))
 
 
 def _plain(node: Any) -> Any:

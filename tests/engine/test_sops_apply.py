@@ -163,3 +163,18 @@ def test_an_unreadable_identity_is_a_clear_refusal_to_start(
     assert fleet.once() == 1  # refused before anything runs
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err and "prose" not in err, err
+
+
+def test_a_cycle_decrypts_each_distinct_file_once_and_keeps_no_plaintext_after_it(fleet: Fleet, tmp_path: Path) -> None:
+    from tests.engine.test_governance import controller_at
+
+    key, recipient = identity(tmp_path)
+    fleet.write_config(secrets={"ageIdentity": f"file:{key}"})
+    with_secret(fleet, encrypt_yaml(SECRET, [recipient]))  # the same file in the 5 environments that deploy ref
+    with controller_at(fleet) as controller:
+        report = controller.cycle("manual")
+        assert sum(1 for o in report.outcomes.values() if o.phase == "Synced") == 5
+        assert controller.decryptor.decryptions == 1  # (5 applies; verified and decrypted once)
+        assert controller.decryptor._memo == {}  # nothing decrypted outlives its cycle
+    written = [p.read_text() for p in sorted(fleet.targets.rglob("secret.yaml"))]
+    assert len(written) == 5 and all(f"password: {PASSWORD}" in w for w in written)
