@@ -123,7 +123,7 @@ class Notifier:
         stage = self.fleet.members().get(environment, "")
         why = f"by {by}" + (f": {reason}" if reason else "")
         apps = ((application, ""),) if application else ()
-        self.tell([Event(kind, environment, stage, None, why, self.fleet.head()[0], by, apps)])
+        self.tell([Event(kind, environment, stage, None, why, self.fleet.head()[0], "", apps)])  # (who: in why)
 
     def tell(self, events: Iterable[Event]) -> None:
         for sink, routed in self.route(events).items():

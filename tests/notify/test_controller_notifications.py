@@ -112,7 +112,8 @@ def test_teams_hear_about_their_application_and_operators_about_drift_and_suspen
     wait_for(ops, 2)
     suspended = ops.received[1]["data"]
     assert suspended["kind"] == "environment.suspended" and suspended["environments"] == ["rennes-dev"]
-    assert "rennes-dev" in suspended["text"] and "by token:alice: incident 4711" in suspended["text"]
+    assert suspended["text"].startswith("dev: 1 environment suspended (rennes-dev); by token:alice: incident 4711 at ")
+    assert suspended["text"].count("token:alice") == 1
     team.server.shutdown()
     ops.server.shutdown()
 
