@@ -79,9 +79,12 @@ def test_kubernetes_throughput_runs_both_shapes_through_the_engine(kube_server: 
         assert figures["via"] == "engine" and figures["failures"] == [], (shape, figures["failures"])
         assert isinstance(figures["retried"], list)
         server = figures["server_cpu_ms_per_app"]  # read from /proc, by the pids beside the test server's kubeconfig
-        assert set(server) == {"cold", "floor_cold", "warm", "floor_warm"}, server
+        assert set(server) == {"cold", "floor_cold", "warm", "floor_warm", "kubectl_cold", "kubectl_warm"}, server
         assert figures["collisions"] == 0 and figures["unchanged_reapply_wrote_nothing"] is True
         assert figures["cold_apps_per_s"] > 0 and figures["floor_cold_apps_per_s"] > 0
+        # beside kubectl apply --server-side per environment (a real kubectl against the same server)
+        assert figures["kubectl_cold_apps_per_s"] > 0 and figures["kubectl_noop_apps_per_s"] > 0
+        assert figures["cold_vs_kubectl"] > 0 and figures["noop_vs_kubectl"] > 0
     server_ms = [ms for f in result["shapes"].values() for ms in f["server_cpu_ms_per_app"].values()]
     assert sum(server_ms) > 0, server_ms  # (clock ticks of 10 ms: summed over every phase of both shapes)
     assert result["shapes"]["configmap"]["applications"] == 6
