@@ -100,7 +100,6 @@ class Notifier:
         self.rollouts = Rollouts()
         # one outbox (queue and thread) per sink: a sink that hangs holds up only its own messages
         self.outboxes = {name: Outbox() for name in self.sinks}
-        self.offered = 0
         self.unknown: set[tuple[str, str]] = set()  # (application, sink) already warned about
         self.log = get_logger(component="notifications")
 
@@ -128,7 +127,6 @@ class Notifier:
     def tell(self, events: Iterable[Event]) -> None:
         for sink, routed in self.route(events).items():
             for message in coalesce(routed, self.link):
-                self.offered += 1
                 self.outboxes[sink].offer(self.sinks[sink], message.as_json())
 
     def route(self, events: Iterable[Event]) -> dict[str, list[Event]]:
@@ -151,27 +149,27 @@ class Notifier:
                                  application=application, sink=name)  # fmt: skip
         return [n for n in names if n in self.sinks]
 
+    def _boxes(self) -> dict[str, Outbox]:
+        """Every outbox by sink name, the forge's included."""
+        forge = {self.statuses.sink.name: self.statuses.outbox} if self.statuses is not None else {}
+        return {**self.outboxes, **forge}
+
     def results(self) -> dict[tuple[str, str], int]:
         """Deliveries so far by (sink, result), every sink with a zero for each result (series from the start)."""
-        boxes = dict(self.outboxes)
-        if self.statuses is not None:
-            boxes[self.statuses.sink.name] = self.statuses.outbox
+        boxes = self._boxes()
         found = {(name, result): 0 for name in boxes for result in RESULTS}
         for outbox in boxes.values():
             found.update(outbox.results)
         return found
 
     def depths(self) -> dict[str, int]:
-        found = {name: outbox.depth for name, outbox in self.outboxes.items()}
-        if self.statuses is not None:
-            found[self.statuses.sink.name] = self.statuses.outbox.depth
-        return found
+        return {name: outbox.depth for name, outbox in self._boxes().items()}
 
     def close(self, grace: float = 5.0) -> None:
         """Give what is queued up to ``grace`` seconds in all to be delivered (``run --once`` ends right after its
         cycle), then stop; what is left is lost (delivery is at-most-once across a stop)."""
         deadline = time.monotonic() + grace
-        boxes = list(self.outboxes.values()) + ([self.statuses.outbox] if self.statuses else [])
+        boxes = list(self._boxes().values())
         for outbox in boxes:
             outbox.drain(max(0.0, deadline - time.monotonic()))
         for outbox in boxes:

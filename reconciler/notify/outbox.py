@@ -8,7 +8,8 @@ Delivery is at-most-once across restarts: the queue lives in memory, and what it
 lost (counted nowhere); within a process it is at-least-once for a sink that applied a message but did not
 answer. ``results`` counts outcomes per (sink, result) for ``reconciler_notifications_total``.
 
-Created by the controller (to come) with its sinks; tested with real HTTP receivers (tests/notify/).
+Created by the notifier (:mod:`reconciler.engine.notifications`), one per sink; tested with real receivers
+(tests/notify/).
 """
 
 from __future__ import annotations
@@ -63,12 +64,20 @@ class Outbox:
         self.max_backoff = max_backoff
         self.jitter = jitter
         self.results: Counter[tuple[str, str]] = Counter()
-        self.dropped = 0
-        self.dead_letters = 0
         self._queue: queue.Queue[_Item | None] = queue.Queue(capacity)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="notify-outbox", daemon=True)
         self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Messages refused by a full queue."""
+        return sum(n for (_, result), n in self.results.items() if result == "dropped")
+
+    @property
+    def dead_letters(self) -> int:
+        """Messages given up (a refusal, or every attempt failed)."""
+        return sum(n for (_, result), n in self.results.items() if result == "failed")
 
     @property
     def depth(self) -> int:
@@ -80,7 +89,6 @@ class Outbox:
             self._queue.put_nowait(_Item(sink, payload))
             return True
         except queue.Full:
-            self.dropped += 1
             self.results[(sink.name, "dropped")] += 1
             return False
 
@@ -111,7 +119,6 @@ class Outbox:
                 item.sink.send(item.payload)
             except DeliveryError as exc:
                 if not exc.retry or attempt == self.attempts:
-                    self.dead_letters += 1
                     self.results[(item.sink.name, "failed")] += 1
                     log.warning("notification to %s given up after %d attempt(s): %s", item.sink.name, attempt, exc)
                     return
