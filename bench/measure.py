@@ -9,6 +9,7 @@ process, git children excluded) are recorded beside them because they are less s
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
@@ -33,6 +34,7 @@ from reconciler.core.loader import Limits, forget_last_load, load_repo
 from reconciler.core.model import ReleasesRepo
 from reconciler.core.plan import Phase
 from reconciler.core.tree import SourceTree, is_manifest_path
+from reconciler.drivers.local_state import INVENTORY
 from reconciler.engine.controller import Controller, CycleReport
 from reconciler.engine.reconcile import Job, render_desired
 from reconciler.source.gitrepo import GitSource
@@ -87,6 +89,42 @@ def figure(wall: list[float], cpu: list[float], floor: list[float] | None, floor
         "floor_runs_s": floor or [],
         "ratio": value / floor_value if value is not None and floor_value else None,
     }
+
+
+def _wait_applied(inventories: dict[str, list[str]], version: str, t0: float, deadline_s: float) -> dict[str, float]:
+    """Seconds from ``t0`` until each environment's inventories say ``version`` (polled every 2 ms: a stat per
+    file, a read only when the file changed)."""
+    pending = {name: list(paths) for name, paths in inventories.items()}
+    stamps: dict[str, tuple[int, int]] = {}
+    done: dict[str, float] = {}
+    while pending:
+        if time.perf_counter() - t0 > deadline_s:
+            raise RuntimeError(f"{version} not applied in {sorted(pending)[:3]} after {deadline_s:.0f}s")
+        for name in list(pending):
+            pending[name] = [p for p in pending[name] if not _holds(p, version, stamps)]
+            if not pending[name]:
+                done[name] = time.perf_counter() - t0
+                del pending[name]
+        time.sleep(0.002)
+    return done
+
+
+def _holds(path: str, version: str, stamps: dict[str, tuple[int, int]]) -> bool:
+    """The inventory at ``path`` records ``version`` (read again only when its stat changed)."""
+    try:
+        st = os.stat(path)
+        stamp = (st.st_ino, st.st_mtime_ns)
+    except FileNotFoundError:
+        return False
+    if stamps.get(path) == stamp:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            found = json.loads(fh.read()).get("version")
+    except (OSError, ValueError):
+        return False  # (being replaced: read again next time)
+    stamps[path] = stamp
+    return bool(found == version)
 
 
 def code_state() -> dict[str, Any]:
@@ -329,6 +367,9 @@ class Size:
         )
 
     def latency(self) -> None:
+        """Commit-to-live through the webhook path: from the push of a one-stage bump to the new version running on
+        every environment of the stage (each target's inventory says so: what a user of the target would see),
+        then to the status branch saying Synced (the status commit closes the same cycle)."""
         assert self.controller is not None
         controller, bump, fleet = self.controller, self.bump, self.fleet
         finished = threading.Event()
@@ -345,7 +386,8 @@ class Size:
         finished.wait(600)  # the first cycle of run_forever (nothing to do)
         incremental = self.figures["incremental"]["median_s"] or 10.0
         deadline_s = max(60.0, 10 * incremental)
-        samples: list[float] = []
+        inventories = self._inventories()
+        samples: dict[str, list[float]] = {"live": [], "watched": [], "status": []}
         breakdown: list[dict[str, float]] = []
         started = time.perf_counter()
         version = self.current_version
@@ -364,7 +406,10 @@ class Size:
                 fleet.commit(f"{bump.application} {version} in {bump.stage} (latency {i})")
                 t0 = time.perf_counter()
                 controller.trigger()
-                samples.append(self._wait_live(bump, version, before, t0, deadline_s))
+                live = _wait_applied(inventories, version, t0, deadline_s)
+                samples["live"].append(max(live.values()))
+                samples["watched"].append(live[bump.environment])
+                samples["status"].append(self._wait_status(bump, version, before, t0, deadline_s))
                 finished.wait(deadline_s)  # the cycle's end (status is written just before it)
                 if reports:  # where this commit's time went: waiting for the cycle, then its phases
                     last = reports[-1]
@@ -373,11 +418,33 @@ class Size:
             stop.set()
             controller.wake.set()
             thread.join(600)
+        self._latency_figure(samples, breakdown, len(inventories))
+
+    def _inventories(self) -> dict[str, list[str]]:
+        """Each environment of the bump's stage: the inventory file of the bumped application on its targets."""
+        assert self.controller is not None and self.controller.good is not None
+        repo, bump = self.controller.good.repo, self.bump
+        application = repo.applications[bump.application]
+        return {
+            name: [str(self.fleet.targets / t / name / bump.application / INVENTORY)
+                   for t in targets_of(repo.environments[name], application)]
+            for name in self._bump_envs()
+        }  # fmt: skip
+
+    def _latency_figure(self, samples: dict[str, list[float]], breakdown: list[dict[str, float]], envs: int) -> None:
+        live, status = samples["live"], samples["status"]
         self.figures["latency"] = {
-            "p50_s": percentile(samples, 50),
-            "p95_s": percentile(samples, 95),
-            "max_s": max(samples) if samples else None,
-            "samples_s": samples,
+            "p50_s": percentile(live, 50),
+            "p95_s": percentile(live, 95),
+            "max_s": max(live) if live else None,
+            "samples_s": live,
+            "what": f"commit pushed -> the new version applied on all {envs} environments of the stage",
+            "watched_p50_s": percentile(samples["watched"], 50),  # one environment of the stage (the bench's watched)
+            "watched_samples_s": samples["watched"],
+            # commit pushed -> the status branch says Synced at the new version (the cycle's end)
+            "status_p50_s": percentile(status, 50),
+            "status_p95_s": percentile(status, 95),
+            "status_samples_s": status,
             "floor": "incremental floor (git fetch of the commit + write of the changed files)",
             "floor_median_s": self.figures["incremental"]["floor_median_s"],
             # the median seconds of each phase over the samples: wait (trigger to cycle start), fetch, load, plan,
@@ -387,15 +454,16 @@ class Size:
                 for phase in ("wait", "fetch", "load", "plan", "reconcile", "status", "after")
             } if breakdown else {},
         }  # fmt: skip
-        floor_s = self.figures["latency"]["floor_median_s"]
-        p50 = self.figures["latency"]["p50_s"]
-        self.figures["latency"]["ratio"] = p50 / floor_s if p50 is not None and floor_s else None
+        fig = self.figures["latency"]
+        known = fig["p50_s"] is not None and fig["floor_median_s"]
+        fig["ratio"] = fig["p50_s"] / fig["floor_median_s"] if known else None
         log(
-            f"{self.label}: commit-to-live p50 {p50:.2f}s p95 {self.figures['latency']['p95_s']:.2f}s "
-            f"over {len(samples)} commits"
+            f"{self.label}: commit-to-live (all {envs} environments) p50 {fig['p50_s']:.3f}s "
+            f"p95 {fig['p95_s']:.3f}s; commit-to-status p50 {fig['status_p50_s']:.3f}s "
+            f"p95 {fig['status_p95_s']:.3f}s over {len(live)} commits"
         )
 
-    def _wait_live(self, bump: Bump, version: str, before: str | None, t0: float, deadline_s: float) -> float:
+    def _wait_status(self, bump: Bump, version: str, before: str | None, t0: float, deadline_s: float) -> float:
         seen = before
         while time.perf_counter() - t0 < deadline_s:
             head = self.fleet.status_head()

@@ -187,6 +187,14 @@ def _comparable(obj: dict[str, Any]) -> dict[str, Any]:
     return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
 
 
+def _creates_only(steps: list[Step]) -> bool:
+    """Every object to write is new (a first deployment): sent without a server-side dry-run of each first, the
+    objects created before a refusal are deleted again, which leaves the target as it was (an update cannot be
+    undone that way: a unit that changes existing objects is validated by a dry-run of each before any write)."""
+    writes = [s for s in steps if s.action not in ("unchanged", "kept")]
+    return len(writes) > 1 and all(s.action == "created" and not s.adopting for s in writes)
+
+
 def _uid_refused(exc: ApiError) -> bool:
     """The server refused a write because the object no longer has the ``uid`` sent as a precondition."""
     if exc.status == 409 and "uid mismatch" in exc.message:  # deleted
@@ -512,6 +520,8 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
             # a refusal (4xx: PermanentError, Replaced) wrote nothing, an outage (timeout, 5xx) may have
             if isinstance(exc, PermanentError | Replaced) and sending is not None:
                 attempted.remove(sending)
+            if isinstance(exc, PermanentError) and _creates_only(steps):  # not validated first: undo the creations
+                attempted = self._undo(session, owner, attempted)
             new = [Entry(p.ref, p.component, adopted=p.ref.identity in adopted) for p in attempted
                    if p.ref.identity not in known]  # fmt: skip
             if new or (record is not None and not usable):  # (an unreadable record: replaced by what was found)
@@ -609,8 +619,9 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
                 steps.append(Step(p, "unchanged", live))
             else:
                 steps.append(Step(p, "apply", live))
-        if not dry_run and sum(1 for s in steps if s.action not in ("unchanged", "kept")) <= 1:
-            return steps
+        writes = sum(1 for s in steps if s.action not in ("unchanged", "kept"))
+        if not dry_run and (writes <= 1 or _creates_only(steps)):
+            return steps  # one write is atomic by itself; new objects only: a refusal deletes what was created
         creating = {(p.ref.group, p.ref.kind, p.ref.name) for p in planned}
         for step in steps:
             if step.action in ("unchanged", "kept"):
@@ -626,6 +637,20 @@ class KubernetesDriver(Batching, ObservesEnvironment, Identifies, ShowsContent):
                 same = annotation(live, ANN_FINGERPRINT) == fingerprint and same_state(dry, live, self.field_manager)
                 step.action = "unchanged" if same else "configured"
         return steps
+
+    def _undo(self, session: _Session, owner: Owner, created: list[Planned]) -> list[Planned]:
+        """Delete the objects this apply created before the server refused a later one (they did not exist when
+        read, so they are ours alone); returns those still there (kept tracked: pruned by a later apply)."""
+        mine = [p for p in created if not p.ensure]
+        try:
+            deleted, _ = self.store.prune(owner, [Entry(p.ref, p.component) for p in mine])
+        except ReconcilerError:  # the refusal is the error to report; what could not be deleted stays tracked
+            return created
+        gone = {ref.identity for ref in deleted}
+        for p in mine:
+            if p.ref.identity in gone:
+                self._saw(session, p.ref, None)
+        return [p for p in created if p.ref.identity not in gone]
 
     def _ssa(
         self, p: Planned, live: dict[str, Any] | None, owner: Owner, dry_run: bool = False, force: bool = False

@@ -30,6 +30,7 @@ class MemoryDriver(Batching, ShowsContent):
     fail_batch: dict[tuple[str, str], Exception] = field(default_factory=dict)  # (environment, "begin"/"end")
     foreign: dict[tuple[str, str], str] = field(default_factory=dict)  # someone else's units: key -> content
     effects: list[tuple[str, str, str]] = field(default_factory=list)  # (action, environment, application)
+    observed: list[tuple[str, str, bool]] = field(default_factory=list)  # (environment, application, check_drift)
 
     @contextmanager
     def batch(self, environment: str) -> Iterator[None]:
@@ -45,6 +46,7 @@ class MemoryDriver(Batching, ShowsContent):
             raise self.fail_batch[(environment, "end")]
 
     def observe(self, environment: str, application: str, check_drift: bool = True) -> LiveUnit | None:
+        self.observed.append((environment, application, check_drift))
         unit = self.units.get((environment, application))
         if unit is None or (environment, application) in self.foreign:
             return None

@@ -359,6 +359,9 @@ class Controller:
             journal=None if self.dry_run else self.publisher.journal,
             decrypt=self.decryptor.unit,
             build=self.kustomize,
+            # only its inputs changed since it was left Synced: look at the applications that changed (the drift
+            # check of the others stays on the drift interval, as for an environment whose inputs did not change)
+            narrow=changed and not drift_due and trigger != "manual" and state.phase is Phase.SYNCED,
         )
 
     def _run_batch(self, jobs: list[tuple[Job, str]], stop: threading.Event | None) -> dict[str, EnvOutcome]:

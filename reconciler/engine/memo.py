@@ -1,8 +1,11 @@
-"""The render memo: what was rendered from which inputs, and which environments a drift check found in sync.
+"""The render memo: what was rendered from which inputs, which environments a drift check found in sync, and the
+baseline each environment was last left wholly Synced at.
 
 Rendering is deterministic, so a unit whose inputs are unchanged need not be rendered again to be compared, and
 an environment whose inputs and observed live state are exactly as when a drift check found it in sync has the
-same outcome. Shared by the controller's workers; read and written by :mod:`reconciler.engine.reconcile`.
+same outcome. A baseline lets a new commit's reconcile of a Synced environment look only at the applications whose
+inputs changed (:func:`reconciler.engine.reconcile.reconcile_environment`). Shared by the controller's workers;
+read and written by :mod:`reconciler.engine.reconcile`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.state import LiveUnit
-from reconciler.engine.outcome import EnvOutcome
+from reconciler.engine.outcome import AppStatus, EnvOutcome
 
 
 class RenderMemo:
@@ -28,6 +31,7 @@ class RenderMemo:
     def __init__(self) -> None:
         self._known: dict[tuple[str, str, str], tuple[str, str]] = {}
         self._settled: dict[str, Settled] = {}
+        self._baselines: dict[str, Baseline] = {}
         self._environments: set[str] = set()  # every environment with an entry
 
     def settled(self, environment: str, token: Hashable) -> Settled | None:
@@ -49,7 +53,20 @@ class RenderMemo:
             self._known.pop(key, None)
         for name in gone:
             self._settled.pop(name, None)
+            self._baselines.pop(name, None)
         self._environments -= gone
+
+    def baseline(self, environment: str) -> Baseline | None:
+        """What the environment's last reconcile that left it wholly Synced rendered, and its statuses."""
+        return self._baselines.get(environment)
+
+    def set_baseline(self, environment: str, baseline: Baseline | None) -> None:
+        """Record (or, with ``None``, forget) the environment's baseline."""
+        if baseline is None:
+            self._baselines.pop(environment, None)
+            return
+        self._baselines[environment] = baseline
+        self._environments.add(environment)
 
     def get(self, environment: str, application: str, target: str, token: str) -> str | None:
         known = self._known.get((environment, application, target))
@@ -74,3 +91,18 @@ class Settled:
     wanted: tuple[tuple[str, tuple[str, ...]], ...]  # (target, applications desired there), in observe order
     live: Mapping[tuple[str, str], LiveUnit | None]
     outcome: EnvOutcome
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """An environment as its last reconcile left it wholly Synced: the targets it mapped, the render token of each
+    application (see :meth:`reconciler.engine.revision.Revisions.render_tokens`) and each application's status.
+
+    A new commit that changes some applications' tokens (and neither the targets nor the set of applications)
+    needs to observe, decide and apply only those: the others are as this reconcile left them, trusted exactly as
+    an environment whose inputs did not change at all is trusted until the next drift check. The mappings are the
+    revision's own (shared, not copied)."""
+
+    targets: tuple[tuple[str, str], ...]
+    tokens: Mapping[str, str]
+    statuses: Mapping[str, AppStatus]

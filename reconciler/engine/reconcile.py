@@ -11,7 +11,7 @@ failure is caught per application, so its dependents wait while independent appl
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -20,7 +20,7 @@ from reconciler.core.decide import ALLOWED, ROLLBACK, AppVerdict, Facts, verdict
 from reconciler.core.desired import DesiredUnit, RenderError, render_unit, targets_of, with_identity
 from reconciler.core.kustomize import Build
 from reconciler.core.model import Environment, ReleasesRepo
-from reconciler.core.plan import Action, Phase, UnitPlan, guard_empty, pair
+from reconciler.core.plan import Action, Phase, UnitPlan, guard_empty, pair, worst_phase
 from reconciler.core.policy import requirement_hold
 from reconciler.core.problems import ReconcilerError
 from reconciler.core.state import LiveUnit
@@ -28,8 +28,8 @@ from reconciler.core.tasks import Inputs, plan_tasks
 from reconciler.core.tree import SourceTree
 from reconciler.drivers.base import Identifies, batching, health_is_observed, identifying, observe_environment
 from reconciler.engine.execute import Context, execute
-from reconciler.engine.memo import RenderMemo, Settled
-from reconciler.engine.outcome import AppStatus, EnvOutcome, classify, safe_message
+from reconciler.engine.memo import Baseline, RenderMemo, Settled
+from reconciler.engine.outcome import AppStatus, EnvOutcome, classify, safe_message, summary
 from reconciler.engine.targets import DriverPool
 from reconciler.status.journal import AuditJournal
 
@@ -72,6 +72,9 @@ class Job:
     # SOPS files decrypted just before a driver writes the unit (and the plaintext values, to mask in messages)
     decrypt: Callable[[DesiredUnit], tuple[DesiredUnit, tuple[str, ...]]] | None = None
     build: Build | None = None  # renders Kustomize overlays (``kustomize`` components)
+    # the environment was Synced and only its inputs changed (no drift check due, nobody asked): with a baseline in
+    # the memo, only the applications whose render tokens changed are observed, decided and applied
+    narrow: bool = False
 
 
 def _dependencies(repo: ReleasesRepo, app: str, version: str | None) -> tuple[str, ...]:
@@ -108,9 +111,13 @@ def identifier(pool: DriverPool) -> Identify:
 
 
 def render_desired(
-    job: Job, stubs: set[tuple[str, str]] | None = None, identify: Identify = _as_is
+    job: Job,
+    stubs: set[tuple[str, str]] | None = None,
+    identify: Identify = _as_is,
+    only: Collection[str] | None = None,
 ) -> tuple[dict[tuple[str, str], DesiredUnit], dict[str, str]]:
-    """Desired units by (application, target), and render errors by application.
+    """Desired units by (application, target), and render errors by application (of the applications in ``only``,
+    if given).
 
     With a ``stubs`` set and a memo in the job, a unit whose inputs are unchanged since it was last rendered is
     a stub (no components) and its key is added to ``stubs``: see :func:`realise`. ``identify`` gives each rendered
@@ -120,6 +127,8 @@ def render_desired(
     errors: dict[str, str] = {}
     memo = job.memo if stubs is not None else None
     for app_name, version in job.repo.desired_versions(job.env).items():
+        if only is not None and app_name not in only:
+            continue
         app = job.repo.applications[app_name]
         release = job.repo.releases[(app_name, version)]
         token = job.render_tokens.get(app_name)
@@ -205,22 +214,37 @@ def reconcile_environment(job: Job, pool: DriverPool, clock: Callable[[], float]
                 retry_after=classified.retry_after or outcome.retry_after,
                 duration=clock() - started,
             )
+    _remember(job, outcome)
     return outcome
+
+
+def _remember(job: Job, outcome: EnvOutcome) -> None:
+    """Keep the environment's baseline when this reconcile left every desired application Synced; forget it
+    otherwise (the next attempt then looks at the whole environment)."""
+    if job.memo is None or job.dry_run or not job.render_tokens:
+        return
+    whole = outcome.phase is Phase.SYNCED and outcome.applications.keys() == job.render_tokens.keys()
+    targets = tuple(sorted(job.env.targets.items()))
+    job.memo.set_baseline(job.env.name, Baseline(targets, job.render_tokens, outcome.applications) if whole else None)
 
 
 Wanted = tuple[tuple[str, tuple[str, ...]], ...]  # (target, applications desired there), in observe order
 Live = dict[tuple[str, str], LiveUnit | None]
 
 
-def _observe(job: Job, pool: DriverPool, wanted: Wanted, batches: ExitStack) -> Live:
-    """What every target holds for the environment (entering each driver's batch first)."""
+def _observe(job: Job, pool: DriverPool, wanted: Wanted, batches: ExitStack, whole: bool = True) -> Live:
+    """What every target holds for the environment (entering each driver's batch first); with ``whole`` false,
+    only the ``wanted`` applications, observed in full (a narrow reconcile)."""
     live: Live = {}
     for target, applications in wanted:
         driver = pool.get(target)
         opener = batching(driver)
         if opener is not None:
             batches.enter_context(opener.batch(job.env.name))
-        found = observe_environment(driver, job.env.name, applications, job.check_drift)
+        if whole:
+            found = observe_environment(driver, job.env.name, applications, job.check_drift)
+        else:
+            found = {app: driver.observe(job.env.name, app, True) for app in applications}
         live.update(((app, target), unit) for app, unit in found.items())
     return live
 
@@ -240,11 +264,14 @@ def _reconcile(
 ) -> EnvOutcome:
     env = job.env
     stubs: set[tuple[str, str]] = set()
+    identify = identifier(pool)
+    base = job.memo.baseline(env.name) if job.memo is not None and job.narrow and not job.dry_run else None
+    if base is not None and _narrowable(job, base):
+        return _narrow(job, pool, batches, base, started, clock, identify)
     # inputs unchanged since a drift check found everything in sync: observe as then, compare, done
     token = (tuple(sorted(env.targets.items())), frozenset(job.render_tokens.items())) if job.render_tokens else None
     settled = job.memo.settled(env.name, token) if job.memo and token and job.check_drift and not job.dry_run else None
     units: dict[tuple[str, str], DesiredUnit] | None = None
-    identify = identifier(pool)
     if settled is not None:
         wanted = settled.wanted
     else:
@@ -280,14 +307,64 @@ def _reconcile(
         if job.memo is not None and token is not None and not job.dry_run:
             job.memo.settle(env.name, Settled(token, wanted, live, outcome))
         return outcome
+    return _decide_and_execute(job, pool, plans, clock() - started)
+
+
+def _decide_and_execute(
+    job: Job, pool: DriverPool, plans: list[UnitPlan], elapsed: float, known: Mapping[str, str | None] | None = None
+) -> EnvOutcome:
+    """Verdicts from facts gathered now, sync tasks, and their execution (``known``: live versions of applications
+    not among ``plans``, for the releases' ``requires``)."""
+    env = job.env
     facts, decided = _decide(job, plans)
-    inputs = _inputs(job, decided)
+    inputs = _inputs(job, decided, known or {})
     ctx = Context(env.name, env.stage, job.revision, job.author, job.committer, job.trigger,
                   facts.signer if facts else "", job.replica, job.dry_run, job.check_drift, job.owned,
                   inputs.requirement, job.clock, None if job.dry_run else job.journal,
                   rollbacks(facts.trailers if facts else {}, env.name),
                   teams_of(job.repo, facts.signer if facts else ""), job.decrypt)  # fmt: skip
-    return execute(ctx, pool, plan_tasks(plans, inputs), plans, _light(plans), clock() - started)
+    return execute(ctx, pool, plan_tasks(plans, inputs), plans, _light(plans), elapsed)
+
+
+def _narrowable(job: Job, base: Baseline) -> bool:
+    """The baseline still describes the environment: same targets, same applications (nothing to prune)."""
+    return base.targets == tuple(sorted(job.env.targets.items())) and base.tokens.keys() == job.render_tokens.keys()
+
+
+def _narrow(
+    job: Job,
+    pool: DriverPool,
+    batches: ExitStack,
+    base: Baseline,
+    started: float,
+    clock: Callable[[], float],
+    identify: Identify,
+) -> EnvOutcome:
+    """A Synced environment after a commit that changed some of its applications: render, observe in full, decide
+    and apply those only (on every target of the environment, so a unit that moved targets is pruned); the others
+    keep the baseline's statuses, trusted as an unchanged environment is until the next drift check."""
+    env = job.env
+    changed = frozenset(a for a, token in job.render_tokens.items() if base.tokens[a] != token)
+    kept = {a: s for a, s in base.statuses.items() if a not in changed}
+    if not changed:  # the inputs changed elsewhere (a policy, selfHeal): nothing here to render or apply
+        return EnvOutcome(env.name, Phase.SYNCED, summary(kept), kept, duration=clock() - started)
+    stubs: set[tuple[str, str]] = set()
+    units, render_errors = render_desired(job, stubs, identify, only=changed)
+    if render_errors:
+        return _invalid(job, render_errors, started, clock)
+    targets = sorted(set(env.targets.values()) | {t for _, t in units})
+    wanted = tuple((target, tuple(sorted(changed))) for target in targets)
+    try:
+        live = _observe(job, pool, wanted, batches, whole=False)
+    except Exception as exc:  # noqa: BLE001 - reported as the environment's failure
+        return _observe_failed(job, exc, started, clock)
+    plans, render_errors = realise(job, pair(units, live), stubs, identify)
+    if render_errors:
+        return _invalid(job, render_errors, started, clock)
+    outcome = _decide_and_execute(job, pool, plans, clock() - started, {a: s.live for a, s in kept.items()})
+    statuses = dict(sorted({**kept, **outcome.applications}.items()))
+    return replace(outcome, phase=worst_phase(s.phase for s in statuses.values()), message=summary(statuses),
+                   applications=statuses)  # fmt: skip
 
 
 def teams_of(repo: ReleasesRepo, signers: str) -> str:
@@ -318,12 +395,12 @@ def _decide(job: Job, plans: list[UnitPlan]) -> tuple[Facts | None, dict[str, Ap
     return facts, verdicts(job.repo, job.env, facts, live, changing)
 
 
-def _inputs(job: Job, decided: Mapping[str, AppVerdict]) -> Inputs:
+def _inputs(job: Job, decided: Mapping[str, AppVerdict], known: Mapping[str, str | None]) -> Inputs:
     desired = job.repo.desired_versions(job.env)
     stage = job.repo.stages.get(job.env.stage)
 
     def requirement(app: str, version: str, live: Mapping[str, str | None]) -> str | None:
-        hold = requirement_hold(job.repo, app, version, live)
+        hold = requirement_hold(job.repo, app, version, {**known, **live} if known else live)
         return hold.reason if hold is not None else None
 
     return Inputs(

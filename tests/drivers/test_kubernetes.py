@@ -188,8 +188,21 @@ def test_an_invalid_object_is_a_clear_error_and_nothing_is_applied(
     message = str(caught.value)
     assert "api/b.yaml:1" in message and "Deployment" in message and "is invalid" in message, message
     assert "selector" in message
-    assert api.get(cm_path(ns, "first")) is None  # validated before anything was written
+    assert api.get(cm_path(ns, "first")) is None  # a first deployment: created, then deleted again at the refusal
     assert driver.observe(ns, "shop") is None
+
+
+def test_an_invalid_object_in_an_update_is_refused_before_anything_is_written(
+    driver: KubernetesDriver, api: KubeApi, ns: str
+) -> None:
+    """Existing objects cannot be put back by deleting them: an update is validated by a dry-run of each first."""
+    driver.apply(unit(ns, {"a.yaml": configmap("first", x="1"), "b.yaml": deployment("web")}))
+    bad = deployment("web").replace(b"matchLabels: {app: web}", b"matchLabels: {app: other}")
+    with pytest.raises(PermanentError, match=r"api/b.yaml:1.*is invalid"):
+        driver.apply(unit(ns, {"a.yaml": configmap("first", x="2"), "b.yaml": bad}, version="2"))
+    assert (api.get(cm_path(ns, "first")) or {})["data"] == {"x": "1"}  # untouched
+    live = driver.observe(ns, "shop")
+    assert live is not None and live.version == "1.0.0" and live.drifted == ()
 
 
 def test_an_immutable_field_change_is_a_clear_error(driver: KubernetesDriver, ns: str) -> None:

@@ -203,6 +203,56 @@ def test_a_refused_single_object_leaves_nothing(driver: KubernetesDriver, api: K
     assert header(api, ns)["pending"] == [["apps/v1", "Deployment", ns]]
 
 
+def test_a_first_deployment_of_several_objects_sends_one_apply_each_and_no_dry_run(
+    driver: KubernetesDriver, api: KubeApi, ns: str, requests: list[Request]
+) -> None:
+    """New objects only (a first deployment, a cold cycle): no dry-run of each before the applies."""
+    files = {"a.yaml": configmap("a", x="1"), "b.yaml": configmap("b", x="1"), "d.yaml": deployment("web")}
+    with driver.batch(ns):
+        assert driver.apply(unit(ns, files)).message == "3 created"
+    assert dry_runs(requests) == 0
+    applies = [p for m, p, _ in requests if m == "PATCH" and "reconciler-system" not in p]
+    assert len(applies) == 3, requests
+    assert (inventory_record(api, ns) or pytest.fail())["version"] == "1.0.0"
+
+
+def test_a_refused_first_deployment_deletes_what_it_created(
+    driver: KubernetesDriver, api: KubeApi, ns: str, requests: list[Request]
+) -> None:
+    """The third object is refused (422) after two were created: they are deleted again (by uid, as ours) and no
+    application is recorded; the next attempt with valid input creates everything."""
+    bad = deployment("web").replace(b"matchLabels: {app: web}", b"matchLabels: {app: other}")
+    files = {"a.yaml": configmap("a", x="1"), "b.yaml": configmap("b", x="1"), "d.yaml": bad}
+    with pytest.raises(PermanentError, match=r"api/d.yaml:1.*is invalid"):
+        driver.apply(unit(ns, files))
+    deletes = sorted(p for m, p, _ in requests if m == "DELETE")
+    assert deletes == [cm_path(ns, "a"), cm_path(ns, "b")]
+    assert api.get(cm_path(ns, "a")) is None and api.get(cm_path(ns, "b")) is None
+    assert driver.observe(ns, "shop") is None and inventory_record(api, ns) is None
+    files["d.yaml"] = deployment("web")
+    assert driver.apply(unit(ns, files)).message == "3 created"
+
+
+def test_objects_a_refused_first_deployment_could_not_delete_stay_tracked(
+    driver: KubernetesDriver, api: KubeApi, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When deleting them fails too, the refusal is what is reported and the created objects stay in the
+    inventory, so a later apply or removal prunes them (nothing is left untracked)."""
+
+    def unreachable(*_args: Any, **_kw: Any) -> Any:
+        raise TemporaryError("kubernetes target: unreachable")
+
+    bad = deployment("web").replace(b"matchLabels: {app: web}", b"matchLabels: {app: other}")
+    with monkeypatch.context() as patched:
+        patched.setattr(driver.store, "prune", unreachable)
+        with pytest.raises(PermanentError, match=r"api/d.yaml:1.*is invalid"):
+            driver.apply(unit(ns, {"a.yaml": configmap("a", x="1"), "d.yaml": bad}))
+    assert api.get(cm_path(ns, "a")) is not None
+    assert driver.owned_applications(ns) == ["shop"]
+    assert driver.remove(ns, "shop").message == "1 pruned"
+    assert api.get(cm_path(ns, "a")) is None
+
+
 def test_an_object_changed_by_our_own_field_manager_is_not_taken_as_unchanged(
     driver: KubernetesDriver, api: KubeApi, ns: str
 ) -> None:

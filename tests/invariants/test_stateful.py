@@ -15,7 +15,9 @@ git (signatures verified by git), a real status branch, the in-memory driver twi
 - I8 a suspended environment gets no effect at all (no change, no drift repair) until it is resumed, whatever
   commits, restarts and triggers come meanwhile;
 - I9 a dev environment (``ownerApproval``) never holds template content an outsider to ref's Team wrote, unless a
-  commit signed by ops that changed ref came after it.
+  commit signed by ops that changed ref came after it;
+- I10 a cycle that ran the drift check reports no environment Synced that holds a drifted unit (a commit's
+  reconcile of a Synced environment looks only at the applications it changed; drift elsewhere waits for the check).
 
 The CI profile is bounded and derandomised; ``-m slow`` runs a longer one.
 """
@@ -118,7 +120,10 @@ class Invariants(RuleBasedStateMachine):
             assert self._apply_calls() == calls, "I7: a permanent error was retried without new inputs or a trigger"
         if frozen:
             self.i3_frozen_production_changes_only_by_drift_repair()
-        self.i4_synced_means_live_equals_desired({n for n, o in report.outcomes.items() if o.phase is Phase.SYNCED})
+        synced = {n for n, o in report.outcomes.items() if o.phase is Phase.SYNCED}
+        self.i4_synced_means_live_equals_desired(synced)
+        if self.fleet.controller.last_drift_check == self.fleet.clock[0]:  # this cycle ran the drift check
+            self.i10_a_drift_check_leaves_no_synced_environment_drifted(synced)
         self._after_cycle()
 
     @rule()
@@ -225,6 +230,14 @@ class Invariants(RuleBasedStateMachine):
             got = {a: u.version for a, u in units.items()}
             assert got == want, f"I4: {name} is Synced but holds {got}, not {want}"
             assert token_of(units["ref"]) == token, f"I4: {name} is Synced with stale content"
+
+    def i10_a_drift_check_leaves_no_synced_environment_drifted(self, synced: set[str]) -> None:
+        """I10: drift is found by the first drift check after it, however the environment was reconciled since (a
+        new commit's reconcile looks only at the applications it changed): an environment that check reports
+        Synced holds no drifted unit."""
+        for name in synced:
+            drifted = [app for d in self.fleet.drivers.values() for env, app in d.drifted if env == name]
+            assert not drifted, f"I10: {name} is Synced after a drift check, but {drifted} drifted"
 
     @invariant()
     def i9_outsiders_content_needs_the_owners_signature(self) -> None:
