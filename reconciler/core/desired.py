@@ -389,6 +389,13 @@ def environment_payload(env: Environment) -> list[Any]:
     ]
 
 
+def render_token(env: Environment, app_digest_: str) -> str:
+    """The render memo's key of one application in ``env``: the environment's own inputs and the application's
+    digest at its release (:func:`app_digest`); equal tokens render equal units."""
+    own = hashlib.sha256(json.dumps(environment_payload(env)).encode()).hexdigest()[:32]
+    return own + app_digest_[:32]
+
+
 def input_key(
     repo: ReleasesRepo, env: Environment, app: Application, release: Release, digest: Callable[[str], str]
 ) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from reconciler.core.desired import DesiredUnit
 from reconciler.core.state import LiveUnit
-from reconciler.engine.outcome import AppStatus, EnvOutcome
+from reconciler.engine.outcome import EnvOutcome
 
 
 class RenderMemo:
@@ -57,7 +57,7 @@ class RenderMemo:
         self._environments -= gone
 
     def baseline(self, environment: str) -> Baseline | None:
-        """What the environment's last reconcile that left it wholly Synced rendered, and its statuses."""
+        """The environment as its last reconcile left it wholly Synced (its targets and render tokens), if it did."""
         return self._baselines.get(environment)
 
     def set_baseline(self, environment: str, baseline: Baseline | None) -> None:
@@ -95,14 +95,14 @@ class Settled:
 
 @dataclass(frozen=True)
 class Baseline:
-    """An environment as its last reconcile left it wholly Synced: the targets it mapped, the render token of each
-    application (see :meth:`reconciler.engine.revision.Revisions.render_tokens`) and each application's status.
+    """An environment as its last reconcile left it: every application Synced, its live version the desired one;
+    the targets it mapped and the render token of each application (see
+    :meth:`reconciler.engine.revision.Revisions.render_tokens`).
 
     A new commit that changes some applications' tokens (and neither the targets nor the set of applications)
     needs to observe, decide and apply only those: the others are as this reconcile left them, trusted exactly as
-    an environment whose inputs did not change at all is trusted until the next drift check. The mappings are the
-    revision's own (shared, not copied)."""
+    an environment whose inputs did not change at all is trusted until the next drift check. The tokens are the
+    revision's own mapping (shared, not copied): a baseline costs the fleet's memory next to nothing."""
 
     targets: tuple[tuple[str, str], ...]
     tokens: Mapping[str, str]
-    statuses: Mapping[str, AppStatus]

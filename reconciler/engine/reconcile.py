@@ -223,9 +223,19 @@ def _remember(job: Job, outcome: EnvOutcome) -> None:
     otherwise (the next attempt then looks at the whole environment)."""
     if job.memo is None or job.dry_run or not job.render_tokens:
         return
-    whole = outcome.phase is Phase.SYNCED and outcome.applications.keys() == job.render_tokens.keys()
+    apps = outcome.applications
+    whole = (
+        outcome.phase is Phase.SYNCED
+        and apps.keys() == job.render_tokens.keys()
+        and all(s == _synced(s.desired) for s in apps.values())
+    )
     targets = tuple(sorted(job.env.targets.items()))
-    job.memo.set_baseline(job.env.name, Baseline(targets, job.render_tokens, outcome.applications) if whole else None)
+    job.memo.set_baseline(job.env.name, Baseline(targets, job.render_tokens) if whole else None)
+
+
+def _synced(version: str | None) -> AppStatus:
+    """An application Synced at ``version`` (its live version), nothing to say."""
+    return AppStatus(version, version, Phase.SYNCED)
 
 
 Wanted = tuple[tuple[str, tuple[str, ...]], ...]  # (target, applications desired there), in observe order
@@ -342,10 +352,12 @@ def _narrow(
 ) -> EnvOutcome:
     """A Synced environment after a commit that changed some of its applications: render, observe in full, decide
     and apply those only (on every target of the environment, so a unit that moved targets is pruned); the others
-    keep the baseline's statuses, trusted as an unchanged environment is until the next drift check."""
+    are Synced at their desired versions, as the baseline records them, trusted as an unchanged environment is
+    until the next drift check."""
     env = job.env
     changed = frozenset(a for a, token in job.render_tokens.items() if base.tokens[a] != token)
-    kept = {a: s for a, s in base.statuses.items() if a not in changed}
+    desired = job.repo.desired_versions(env)
+    kept = {a: _synced(v) for a, v in desired.items() if a not in changed}  # (a same token: the same version)
     if not changed:  # the inputs changed elsewhere (a policy, selfHeal): nothing here to render or apply
         return EnvOutcome(env.name, Phase.SYNCED, summary(kept), kept, duration=clock() - started)
     stubs: set[tuple[str, str]] = set()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from reconciler.core.config import ControllerConfig
-from reconciler.core.desired import app_digest, environment_payload
+from reconciler.core.desired import app_digest, environment_payload, render_token
 from reconciler.core.loader import Limits, load_repo
 from reconciler.core.model import Environment, ReleasesRepo
 from reconciler.core.problems import Problem, ReconcilerError
@@ -150,7 +150,7 @@ class Revisions:
         Computed once per revision, like :meth:`input_key`."""
         cached = self._render_tokens.get((loaded.revision, env.name))
         if cached is None:
-            own = hashlib.sha256(json.dumps(environment_payload(env)).encode()).hexdigest()[:32]
+            own = render_token(env, "")  # (the environment's part, computed once)
             versions = loaded.repo.desired_versions(env).items()
             cached = {a: own + self._app_digest(loaded, a, v)[:32] for a, v in versions}
             self._render_tokens[(loaded.revision, env.name)] = cached
