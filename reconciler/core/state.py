@@ -26,7 +26,7 @@ def worst(*states: Health) -> Health:
     return max(states, key=HEALTH_SEVERITY.__getitem__, default=Health.HEALTHY)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # (one per deployed unit in the drift-check memo: 325,000 at 5,000 envs)
 class LiveUnit:
     """What a target holds for one application of one environment, as recorded by this controller."""
 

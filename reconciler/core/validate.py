@@ -56,6 +56,7 @@ def find_cycle(graph: Mapping[str, tuple[str, ...] | list[str]]) -> list[str] | 
 
 @cache
 def parse_version(text: str) -> Version | None:
+    """``text`` as a version, or ``None`` (a fleet holds few distinct versions: parsed once each)."""
     try:
         return Version(text)
     except InvalidVersion:
@@ -171,7 +172,6 @@ def _check_environment(repo: ReleasesRepo, broken: frozenset[str], env: Environm
     if env.wave and stage is not None and env.wave not in {w.name for w in stage.waves}:
         out.append(_p(env.origin, f"wave {env.wave!r} is not a wave of stage {stage.name}"))
     desired = repo.desired_versions(env)
-    live: dict[str, Version | None] = {app: parse_version(v) for app, v in desired.items()}
     for app_name, version in sorted(desired.items()):
         application = repo.applications.get(app_name)
         release = repo.releases.get((app_name, version))
@@ -183,9 +183,8 @@ def _check_environment(repo: ReleasesRepo, broken: frozenset[str], env: Environm
                     _p(env.origin, f"no target for role {comp.role!r}, needed by {app_name} (component {comp.name})")
                 )
         for req in release.requires:
-            try:
-                spec = SpecifierSet(req.specifier)
-            except InvalidSpecifier:
+            spec = _specifier(req.specifier)
+            if spec is None:
                 continue  # reported on the release
             have = desired.get(req.application)
             where = (
@@ -199,7 +198,7 @@ def _check_environment(repo: ReleasesRepo, broken: frozenset[str], env: Environm
                     )
                 )
                 continue
-            parsed = live.get(req.application)
+            parsed = parse_version(have)
             if parsed is None or not spec.contains(parsed, prereleases=True):
                 out.append(
                     _p(
@@ -209,6 +208,14 @@ def _check_environment(repo: ReleasesRepo, broken: frozenset[str], env: Environm
                     )
                 )
     return out
+
+
+@cache
+def _specifier(text: str) -> SpecifierSet | None:
+    try:
+        return SpecifierSet(text)
+    except InvalidSpecifier:
+        return None
 
 
 def validate_repo(

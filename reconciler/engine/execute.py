@@ -26,7 +26,7 @@ from reconciler.core.plan import Action, Phase, UnitPlan, worst_phase
 from reconciler.core.state import Health, worst
 from reconciler.core.tasks import Requirement, Task, TaskKind, is_drift_repair
 from reconciler.drivers.base import health_is_observed
-from reconciler.engine.outcome import HEALTH_PHASE, AppStatus, EnvOutcome, classify, safe_message, summary
+from reconciler.engine.outcome import HEALTH_PHASE, AppStatus, EnvOutcome, classify, safe_message, summary, synced
 from reconciler.engine.targets import DriverPool
 from reconciler.secrets.units import redact
 from reconciler.status.journal import AuditJournal, JournalError, new_id
@@ -259,7 +259,12 @@ def _settle(run: Run, task: Task) -> None:
     phase = HEALTH_PHASE[health]
     if phase is not Phase.SYNCED:
         run.not_ready.add(task.application)
-    run.statuses[task.application] = AppStatus(task.desired, task.desired, phase, "; ".join(messages))
+    message = "; ".join(messages)
+    run.statuses[task.application] = (
+        synced(task.desired)
+        if phase is Phase.SYNCED and not message
+        else AppStatus(task.desired, task.desired, phase, message)
+    )
     run.live[task.application] = task.desired
 
 

@@ -26,12 +26,26 @@ HEALTH_PHASE = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AppStatus:
     desired: str | None
     live: str | None
     phase: Phase
     message: str = ""
+
+
+_SYNCED: dict[str | None, AppStatus] = {}
+
+
+def synced(version: str | None) -> AppStatus:
+    """An application Synced at ``version``, nothing to say: one shared value per version (a fleet's outcomes and
+    memos hold hundreds of thousands of them, of a few hundred versions)."""
+    found = _SYNCED.get(version)
+    if found is None:
+        if len(_SYNCED) >= 100_000:  # a bound, not a policy
+            _SYNCED.clear()
+        found = _SYNCED[version] = AppStatus(version, version, Phase.SYNCED)
+    return found
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from reconciler.core.tree import SourceTree
 from reconciler.drivers.base import Identifies, batching, health_is_observed, identifying, observe_environment
 from reconciler.engine.execute import Context, execute
 from reconciler.engine.memo import Baseline, RenderMemo, Settled
-from reconciler.engine.outcome import AppStatus, EnvOutcome, classify, safe_message, summary
+from reconciler.engine.outcome import AppStatus, EnvOutcome, classify, safe_message, summary, synced
 from reconciler.engine.targets import DriverPool
 from reconciler.status.journal import AuditJournal
 
@@ -227,15 +227,10 @@ def _remember(job: Job, outcome: EnvOutcome) -> None:
     whole = (
         outcome.phase is Phase.SYNCED
         and apps.keys() == job.render_tokens.keys()
-        and all(s == _synced(s.desired) for s in apps.values())
+        and all(s == synced(s.desired) for s in apps.values())
     )
     targets = tuple(sorted(job.env.targets.items()))
     job.memo.set_baseline(job.env.name, Baseline(targets, job.render_tokens) if whole else None)
-
-
-def _synced(version: str | None) -> AppStatus:
-    """An application Synced at ``version`` (its live version), nothing to say."""
-    return AppStatus(version, version, Phase.SYNCED)
 
 
 Wanted = tuple[tuple[str, tuple[str, ...]], ...]  # (target, applications desired there), in observe order
@@ -310,10 +305,10 @@ def _reconcile(
     if job.check_drift and all(
         p.action is Action.UNCHANGED and health_is_observed(pool.get(p.target)) for p in plans
     ):  # the common drift check: everything observed in full and unchanged, so there is nothing to decide or ask
-        synced = {p.application: AppStatus(p.to_version, p.to_version, Phase.SYNCED) for p in plans}
-        count = len(synced)
+        statuses = {a: synced(v) for a, v in sorted({p.application: p.to_version for p in plans}.items())}
+        count = len(statuses)
         outcome = EnvOutcome(env.name, Phase.SYNCED, f"{count} application{'s' if count != 1 else ''} in sync",
-                             dict(sorted(synced.items())), plans=_light(plans), duration=clock() - started)  # fmt: skip
+                             statuses, plans=_light(plans), duration=clock() - started)  # fmt: skip
         if job.memo is not None and token is not None and not job.dry_run:
             job.memo.settle(env.name, Settled(token, wanted, live, outcome))
         return outcome
@@ -327,7 +322,7 @@ def _decide_and_execute(
     not among ``plans``, for the releases' ``requires``)."""
     env = job.env
     facts, decided = _decide(job, plans)
-    inputs = _inputs(job, decided, known or {})
+    inputs = _inputs(job, decided, known or {}, {p.application for p in plans})
     ctx = Context(env.name, env.stage, job.revision, job.author, job.committer, job.trigger,
                   facts.signer if facts else "", job.replica, job.dry_run, job.check_drift, job.owned,
                   inputs.requirement, job.clock, None if job.dry_run else job.journal,
@@ -357,7 +352,7 @@ def _narrow(
     env = job.env
     changed = frozenset(a for a, token in job.render_tokens.items() if base.tokens[a] != token)
     desired = job.repo.desired_versions(env)
-    kept = {a: _synced(v) for a, v in desired.items() if a not in changed}  # (a same token: the same version)
+    kept = {a: synced(v) for a, v in desired.items() if a not in changed}  # (a same token: the same version)
     if not changed:  # the inputs changed elsewhere (a policy, selfHeal): nothing here to render or apply
         return EnvOutcome(env.name, Phase.SYNCED, summary(kept), kept, duration=clock() - started)
     stubs: set[tuple[str, str]] = set()
@@ -407,7 +402,9 @@ def _decide(job: Job, plans: list[UnitPlan]) -> tuple[Facts | None, dict[str, Ap
     return facts, verdicts(job.repo, job.env, facts, live, changing)
 
 
-def _inputs(job: Job, decided: Mapping[str, AppVerdict], known: Mapping[str, str | None]) -> Inputs:
+def _inputs(
+    job: Job, decided: Mapping[str, AppVerdict], known: Mapping[str, str | None], planned: Collection[str]
+) -> Inputs:
     desired = job.repo.desired_versions(job.env)
     stage = job.repo.stages.get(job.env.stage)
 
@@ -418,7 +415,7 @@ def _inputs(job: Job, decided: Mapping[str, AppVerdict], known: Mapping[str, str
     return Inputs(
         desired=desired,
         verdicts={a: decided.get(a, ALLOWED) for a in decided},
-        depends={a: _dependencies(job.repo, a, v) for a, v in desired.items()},
+        depends={a: _dependencies(job.repo, a, v) for a, v in desired.items() if a in planned},
         self_heal=stage.self_heal if stage else True,
         requirement=requirement,
     )

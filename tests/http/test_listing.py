@@ -43,6 +43,9 @@ def test_pages_walk_the_list_once_each() -> None:
     ("query", "said"),
     [
         ({"fields": "phase,secret"}, "unknown field 'secret'"),
+        ({"fields": ""}, "comma-separated field names, none empty"),  # found by schemathesis: was "every field"
+        ({"fields": "phase,"}, "comma-separated field names, none empty"),
+        ({"fields": "phase, stage"}, "unknown field ' stage'"),
         ({"limit": "0"}, f"between 1 and {MAX_LIMIT}"),
         ({"limit": "many"}, "whole numbers"),
         ({"continue": "-1"}, "not a token of this list"),
