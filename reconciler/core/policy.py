@@ -96,7 +96,7 @@ def freeze_hold(repo: ReleasesRepo, env: Environment, application: str, now: dat
 # --- promotion ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # (one per application deployed in each environment: 325,000 at 5,000 envs)
 class Stint:
     """A version's time in one environment, from the audit trail: applied at ``start``, replaced at ``end``."""
 

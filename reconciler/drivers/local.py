@@ -38,6 +38,7 @@ import itertools
 import json
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -245,7 +246,8 @@ class LocalDriver(ObservesEnvironment, HealthIsObserved, ShowsContent):
         if os.path.islink(env_dir) or not os.path.isdir(env_dir):
             return found
         with os.scandir(env_dir) as entries:  # (is_symlink: from the directory entry, no system call)
-            children = [(e.name, e.path, e.is_symlink()) for e in entries if not unsafe_name(e.name)]
+            # (names interned: the drift-check memo keeps one live record per application and environment)
+            children = [(sys.intern(e.name), e.path, e.is_symlink()) for e in entries if not unsafe_name(e.name)]
         for name, app_dir, link in sorted(children):
             if link:  # refused as _app_dir refuses it, if it is one we want
                 if name in found:

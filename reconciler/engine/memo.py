@@ -10,7 +10,7 @@ read and written by :mod:`reconciler.engine.reconcile`.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Hashable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from reconciler.core.desired import DesiredUnit
@@ -34,7 +34,7 @@ class RenderMemo:
         self._baselines: dict[str, Baseline] = {}
         self._environments: set[str] = set()  # every environment with an entry
 
-    def settled(self, environment: str, token: Hashable) -> Settled | None:
+    def settled(self, environment: str, token: object) -> Settled | None:
         """The environment's last drift check that found it wholly in sync, if its inputs are still ``token``."""
         found = self._settled.get(environment)
         return found if found is not None and found.token == token else None
@@ -87,7 +87,7 @@ class Settled:
     The next drift check with the same inputs observes the same targets; if every live unit is exactly as then,
     the outcome is the same, and nothing is rendered, paired or ordered."""
 
-    token: Hashable
+    token: object  # compared by value: (targets, render tokens)
     wanted: tuple[tuple[str, tuple[str, ...]], ...]  # (target, applications desired there), in observe order
     live: Mapping[tuple[str, str], LiveUnit | None]
     outcome: EnvOutcome

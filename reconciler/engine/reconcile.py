@@ -274,7 +274,8 @@ def _reconcile(
     if base is not None and _narrowable(job, base):
         return _narrow(job, pool, batches, base, started, clock, identify)
     # inputs unchanged since a drift check found everything in sync: observe as then, compare, done
-    token = (tuple(sorted(env.targets.items())), frozenset(job.render_tokens.items())) if job.render_tokens else None
+    # (the revision's own mapping of render tokens, compared by value and shared, not copied, by the memo)
+    token = (tuple(sorted(env.targets.items())), job.render_tokens) if job.render_tokens else None
     settled = job.memo.settled(env.name, token) if job.memo and token and job.check_drift and not job.dry_run else None
     units: dict[tuple[str, str], DesiredUnit] | None = None
     if settled is not None:
