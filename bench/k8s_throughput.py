@@ -255,6 +255,20 @@ def api_server(kubeconfig: str | None) -> Iterator[str]:
             subprocess.run([str(SERVER), "stop", tmp], check=False, capture_output=True)
 
 
+def render_tokens(fleet: Fleet) -> dict[str, dict[str, str]]:
+    """Per environment, the render memo's token of each application (as the controller's revision computes them)."""
+    repo = fleet.repo
+    digests: dict[tuple[str, str], str] = {}
+    out: dict[str, dict[str, str]] = {}
+    for name, env in fleet.environments.items():
+        versions = repo.desired_versions(env)
+        for a, v in versions.items():
+            if (a, v) not in digests:
+                digests[(a, v)] = app_digest(repo.applications[a], repo.releases[(a, v)], fleet.tree.digest)
+        out[name] = {a: render_token(env, digests[(a, v)]) for a, v in versions.items()}
+    return out
+
+
 def one_run(
     driver: KubernetesDriver, shape: str, args: argparse.Namespace, profiles: list[cProfile.Profile] | None
 ) -> dict[str, Any]:
@@ -279,15 +293,12 @@ def one_run(
     retried: list[str] = []
 
     memo = RenderMemo()  # as the controller keeps it: a drift check of what it applied renders nothing
+    tokens = render_tokens(fleet)  # (the controller computes them once per revision, before its cycle)
 
     def reconcile(env: str, env_units: list[DesiredUnit]) -> bool:
         """The engine's reconcile of ``env`` (observe, apply in order, health); True when it changed something."""
-        environment = fleet.environments[env]
-        tokens = {a: render_token(environment, app_digest(fleet.repo.applications[a], fleet.repo.releases[(a, v)],
-                                                          fleet.tree.digest))
-                  for a, v in fleet.repo.desired_versions(environment).items()}  # fmt: skip
-        job = Job(environment, fleet.repo, fleet.tree, "bench", decrypt=DECRYPT, build=KUSTOMIZE, memo=memo,
-                  render_tokens=tokens)  # fmt: skip
+        job = Job(fleet.environments[env], fleet.repo, fleet.tree, "bench", decrypt=DECRYPT, build=KUSTOMIZE,
+                  memo=memo, render_tokens=tokens[env])  # fmt: skip
         outcome = settled(lambda: reconcile_environment(job, pool), retried)
         if outcome.phase not in ("Synced", "Progressing"):  # Progressing: Deployments nobody rolls out here
             failures.append(f"{env}: {outcome.phase}: {outcome.message}")
