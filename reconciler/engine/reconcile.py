@@ -229,8 +229,12 @@ def _remember(job: Job, outcome: EnvOutcome) -> None:
         and apps.keys() == job.render_tokens.keys()
         and all(s == synced(s.desired) for s in apps.values())
     )
-    targets = tuple(sorted(job.env.targets.items()))
-    job.memo.set_baseline(job.env.name, Baseline(targets, job.render_tokens) if whole else None)
+    job.memo.set_baseline(job.env.name, Baseline(_targets(job.env), job.render_tokens) if whole else None)
+
+
+def _targets(env: Environment) -> tuple[tuple[str, str], ...]:
+    """The environment's role -> target mapping as a comparable key (baselines, drift-check memo)."""
+    return tuple(sorted(env.targets.items()))
 
 
 Wanted = tuple[tuple[str, tuple[str, ...]], ...]  # (target, applications desired there), in observe order
@@ -275,7 +279,7 @@ def _reconcile(
         return _narrow(job, pool, batches, base, started, clock, identify)
     # inputs unchanged since a drift check found everything in sync: observe as then, compare, done
     # (the revision's own mapping of render tokens, compared by value and shared, not copied, by the memo)
-    token = (tuple(sorted(env.targets.items())), job.render_tokens) if job.render_tokens else None
+    token = (_targets(env), job.render_tokens) if job.render_tokens else None
     settled = job.memo.settled(env.name, token) if job.memo and token and job.check_drift and not job.dry_run else None
     units: dict[tuple[str, str], DesiredUnit] | None = None
     if settled is not None:
@@ -307,9 +311,8 @@ def _reconcile(
         p.action is Action.UNCHANGED and health_is_observed(pool.get(p.target)) for p in plans
     ):  # the common drift check: everything observed in full and unchanged, so there is nothing to decide or ask
         statuses = {a: synced(v) for a, v in sorted({p.application: p.to_version for p in plans}.items())}
-        count = len(statuses)
-        outcome = EnvOutcome(env.name, Phase.SYNCED, f"{count} application{'s' if count != 1 else ''} in sync",
-                             statuses, plans=_light(plans), duration=clock() - started)  # fmt: skip
+        outcome = EnvOutcome(env.name, Phase.SYNCED, summary(statuses), statuses, plans=_light(plans),
+                             duration=clock() - started)  # fmt: skip
         if job.memo is not None and token is not None and not job.dry_run:
             job.memo.settle(env.name, Settled(token, wanted, live, outcome))
         return outcome
@@ -334,7 +337,7 @@ def _decide_and_execute(
 
 def _narrowable(job: Job, base: Baseline) -> bool:
     """The baseline still describes the environment: same targets, same applications (nothing to prune)."""
-    return base.targets == tuple(sorted(job.env.targets.items())) and base.tokens.keys() == job.render_tokens.keys()
+    return base.targets == _targets(job.env) and base.tokens.keys() == job.render_tokens.keys()
 
 
 def _narrow(
